@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/progress.h"
 #include "common/status.h"
@@ -25,6 +27,10 @@ void ApplyDefaults(const GenerationDefaults& d, GenerationParams& p) {
 absl::Status Run(const RunConfig& cfg) {
   using Clock = std::chrono::steady_clock;
   const auto t_load = Clock::now();
+  if (!std::filesystem::is_directory(cfg.model_dir)) {
+    return absl::NotFoundError(absl::StrCat("model directory \"", cfg.model_dir, "\" does not exist"));
+  }
+  MM_RETURN_IF_ERROR(cfg.params.sampling.Validate());
   const std::string tok_path = (std::filesystem::path(cfg.model_dir) / "tokenizer.json").string();
   MM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(tok_path));
   MM_ASSIGN_OR_RETURN(GenerationDefaults defaults, LoadGenerationDefaults(cfg.model_dir));
@@ -61,12 +67,15 @@ absl::Status Run(const RunConfig& cfg) {
   }
   const auto t1 = Clock::now();
   std::fputs("\n", stdout);
+  auto show = [&](int32_t token) {
+    auto text = tokenizer->Decode(std::vector<int32_t>{token});
+    return absl::StrFormat("%d %s", token, text.ok() ? absl::StrCat("\"", absl::CEscape(*text), "\"") : "?");
+  };
   for (const StepOutput& o : per_token) {
     std::string alts;
-    for (const TokenLogprob& t : o.top_logprobs) {
-      alts += absl::StrFormat(" %d:%.4f", t.token, t.logprob);
-    }
-    std::fprintf(stderr, "token %d logprob %.4f%s%s\n", o.token, o.logprob, alts.empty() ? "" : " top", alts.c_str());
+    for (const TokenLogprob& t : o.top_logprobs) alts += absl::StrFormat("  %s %.4f", show(t.token), t.logprob);
+    std::fprintf(stderr, "token %-16s logprob %8.4f%s%s\n", show(o.token).c_str(), o.logprob,
+                 alts.empty() ? "" : "  | top", alts.c_str());
   }
   const double total_s = std::chrono::duration<double>(t1 - t0).count();
   const double ttft_s = generated > 0 ? std::chrono::duration<double>(t_first - t0).count() : 0.0;

@@ -37,6 +37,8 @@ void ProgressBar::Update(uint64_t done) {
     }
     return;
   }
+  // Without a terminal: a line per 10% step, and none for loads that finish within a second.
+  if (now - start_ < std::chrono::seconds(1)) return;
   int decile = total_ == 0 ? 10 : static_cast<int>(done_ * 10 / total_);
   if (decile != last_decile_) {
     last_decile_ = decile;

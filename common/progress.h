@@ -1,5 +1,6 @@
-// A progress bar for long loads: redraws one line on a terminal, prints a line per 10% step
-// otherwise (logs, CI). Not thread-safe: one owner calls Update.
+// A progress bar for long loads: redraws one line on a terminal; otherwise (logs, CI) prints a
+// line per 10% step once the load has taken a second, and a final line. Not thread-safe: one
+// owner calls Update.
 #pragma once
 
 #include <chrono>

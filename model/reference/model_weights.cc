@@ -128,7 +128,7 @@ absl::Status PlanAttention(Planner& p, const ModelConfig& c, int layer, int hb, 
 }
 
 absl::Status PlanMoe(Planner& p, const ModelConfig& c, const WeightSource& src, int layer,
-                     const std::vector<int>& experts, LayerWeights* lw) {
+                     const std::vector<int>& experts, bool dense, LayerWeights* lw) {
   const ArchSpec& a = *c.arch;
   const int64_t h = c.hidden_size;
   const int64_t inter = c.expert_intermediate_size;
@@ -149,12 +149,15 @@ absl::Status PlanMoe(Planner& p, const ModelConfig& c, const WeightSource& src, 
                                             " (tried ", absl::StrJoin(tried, ", "), ")"));
   }
   auto name = [&](absl::string_view rest) { return absl::StrCat(prefix, ".", rest); };
-  MM_RETURN_IF_ERROR(p.AddMatrix(name(a.router), {e_count, h}, Slice::All(), e_count, h, &lw->router));
+  if (dense) {
+    MM_RETURN_IF_ERROR(p.AddMatrix(name(a.router), {e_count, h}, Slice::All(), e_count, h, &lw->router));
+  }
   lw->expert_ids = experts;
   lw->experts.resize(experts.size());
+  if (experts.empty() && !dense) return absl::OkStatus();
   const bool per_expert = src.Has(name(ExpertName(a.expert_gate, experts.empty() ? 0 : experts[0])));
   const bool fused = src.Has(name(a.fused_gate_up));
-  if (!per_expert && !fused) {
+  if (!experts.empty() && !per_expert && !fused) {
     return absl::NotFoundError(absl::StrCat(
         "expert weights of layer ", layer, " not found in ", src.Describe(), " (tried ",
         name(ExpertName(a.expert_gate, 0)), " and the fused ", name(a.fused_gate_up), ")"));
@@ -175,7 +178,7 @@ absl::Status PlanMoe(Planner& p, const ModelConfig& c, const WeightSource& src, 
     MM_RETURN_IF_ERROR(p.AddExpertMatrix(name(a.fused_down), {e_count, h, inter},
                                          Slice::Rows(e, e + 1), h, inter, &f->down));
   }
-  if (c.shared_intermediate_size > 0) {
+  if (dense && c.shared_intermediate_size > 0) {
     MM_RETURN_IF_ERROR(PlanFfn(p, name(a.shared_gate_proj), name(a.shared_up_proj),
                                name(a.shared_down_proj), h, c.shared_intermediate_size, &lw->shared));
     MM_RETURN_IF_ERROR(p.Add(name(a.shared_expert_gate), {1, h}, Slice::All(), {1, h},
@@ -200,19 +203,32 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& c, const Weight
     return absl::InvalidArgumentError(absl::StrCat("shard vocabulary rows [", vb, ", ", ve,
                                                    ") are not a range within [0, ", c.vocab_size, ")"));
   }
-  std::vector<int> experts;
-  if (shard.experts) {
-    experts = *shard.experts;
-    std::sort(experts.begin(), experts.end());
-    experts.erase(std::unique(experts.begin(), experts.end()), experts.end());
-    for (int e : experts) {
+  auto check_experts = [&](std::vector<int> list) -> absl::StatusOr<std::vector<int>> {
+    std::sort(list.begin(), list.end());
+    list.erase(std::unique(list.begin(), list.end()), list.end());
+    for (int e : list) {
       if (e < 0 || e >= c.num_experts) {
         return absl::InvalidArgumentError(
             absl::StrCat("shard expert ", e, " is outside [0, ", c.num_experts, ")"));
       }
     }
-  } else {
-    for (int e = 0; e < c.num_experts; ++e) experts.push_back(e);
+    return list;
+  };
+  std::vector<std::vector<int>> layer_experts(c.num_layers);
+  if (!shard.layer_experts.empty() && static_cast<int>(shard.layer_experts.size()) != c.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("shard lists experts for ", shard.layer_experts.size(),
+                                                   " layers; the model has ", c.num_layers));
+  }
+  for (int l = 0; l < c.num_layers; ++l) {
+    std::vector<int> list;
+    if (!shard.layer_experts.empty()) {
+      list = shard.layer_experts[l];
+    } else if (shard.experts) {
+      list = *shard.experts;
+    } else {
+      for (int e = 0; e < c.num_experts; ++e) list.push_back(e);
+    }
+    MM_ASSIGN_OR_RETURN(layer_experts[l], check_experts(std::move(list)));
   }
   const int group = c.num_heads / c.num_kv_heads;
   ModelWeights w;
@@ -222,21 +238,26 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& c, const Weight
   Planner p(c, src);
   const int64_t h = c.hidden_size;
   const int64_t vocab = c.vocab_size;
-  MM_RETURN_IF_ERROR(p.AddMatrix("model.embed_tokens.weight", {vocab, h}, Slice::Rows(vb, ve), ve - vb, h, &w.embed));
-  MM_RETURN_IF_ERROR(p.AddVector("model.norm.weight", h, 0, h, &w.final_norm));
-  if (!c.tie_word_embeddings) {
-    MM_RETURN_IF_ERROR(p.AddMatrix("lm_head.weight", {vocab, h}, Slice::Rows(vb, ve), ve - vb, h, &w.lm_head));
+  const bool dense = shard.load_dense;
+  if (dense) {
+    MM_RETURN_IF_ERROR(p.AddMatrix("model.embed_tokens.weight", {vocab, h}, Slice::Rows(vb, ve), ve - vb, h, &w.embed));
+    MM_RETURN_IF_ERROR(p.AddVector("model.norm.weight", h, 0, h, &w.final_norm));
+    if (!c.tie_word_embeddings) {
+      MM_RETURN_IF_ERROR(p.AddMatrix("lm_head.weight", {vocab, h}, Slice::Rows(vb, ve), ve - vb, h, &w.lm_head));
+    }
   }
   w.layers.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights* lw = &w.layers[l];
     lw->is_moe = c.layer_is_moe[l];
-    MM_RETURN_IF_ERROR(p.AddVector(LayerName(l, "input_layernorm.weight"), h, 0, h, &lw->attn_norm));
-    MM_RETURN_IF_ERROR(p.AddVector(LayerName(l, "post_attention_layernorm.weight"), h, 0, h, &lw->mlp_norm));
-    MM_RETURN_IF_ERROR(PlanAttention(p, c, l, hb, he, w.kv_head_begin, w.kv_head_end, lw));
+    if (dense) {
+      MM_RETURN_IF_ERROR(p.AddVector(LayerName(l, "input_layernorm.weight"), h, 0, h, &lw->attn_norm));
+      MM_RETURN_IF_ERROR(p.AddVector(LayerName(l, "post_attention_layernorm.weight"), h, 0, h, &lw->mlp_norm));
+      MM_RETURN_IF_ERROR(PlanAttention(p, c, l, hb, he, w.kv_head_begin, w.kv_head_end, lw));
+    }
     if (lw->is_moe) {
-      MM_RETURN_IF_ERROR(PlanMoe(p, c, src, l, experts, lw));
-    } else {
+      MM_RETURN_IF_ERROR(PlanMoe(p, c, src, l, layer_experts[l], dense, lw));
+    } else if (dense) {
       const ArchSpec& a = *c.arch;
       MM_RETURN_IF_ERROR(PlanFfn(p, LayerName(l, a.dense_gate), LayerName(l, a.dense_up),
                                  LayerName(l, a.dense_down), h, c.dense_intermediate_size, &lw->dense));

@@ -48,7 +48,12 @@ struct ShardSpec {
   int head_end = -1;        // -1: all
   int64_t vocab_begin = 0;  // embedding and LM head rows [vocab_begin, vocab_end)
   int64_t vocab_end = -1;
-  std::optional<std::vector<int>> experts;  // routed experts to load; nullopt: all
+  std::optional<std::vector<int>> experts;  // routed experts of every MoE layer; nullopt: all
+  // Per-layer routed experts (indexed by layer); when non-empty it overrides `experts`.
+  std::vector<std::vector<int>> layer_experts;
+  // Embedding, norms, attention, router, dense MLPs, shared expert and LM head. Off for expert
+  // workers, which hold routed experts only.
+  bool load_dense = true;
 };
 
 struct ModelWeights {

@@ -146,6 +146,24 @@ TEST(ModelWeights, FusedExpertTensorsSplitGateFirst) {
                                             down.begin() + 3 * kHidden * kInter));
 }
 
+TEST(ModelWeights, ExpertWorkerShardLoadsOnlyItsExpertsPerLayer) {
+  SyntheticModel model(/*fused=*/false);
+  ShardSpec shard;
+  shard.load_dense = false;
+  shard.layer_experts = {{0}, {3, 2}};
+  auto w = Load(model.dir(), shard);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE(w->embed.empty());
+  EXPECT_TRUE(w->layers[0].wq.empty());
+  EXPECT_TRUE(w->layers[0].router.empty());
+  EXPECT_TRUE(w->layers[0].shared.gate.empty());
+  EXPECT_EQ(w->layers[0].expert_ids, (std::vector<int>{0}));
+  EXPECT_EQ(w->layers[1].expert_ids, (std::vector<int>{2, 3}));
+  EXPECT_EQ(w->layers[1].experts[0].gate.data, model.value("model.layers.1.mlp.experts.2.gate_proj.weight"));
+  shard.layer_experts = {{0}};  // one list for a two-layer model
+  EXPECT_FALSE(Load(model.dir(), shard).ok());
+}
+
 TEST(ModelWeights, FullShardForwardRuns) {
   SyntheticModel model(/*fused=*/false);
   LoadOptions options;

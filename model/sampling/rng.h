@@ -26,6 +26,9 @@ class SplitMix64 {
   // multiple of 2^-53, so the mapping is exact on every platform.
   double NextDouble();
 
+  // Skips `n` outputs in O(1): the state advances by n * kGamma.
+  void Skip(uint64_t n) { state_ += n * kGamma; }
+
   // Output `index` of the stream seeded with `seed`, without walking the stream.
   static uint64_t At(uint64_t seed, uint64_t index);
   // Maps a 64-bit output to [0, 1) exactly as NextDouble does.

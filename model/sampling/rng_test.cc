@@ -43,3 +43,17 @@ TEST(SplitMix64, UnitDoubleIsExactAndInRange) {
 
 }  // namespace
 }  // namespace moemesh
+
+namespace moemesh {
+namespace {
+
+TEST(SplitMix64Skip, SkipEqualsDrawing) {
+  SplitMix64 a(99), b(99);
+  for (int i = 0; i < 37; ++i) a.Next();
+  b.Skip(37);
+  EXPECT_EQ(a.Next(), b.Next());
+  EXPECT_EQ(SplitMix64::At(99, 38), b.Next());
+}
+
+}  // namespace
+}  // namespace moemesh

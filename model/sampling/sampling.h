@@ -84,6 +84,9 @@ class Sampler {
                       absl::Span<const int32_t> generated_tokens);
 
   const SamplingParams& params() const { return params_; }
+  // Resumes a request's stream after `n` tokens were already sampled (one draw per Sample), so a
+  // request rebuilt elsewhere (after preemption or on another worker) draws what it would have.
+  void SkipDraws(uint64_t n) { rng_.Skip(n); }
 
  private:
   int32_t ChooseToken(absl::Span<const float> logits, absl::Span<const int32_t> prompt_tokens,
