@@ -1,0 +1,99 @@
+// AttentionRunner: one tensor-parallel attention rank. Executes the coordinator's StepPlans:
+// keeps each request's state (block table, cached length; on rank 0 also its Sampler and token
+// history), runs the step's tokens as one batch through TpForward, and on rank 0 samples. The
+// KV blocks are allocated by the coordinator; this class only checks and uses them.
+// Not thread-safe: Execute calls are sequential, one runner per rank (each on its own thread
+// or process), every rank executing the same plans in the same order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "model/arch/model_config.h"
+#include "model/reference/model_weights.h"
+#include "model/sampling/sampling.h"
+#include "runtime/collective.h"
+#include "runtime/expert_client.h"
+#include "runtime/step_plan.h"
+#include "worker/attention/paged_kv_cache.h"
+#include "worker/attention/tp_forward.h"
+#include "worker/attention/tp_layout.h"
+
+namespace moemesh {
+
+struct AttentionRunnerConfig {
+  int32_t num_kv_blocks = 1024;
+  int32_t block_size = 16;
+};
+
+class AttentionRunner {
+ public:
+  // `weights` is this rank's shard, loaded with ShardFor(config, tp->rank(), tp->size()).
+  // `tp` and `experts` are borrowed and must outlive the runner (`experts` may be null only for
+  // a model without MoE layers). The config must pass CheckTp (checked).
+  AttentionRunner(ModelConfig config, ModelWeights weights, AttentionRunnerConfig cfg,
+                  Collective* tp, ExpertClient* experts);
+
+  // Query heads split evenly; vocabulary split evenly (the last rank takes the rest); no routed
+  // experts; replicated norms, router, dense MLPs and shared experts.
+  static ShardSpec ShardFor(const ModelConfig& config, int rank, int tp_size);
+  // INVALID_ARGUMENT naming the numbers unless heads % tp == 0 and (kv % tp == 0 or
+  // tp % kv == 0) (and tp <= vocabulary size).
+  static absl::Status CheckTp(const ModelConfig& config, int tp_size);
+
+  // Runs one step. Every rank returns OK or an error (plan errors are found on every rank
+  // before any communication; a failed step changes no request state except `finished`).
+  // Only rank 0 fills tokens: one per sequence with sample = true, in plan order.
+  // Errors: FAILED_PRECONDITION for unknown or duplicate request ids, positions that do not
+  // continue the cache, blocks already in use or too few blocks; INVALID_ARGUMENT for token ids
+  // outside the vocabulary, block ids outside the pool, invalid sampling params, positions past
+  // the context; the collective's or expert client's status when those fail.
+  absl::StatusOr<StepResult> Execute(const StepPlan& plan);
+
+  int32_t free_blocks() const { return free_blocks_; }
+  int num_requests() const { return static_cast<int>(requests_.size()); }
+  // Rank 0: the full-vocabulary logits of the last successful step's sampled rows
+  // ([sampled sequences, vocab], plan order). For tests and debugging.
+  const std::vector<float>& last_logits() const { return last_logits_; }
+
+ private:
+  struct RequestState {
+    std::vector<int32_t> prompt;
+    std::vector<int32_t> generated;  // rank 0: earlier output, then each sampled token
+    std::optional<Sampler> sampler;  // rank 0 only
+    std::vector<int32_t> block_table;
+    int64_t num_cached = 0;
+  };
+  // A scheduled sequence after validation: its state and its block table including this
+  // step's new blocks.
+  struct Staged {
+    const ScheduledSequence* seq;
+    RequestState* state;
+    std::vector<int32_t> table;
+  };
+
+  void DropFinished(const std::vector<uint64_t>& finished);
+  absl::Status StageNewRequests(const StepPlan& plan,
+                                absl::flat_hash_map<uint64_t, RequestState>& fresh) const;
+  absl::Status StageSequences(const StepPlan& plan,
+                              absl::flat_hash_map<uint64_t, RequestState>& fresh,
+                              std::vector<Staged>& staged);
+  void Commit(absl::flat_hash_map<uint64_t, RequestState>& fresh, std::vector<Staged>& staged);
+
+  const ModelConfig config_;
+  const ModelWeights weights_;
+  const AttentionRunnerConfig cfg_;
+  Collective* tp_;
+  PagedKvCache cache_;
+  TpForward forward_;
+  absl::flat_hash_map<uint64_t, RequestState> requests_;
+  std::vector<bool> block_used_;
+  int32_t free_blocks_;
+  std::vector<float> last_logits_;
+};
+
+}  // namespace moemesh

@@ -1,0 +1,62 @@
+// TpForward: one tensor-parallel rank's share of a batched forward pass (the distributed twin
+// of ReferenceModel::Forward): vocab-parallel embedding, head-parallel attention over a paged
+// cache, MoE/MLP rows split across ranks with routed experts behind an ExpertClient, and a
+// vocab-parallel LM head. Every rank must call Run with the same batch; every collective is
+// reached on every rank even when one rank's expert call fails. No request bookkeeping here
+// (attention_runner.h). Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/arch/model_config.h"
+#include "model/reference/model_weights.h"
+#include "runtime/collective.h"
+#include "runtime/expert_client.h"
+#include "worker/attention/paged_kv_cache.h"
+#include "worker/attention/tp_layout.h"
+
+namespace moemesh {
+
+// One sequence's part of the batch (validated by the caller: tokens in the vocabulary, the
+// block table covering start_position + tokens.size()).
+struct ForwardSequence {
+  absl::Span<const int32_t> tokens;
+  int64_t start_position = 0;
+  absl::Span<const int32_t> block_table;
+  bool logits = false;  // compute the logits of its last token
+};
+
+class TpForward {
+ public:
+  // All pointers are borrowed and must outlive this object; `experts` may be null only for a
+  // model without MoE layers.
+  TpForward(const ModelConfig* config, const ModelWeights* weights, TpLayout layout,
+            Collective* tp, ExpertClient* experts, PagedKvCache* cache);
+
+  // Runs the batch, writing its K/V into the cache. Returns the full-vocabulary logits
+  // [sequences with logits, vocab] (on every rank), in batch order.
+  absl::StatusOr<std::vector<float>> Run(absl::Span<const ForwardSequence> batch);
+
+ private:
+  absl::Status Attention(int layer, absl::Span<const ForwardSequence> batch,
+                         const std::vector<float>& x, std::vector<float>& out);
+  absl::Status WholeProjectionNorm(const LayerWeights& lw, int64_t n, float* q, float* k);
+  absl::Status Mlp(int layer, const std::vector<float>& x, int64_t n, std::vector<float>& out);
+  absl::Status LocalMlp(int layer, const float* x, int64_t m, float* out);
+  absl::StatusOr<std::vector<float>> Logits(const std::vector<float>& x,
+                                            const std::vector<int64_t>& rows);
+
+  const ModelConfig& c_;
+  const ModelWeights& w_;
+  const TpLayout layout_;
+  Collective* tp_;
+  ExpertClient* experts_;
+  PagedKvCache* cache_;
+  std::vector<float> inv_freq_;
+  std::vector<int64_t> positions_;  // of the current batch's tokens
+};
+
+}  // namespace moemesh
