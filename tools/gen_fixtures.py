@@ -7,6 +7,9 @@ What it writes (all from fixed seeds; running it twice gives byte-identical file
                                          reference.json (fp32 logits + greedy tokens)
   <out>/models/qwen3_moe_sharded/        a copy of qwen3_moe_bf16 split over >= 2 shards
   <out>/models/qwen3_moe_fused/          qwen3_moe_bf16 with experts in the fused v5 layout
+  <out>/models/{qwen3_moe_kv4,mixtral_kv8,qwen2_moe_h6,olmoe_h6}/
+                                         bf16 models whose head counts split over 2..8
+                                         tensor-parallel ranks (TP_MODEL_SEEDS below)
   <demo>/                                a Qwen3-MoE toy trained for a minute on the corpus below
 
 How to run it, from the repository root (CPU only, about 2-3 minutes):
@@ -398,6 +401,49 @@ def model_specs(vocab, eot, im_end):
     }
 
 
+# The tensor-parallel fixtures (bf16 only). Seeds picked once by trying 2000, 2001, ... in
+# order and keeping the first that passes the MIN_* checks. Each model draws from its own
+# seeds and they are generated after every model above, so the older files do not change.
+TP_MODEL_SEEDS = {"qwen3_moe_kv4": 2007, "mixtral_kv8": 2002, "qwen2_moe_h6": 2001,
+                  "olmoe_h6": 2001}
+
+
+def tp_model_specs(vocab, eot, im_end):
+    """name -> (arch, (model class, config, generation eos)). Query/KV heads per model:
+    qwen3_moe_kv4 8/4 (TP 2, 4, 8; at TP 8 each KV head sits on 2 ranks, head_dim 16 is not
+    hidden/heads), mixtral_kv8 8/8 (TP 2, 4, 8; one KV head per rank at TP 8), qwen2_moe_h6
+    and olmoe_h6 6/2 (TP 2; not 4 or 8). Every intermediate size divides by 8."""
+    common = dict(vocab_size=vocab, max_position_embeddings=128, bos_token_id=None,
+                  eos_token_id=eot, pad_token_id=None, use_cache=True)
+    return {
+        "qwen3_moe_kv4": ("qwen3_moe", (transformers.Qwen3MoeForCausalLM,
+                                        transformers.Qwen3MoeConfig(
+            hidden_size=64, num_attention_heads=8, num_key_value_heads=4, head_dim=16,
+            num_hidden_layers=2, num_experts=6, num_experts_per_tok=2,
+            moe_intermediate_size=16, intermediate_size=32, mlp_only_layers=[],
+            decoder_sparse_step=1, norm_topk_prob=True, tie_word_embeddings=True,
+            rope_theta=1e6, **common), [eot, im_end])),
+        "mixtral_kv8": ("mixtral", (transformers.MixtralForCausalLM, transformers.MixtralConfig(
+            hidden_size=64, num_attention_heads=8, num_key_value_heads=8,
+            num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
+            intermediate_size=16, rope_theta=1e6, sliding_window=None,
+            tie_word_embeddings=False, **common), eot)),
+        "qwen2_moe_h6": ("qwen2_moe", (transformers.Qwen2MoeForCausalLM,
+                                       transformers.Qwen2MoeConfig(
+            hidden_size=72, num_attention_heads=6, num_key_value_heads=2,
+            num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=16, shared_expert_intermediate_size=32,
+            intermediate_size=32, decoder_sparse_step=1, norm_topk_prob=False,
+            qkv_bias=True, use_sliding_window=False, tie_word_embeddings=False,
+            **common), [eot, im_end])),
+        "olmoe_h6": ("olmoe", (transformers.OlmoeForCausalLM, transformers.OlmoeConfig(
+            hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
+            num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+            intermediate_size=16, norm_topk_prob=False, clip_qkv=2.0, rope_theta=1e4,
+            tie_word_embeddings=False, **common), eot)),
+    }
+
+
 def is_norm_weight(name):
     return "norm" in name and name.endswith(".weight")
 
@@ -580,6 +626,19 @@ def write_fused_copy(src, dst):
     return fused
 
 
+def gen_model_dir(d, arch, spec, seed, tok, dtype):
+    """Builds, saves and checks one random model; returns its reference.json content."""
+    model = build_random_model(arch, spec, seed=seed)
+    save_model_dir(model, d, tok, dtype)
+    ref = reference(d, arch, tok, str(dtype).replace("torch.", ""))
+    write_json(d / "reference.json", ref)
+    print(f"model {d.name}: {describe(model.config)}; min gaps: greedy "
+          f"{ref['min_greedy_logit_gap']:.4f} router {ref['min_router_gap']:.4f}")
+    if arch == "olmoe":
+        print(f"  olmoe clip_qkv clamps {100 * olmoe_clip_fraction(d, tok):.1f}% of q/k/v")
+    return ref
+
+
 def gen_models(out, tok):
     vocab = tok.get_vocab_size(with_added_tokens=True)
     eot, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
@@ -587,16 +646,7 @@ def gen_models(out, tok):
     root = out / "models"
     for arch, spec in specs.items():
         for suffix, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
-            name = f"{arch}_{suffix}"
-            d = root / name
-            model = build_random_model(arch, spec, seed=MODEL_SEEDS[arch])
-            save_model_dir(model, d, tok, dtype)
-            ref = reference(d, arch, tok, str(dtype).replace("torch.", ""))
-            write_json(d / "reference.json", ref)
-            print(f"model {name}: {describe(model.config)}; min gaps: greedy "
-                  f"{ref['min_greedy_logit_gap']:.4f} router {ref['min_router_gap']:.4f}")
-            if arch == "olmoe":
-                print(f"  olmoe clip_qkv clamps {100 * olmoe_clip_fraction(d, tok):.1f}% of q/k/v")
+            gen_model_dir(root / f"{arch}_{suffix}", arch, spec, MODEL_SEEDS[arch], tok, dtype)
 
     # A sharded copy: same weights as qwen3_moe_bf16, split over several files.
     src = root / "qwen3_moe_bf16"
@@ -611,6 +661,9 @@ def gen_models(out, tok):
 
     fused = write_fused_copy(src, root / "qwen3_moe_fused")
     print(f"model qwen3_moe_fused: {len(fused)} tensors")
+
+    for name, (arch, spec) in tp_model_specs(vocab, eot, im_end).items():
+        gen_model_dir(root / name, arch, spec, TP_MODEL_SEEDS[name], tok, torch.bfloat16)
 
 
 def check_same_weights(a, b):
