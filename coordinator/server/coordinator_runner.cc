@@ -1,0 +1,193 @@
+#include "coordinator/server/coordinator_runner.h"
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <map>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/shutdown.h"
+#include "common/status.h"
+#include "coordinator/placement.h"
+#include "coordinator/server/coordinator_service.h"
+#include "coordinator/server/generation_service.h"
+#include "coordinator/server/rank_group.h"
+#include "coordinator/server/step_loop.h"
+#include "model/arch/model_config.h"
+#include "rpc/grpc_status.h"
+
+namespace moemesh {
+namespace {
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << port << "\n";
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+std::vector<WorkerInventory> Inventory(const std::vector<WorkerRecord>& workers) {
+  std::vector<WorkerInventory> out;
+  for (const WorkerRecord& w : workers) {
+    WorkerInventory inv;
+    inv.id = w.id;
+    inv.role = w.role == v1::WORKER_ROLE_ATTENTION ? WorkerRole::kAttention : WorkerRole::kExpert;
+    inv.dram_bytes = w.resources.dram_bytes();
+    inv.cores = w.resources.cores();
+    inv.numa_nodes = w.resources.numa_nodes();
+    for (const v1::Gpu& g : w.resources.gpus()) inv.gpu_memory_bytes += g.memory_bytes();
+    out.push_back(inv);
+  }
+  return out;
+}
+
+// Configures every worker for the placement: expert workers first (they load their experts),
+// then all attention ranks at once (they meet in the rendezvous store).
+absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& placement,
+                              const std::map<std::string, std::string>& address_of) {
+  std::vector<std::future<absl::Status>> experts;
+  for (size_t i = 0; i < placement.expert_workers.size(); ++i) {
+    experts.push_back(std::async(std::launch::async, [&, i]() -> absl::Status {
+      const std::string& address = address_of.at(placement.expert_workers[i]);
+      v1::ExpertAssignment a;
+      a.set_model_dir(cfg.model_dir);
+      a.set_threads(cfg.expert_threads);
+      for (const auto& layer : placement.worker_layer_experts[i]) {
+        a.add_layers()->mutable_experts()->Add(layer.begin(), layer.end());
+      }
+      auto stub = v1::ExpertControl::NewStub(ClusterChannel(address));
+      grpc::ClientContext ctx;
+      v1::ConfigureResponse response;
+      absl::Status s = FromGrpcStatus(stub->Configure(&ctx, a, &response));
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat(placement.expert_workers[i], ": ", s.message()));
+      MM_LOG(INFO) << placement.expert_workers[i] << " loaded " << response.weight_bytes() << " bytes of experts in "
+                   << response.load_seconds() << " s";
+      return absl::OkStatus();
+    }));
+  }
+  for (auto& f : experts) MM_RETURN_IF_ERROR(f.get());
+
+  std::vector<std::future<absl::Status>> ranks;
+  for (size_t r = 0; r < placement.attention_ranks.size(); ++r) {
+    ranks.push_back(std::async(std::launch::async, [&, r]() -> absl::Status {
+      v1::AttentionAssignment a;
+      a.set_model_dir(cfg.model_dir);
+      a.set_rank(static_cast<int32_t>(r));
+      a.set_tp_size(cfg.tp_size);
+      a.set_group("tp0");
+      a.set_num_kv_blocks(cfg.scheduler.num_blocks);
+      a.set_block_size(cfg.scheduler.block_size);
+      a.set_collective_host("127.0.0.1");
+      for (const auto& layer : placement.owners) {
+        v1::LayerOwners* lo = a.add_owners();
+        for (const auto& owners : layer) lo->add_experts()->mutable_workers()->Add(owners.begin(), owners.end());
+      }
+      for (const std::string& id : placement.expert_workers) a.add_expert_addresses(address_of.at(id));
+      auto stub = v1::AttentionWorker::NewStub(ClusterChannel(address_of.at(placement.attention_ranks[r])));
+      grpc::ClientContext ctx;
+      v1::ConfigureResponse response;
+      absl::Status s = FromGrpcStatus(stub->Configure(&ctx, a, &response));
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat("attention rank ", r, ": ", s.message()));
+      MM_LOG(INFO) << "attention rank " << r << " loaded " << response.weight_bytes() << " bytes in "
+                   << response.load_seconds() << " s";
+      return absl::OkStatus();
+    }));
+  }
+  absl::Status first;
+  for (auto& f : ranks) {
+    absl::Status s = f.get();
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+absl::Status Run(CoordinatorConfig cfg) {
+  MM_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(cfg.model_dir));
+  MM_ASSIGN_OR_RETURN(GenerationDefaults defaults, LoadGenerationDefaults(cfg.model_dir));
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                      Tokenizer::FromFile((std::filesystem::path(cfg.model_dir) / "tokenizer.json").string()));
+  if (cfg.scheduler.context_length <= 0 || cfg.scheduler.context_length > model.max_position_embeddings) {
+    cfg.scheduler.context_length = model.max_position_embeddings;
+  }
+  MM_LOG(INFO) << model.Summary();
+
+  Membership membership;
+  RendezvousStore store;
+  CoordinatorService cluster_service(&membership, &store);
+  GenerationService generation(model, *tokenizer, defaults);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&cluster_service);
+  builder.RegisterService(&generation);
+  builder.SetMaxReceiveMessageSize(-1);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", cfg.listen));
+  server->GetHealthCheckService()->SetServingStatus(false);
+  const std::string host = cfg.listen.substr(0, cfg.listen.rfind(':'));
+  std::fprintf(stderr, "coordinator listening on %s:%d\n", host.c_str(), port);
+  if (!cfg.port_file.empty()) MM_RETURN_IF_ERROR(WritePortFile(cfg.port_file, port));
+
+  ShutdownSignal shutdown;
+  generation.SetWaitingReason(absl::StrCat("waiting for ", cfg.tp_size, " attention and ", cfg.expert_workers,
+                                           " expert workers to register"));
+  auto workers = membership.WaitFor(cfg.tp_size, cfg.expert_workers,
+                                    std::chrono::steady_clock::now() + cfg.worker_timeout);
+  if (!workers.ok()) return workers.status();
+  PlacementPolicy policy;
+  policy.tp_size = cfg.tp_size;
+  policy.expert_replicas = cfg.expert_replicas;
+  MM_ASSIGN_OR_RETURN(Placement placement, PlanPlacement(model, Inventory(*workers), policy));
+  MM_LOG(INFO) << "placement: " << placement.Summary();
+  std::map<std::string, std::string> address_of;
+  for (const WorkerRecord& w : *workers) address_of[w.id] = w.address;
+  generation.SetWaitingReason("configuring workers (loading weights)");
+  MM_RETURN_IF_ERROR(ConfigureWorkers(cfg, placement, address_of));
+
+  std::vector<std::string> rank_addresses;
+  for (const std::string& id : placement.attention_ranks) rank_addresses.push_back(address_of.at(id));
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<GrpcRankGroup> ranks, GrpcRankGroup::Open(rank_addresses));
+  StepLoopConfig loop_config;
+  loop_config.scheduler = cfg.scheduler;
+  loop_config.eos_token_ids = defaults.eos_token_ids;
+  loop_config.vocab_size = model.vocab_size;
+  StepLoop loop(loop_config, tokenizer.get(), ranks.get());
+  loop.Start();
+  generation.SetReady(&loop, placement.Summary());
+  server->GetHealthCheckService()->SetServingStatus(true);
+  std::fprintf(stderr, "ready: %s\n", placement.Summary().c_str());
+
+  const int signal = shutdown.Wait();
+  MM_LOG(INFO) << "signal " << signal << ": shutting down";
+  server->GetHealthCheckService()->SetServingStatus(false);
+  loop.Stop();
+  ranks.reset();  // closes the step streams so the workers' handlers return
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunCoordinator(const CoordinatorConfig& config) {
+  absl::Status s = Run(config);
+  if (!s.ok()) {
+    std::fprintf(stderr, "moemesh coordinator: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace moemesh

@@ -1,0 +1,159 @@
+// `moemesh attention-worker`: serves AttentionWorker (cluster.proto).
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/shutdown.h"
+#include "common/status.h"
+#include "model/arch/model_config.h"
+#include "model/io/weight_source.h"
+#include "moemesh/v1/cluster.grpc.pb.h"
+#include "rpc/grpc_status.h"
+#include "rpc/plan_codec.h"
+#include "runtime/gloo_collective.h"
+#include "worker/attention/attention_runner.h"
+#include "worker/expert/grpc_expert_client.h"
+#include "worker/expert/moe_dispatcher.h"
+#include "worker/process/coordinator_store.h"
+#include "worker/process/registration.h"
+#include "worker/process/worker_processes.h"
+
+namespace moemesh {
+namespace {
+
+class AttentionWorkerService final : public v1::AttentionWorker::Service {
+ public:
+  explicit AttentionWorkerService(std::string coordinator)
+      : coordinator_stub_(v1::Coordinator::NewStub(
+            grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()))) {}
+
+  grpc::Status Configure(grpc::ServerContext*, const v1::AttentionAssignment* a,
+                         v1::ConfigureResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (runner_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "already configured");
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status s = Load(*a);
+    if (!s.ok()) {
+      MM_LOG(ERROR) << "configure: " << s;
+      return ToGrpcStatus(s);
+    }
+    response->set_weight_bytes(weight_bytes_);
+    response->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Execute(grpc::ServerContext*,
+                       grpc::ServerReaderWriter<v1::StepResultMsg, v1::StepPlanMsg>* stream) override {
+    v1::StepPlanMsg plan;
+    while (stream->Read(&plan)) {
+      v1::StepResultMsg out;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!runner_) {
+        out.set_step(plan.step());
+        out.set_error("not configured");
+        out.set_error_code(static_cast<int>(absl::StatusCode::kFailedPrecondition));
+      } else {
+        absl::StatusOr<StepResult> result = runner_->Execute(DecodePlan(plan));
+        if (result.ok()) {
+          EncodeResult(*result, &out);
+        } else {
+          out.set_step(plan.step());
+          out.set_error(std::string(result.status().message()));
+          out.set_error_code(static_cast<int>(result.status().code()));
+        }
+      }
+      if (!stream->Write(out)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  absl::Status Load(const v1::AttentionAssignment& a) {
+    MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(a.model_dir()));
+    MM_RETURN_IF_ERROR(AttentionRunner::CheckTp(config, a.tp_size()));
+    if (a.rank() < 0 || a.rank() >= a.tp_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", a.rank(), " is outside [0, ", a.tp_size(), ")"));
+    }
+    MM_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> source, OpenSafetensorsDir(a.model_dir()));
+    MM_ASSIGN_OR_RETURN(ModelWeights weights,
+                        LoadModelWeights(config, *source, AttentionRunner::ShardFor(config, a.rank(), a.tp_size())));
+    weight_bytes_ = weights.bytes;
+    for (const std::string& address : a.expert_addresses()) {
+      expert_clients_.push_back(std::make_unique<GrpcExpertClient>(address));
+    }
+    std::vector<ExpertClient*> clients;
+    for (auto& c : expert_clients_) clients.push_back(c.get());
+    std::vector<std::vector<std::vector<int>>> owners;
+    for (const v1::LayerOwners& layer : a.owners()) {
+      owners.emplace_back();
+      for (const v1::ExpertOwners& e : layer.experts()) owners.back().emplace_back(e.workers().begin(), e.workers().end());
+    }
+    MM_ASSIGN_OR_RETURN(dispatcher_, MoeDispatcher::Create(std::move(owners), std::move(clients)));
+    store_ = std::make_unique<CoordinatorStore>(coordinator_stub_.get(), std::chrono::seconds(120));
+    GlooCollectiveConfig gloo;
+    gloo.hostname = a.collective_host().empty() ? "127.0.0.1" : a.collective_host();
+    gloo.group = a.group();
+    gloo.timeout = std::chrono::seconds(120);
+    MM_ASSIGN_OR_RETURN(collective_, GlooCollective::Create(gloo, *store_, a.rank(), a.tp_size()));
+    AttentionRunnerConfig runner_config;
+    runner_config.num_kv_blocks = a.num_kv_blocks();
+    runner_config.block_size = a.block_size();
+    runner_ = std::make_unique<AttentionRunner>(std::move(config), std::move(weights), runner_config,
+                                                collective_.get(), dispatcher_.get());
+    MM_LOG(INFO) << "rank " << a.rank() << "/" << a.tp_size() << " ready: " << weight_bytes_ << " bytes, "
+                 << a.expert_addresses_size() << " expert workers";
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<v1::Coordinator::Stub> coordinator_stub_;
+  std::mutex mu_;
+  uint64_t weight_bytes_ = 0;
+  std::vector<std::unique_ptr<GrpcExpertClient>> expert_clients_;
+  std::unique_ptr<MoeDispatcher> dispatcher_;
+  std::unique_ptr<CoordinatorStore> store_;
+  std::unique_ptr<GlooCollective> collective_;
+  std::unique_ptr<AttentionRunner> runner_;
+};
+
+}  // namespace
+
+int RunAttentionWorker(const WorkerProcessConfig& cfg) {
+  ShutdownSignal shutdown;
+  AttentionWorkerService service(cfg.coordinator);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(-1);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    std::fprintf(stderr, "moemesh attention-worker: cannot listen on %s\n", cfg.listen.c_str());
+    return 1;
+  }
+  RegistrationConfig reg;
+  reg.coordinator = cfg.coordinator;
+  reg.role = v1::WORKER_ROLE_ATTENTION;
+  reg.name = cfg.name.empty() ? "attention" : cfg.name;
+  reg.address = absl::StrCat(cfg.listen.substr(0, cfg.listen.rfind(':')), ":", port);
+  Registration registration(reg);
+  auto id = registration.Register();
+  if (!id.ok()) {
+    std::fprintf(stderr, "moemesh attention-worker: %s\n", id.status().ToString().c_str());
+    return 1;
+  }
+  MM_LOG(INFO) << reg.name << " registered as " << *id << ", serving on " << reg.address;
+  registration.StartHeartbeats([] { kill(getpid(), SIGTERM); });
+  const int signal = shutdown.Wait();
+  MM_LOG(INFO) << "signal " << signal << ": stopping";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
+
+}  // namespace moemesh

@@ -1,0 +1,119 @@
+// `moemesh expert-worker`: serves ExpertControl (cluster.proto) and ExpertWorker (expert.proto).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/shutdown.h"
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "common/topology.h"
+#include "moemesh/v1/cluster.grpc.pb.h"
+#include "rpc/grpc_status.h"
+#include "worker/expert/expert_pool.h"
+#include "worker/expert/expert_service.h"
+#include "worker/process/registration.h"
+#include "worker/process/worker_processes.h"
+
+namespace moemesh {
+namespace {
+
+// Loads the pool on Configure; Dispatch calls wait for nothing: before Configure they fail.
+class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1::ExpertWorker::Service {
+ public:
+  explicit ExpertWorkerServices(int threads) : threads_(threads) {}
+
+  grpc::Status Configure(grpc::ServerContext*, const v1::ExpertAssignment* a,
+                         v1::ConfigureResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pool_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "already configured");
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::vector<int>> layer_experts;
+    size_t count = 0;
+    for (const v1::LayerExperts& layer : a->layers()) {
+      layer_experts.emplace_back(layer.experts().begin(), layer.experts().end());
+      count += layer.experts_size();
+    }
+    ThreadPoolOptions options;
+    options.num_threads = a->threads() > 0 ? a->threads() : threads_;
+    MM_LOG(INFO) << "loading " << count << " experts with " << options.num_threads << " threads";
+    auto pool = ExpertPool::Load(a->model_dir(), layer_experts, options);
+    if (!pool.ok()) {
+      MM_LOG(ERROR) << "configure: " << pool.status();
+      return ToGrpcStatus(pool.status());
+    }
+    pool_ = std::move(*pool);
+    service_ = std::make_unique<ExpertService>(pool_.get());
+    ready_.store(service_.get());
+    response->set_weight_bytes(pool_->bytes());
+    response->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Dispatch(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<v1::ExpertResponse, v1::ExpertRequest>* stream) override {
+    ExpertService* service = ready_.load();
+    if (service == nullptr) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "expert worker not configured yet");
+    }
+    return service->Dispatch(context, stream);
+  }
+
+ private:
+  const int threads_;
+  std::mutex mu_;
+  std::unique_ptr<ExpertPool> pool_;
+  std::unique_ptr<ExpertService> service_;
+  std::atomic<ExpertService*> ready_{nullptr};
+};
+
+}  // namespace
+
+int RunExpertWorker(const WorkerProcessConfig& cfg) {
+  ShutdownSignal shutdown;
+  int threads = cfg.threads;
+  if (threads <= 0) {
+    auto topo = DiscoverTopology();
+    threads = topo.ok() ? std::max(1, topo->total_cores()) : 1;
+  }
+  ExpertWorkerServices services(threads);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(static_cast<v1::ExpertControl::Service*>(&services));
+  builder.RegisterService(static_cast<v1::ExpertWorker::Service*>(&services));
+  builder.SetMaxReceiveMessageSize(-1);
+  builder.SetMaxSendMessageSize(-1);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    std::fprintf(stderr, "moemesh expert-worker: cannot listen on %s\n", cfg.listen.c_str());
+    return 1;
+  }
+  RegistrationConfig reg;
+  reg.coordinator = cfg.coordinator;
+  reg.role = v1::WORKER_ROLE_EXPERT;
+  reg.name = cfg.name.empty() ? "expert" : cfg.name;
+  reg.memory_limit_bytes = cfg.memory_limit_bytes;
+  reg.address = absl::StrCat(cfg.listen.substr(0, cfg.listen.rfind(':')), ":", port);
+  Registration registration(reg);
+  auto id = registration.Register();
+  if (!id.ok()) {
+    std::fprintf(stderr, "moemesh expert-worker: %s\n", id.status().ToString().c_str());
+    return 1;
+  }
+  MM_LOG(INFO) << reg.name << " registered as " << *id << ", serving on " << reg.address;
+  registration.StartHeartbeats([] { kill(getpid(), SIGTERM); });
+  const int signal = shutdown.Wait();
+  MM_LOG(INFO) << "signal " << signal << ": stopping";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
+
+}  // namespace moemesh
