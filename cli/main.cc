@@ -1,4 +1,6 @@
 // The moemesh executable: one binary, one subcommand per role. Flags live here only.
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -9,7 +11,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "cli/generate_command.h"
 #include "cli/run_command.h"
+#include "cli/serve_command.h"
+#include "coordinator/server/coordinator_runner.h"
+#include "worker/process/worker_processes.h"
 
 namespace {
 constexpr float kUnset = std::numeric_limits<float>::quiet_NaN();
@@ -32,6 +38,31 @@ ABSL_FLAG(int32_t, logprobs, -1, "print each token's logprob and the top-n alter
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past end-of-sequence tokens");
 ABSL_FLAG(bool, progress, true, "show a progress bar while weights load");
 
+// Cluster flags.
+ABSL_FLAG(std::string, listen, "127.0.0.1:0", "address this process serves on (port 0: the OS chooses)");
+ABSL_FLAG(std::string, port_file, "", "write the chosen port to this file once serving");
+ABSL_FLAG(std::string, coordinator, "", "workers: the coordinator's host:port");
+ABSL_FLAG(std::string, name, "", "workers: a name for logs");
+ABSL_FLAG(int64_t, memory_limit, 0, "expert workers: bytes of DRAM offered for experts (0: the host's)");
+ABSL_FLAG(int64_t, expert_memory_limit, 0, "serve: --memory_limit of each expert worker");
+ABSL_FLAG(int32_t, threads, 0, "expert workers: compute threads (0: the host's cores)");
+ABSL_FLAG(int32_t, tp, 1, "tensor-parallel size: attention workers");
+ABSL_FLAG(int32_t, expert_workers, 1, "expert workers");
+ABSL_FLAG(int32_t, expert_replicas, 1, "expert workers holding each routed expert");
+ABSL_FLAG(int32_t, expert_threads, 0, "compute threads per expert worker (0: its cores)");
+ABSL_FLAG(int32_t, kv_blocks, 2048, "KV cache blocks per attention rank");
+ABSL_FLAG(int32_t, block_size, 16, "tokens per KV block");
+ABSL_FLAG(int32_t, max_running, 64, "requests decoding at once");
+ABSL_FLAG(int32_t, max_waiting, 256, "admission queue bound (RESOURCE_EXHAUSTED beyond)");
+ABSL_FLAG(int32_t, max_step_tokens, 2048, "tokens per step (prefill chunks and decodes)");
+ABSL_FLAG(int32_t, context_length, 0, "context length (0: the model's)");
+ABSL_FLAG(int32_t, worker_timeout_s, 300, "coordinator: seconds to wait for workers to register");
+ABSL_FLAG(std::string, host, "127.0.0.1", "serve: the address every process binds to");
+ABSL_FLAG(int32_t, port, 0, "serve: the public port (0: the OS chooses)");
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "generate: the coordinator's host:port");
+ABSL_FLAG(double, timeout_s, 0, "generate: deadline in seconds (0: none)");
+ABSL_FLAG(std::vector<std::string>, token_ids, {}, "generate: prompt as token ids instead of --prompt");
+
 namespace {
 
 const char kUsage[] =
@@ -40,6 +71,13 @@ const char kUsage[] =
     "usage: moemesh <command> [flags]\n"
     "\n"
     "commands:\n"
+    "  serve             a local cluster on loopback: coordinator + workers as child processes\n"
+    "                    moemesh serve --model DIR [--tp N] [--expert_workers M] [--port P]\n"
+    "  generate          stream an answer from a running cluster\n"
+    "                    moemesh generate --server HOST:PORT --prompt TEXT [sampling flags]\n"
+    "  coordinator       the coordinator alone (--model, --listen, --tp, --expert_workers)\n"
+    "  attention-worker  one tensor-parallel rank (--coordinator HOST:PORT, --listen)\n"
+    "  expert-worker     an expert pool (--coordinator HOST:PORT, --listen, --threads)\n"
     "  run   generate from a prompt in one process with the reference engine:\n"
     "        moemesh run --model DIR --prompt TEXT [--max_tokens N] [--temperature T]\n"
     "        [--top_k K] [--top_p P] [--min_p P] [--repetition_penalty R]\n"
@@ -94,6 +132,100 @@ int Run() {
   return moemesh::RunCommand(cfg);
 }
 
+moemesh::SchedulerConfig SchedulerFromFlags() {
+  moemesh::SchedulerConfig s;
+  s.num_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  s.block_size = absl::GetFlag(FLAGS_block_size);
+  s.max_running = absl::GetFlag(FLAGS_max_running);
+  s.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  s.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+  s.context_length = absl::GetFlag(FLAGS_context_length);
+  return s;
+}
+
+bool CheckPositive(const char* flag, int32_t value) {
+  if (value >= 1) return true;
+  std::fprintf(stderr, "moemesh: --%s = %d must be at least 1\n", flag, value);
+  return false;
+}
+
+int Coordinator() {
+  moemesh::CoordinatorConfig c;
+  c.model_dir = absl::GetFlag(FLAGS_model);
+  c.listen = absl::GetFlag(FLAGS_listen);
+  c.port_file = absl::GetFlag(FLAGS_port_file);
+  c.tp_size = absl::GetFlag(FLAGS_tp);
+  c.expert_workers = absl::GetFlag(FLAGS_expert_workers);
+  c.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
+  c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
+  c.scheduler = SchedulerFromFlags();
+  c.worker_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_worker_timeout_s));
+  if (c.model_dir.empty()) {
+    std::fprintf(stderr, "moemesh coordinator: --model is required\n");
+    return 2;
+  }
+  if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers) ||
+      !CheckPositive("kv_blocks", c.scheduler.num_blocks) || !CheckPositive("block_size", c.scheduler.block_size)) {
+    return 2;
+  }
+  return moemesh::RunCoordinator(c);
+}
+
+int Serve() {
+  moemesh::ServeConfig c;
+  c.model_dir = absl::GetFlag(FLAGS_model);
+  c.host = absl::GetFlag(FLAGS_host);
+  c.port = absl::GetFlag(FLAGS_port);
+  c.port_file = absl::GetFlag(FLAGS_port_file);
+  c.tp_size = absl::GetFlag(FLAGS_tp);
+  c.expert_workers = absl::GetFlag(FLAGS_expert_workers);
+  c.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
+  c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
+  c.expert_memory_limit = absl::GetFlag(FLAGS_expert_memory_limit);
+  if (c.model_dir.empty()) {
+    std::fprintf(stderr, "moemesh serve: --model is required\n");
+    return 2;
+  }
+  if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers)) return 2;
+  const moemesh::SchedulerConfig s = SchedulerFromFlags();
+  c.coordinator_flags = {"--kv_blocks=" + std::to_string(s.num_blocks),
+                         "--block_size=" + std::to_string(s.block_size),
+                         "--max_running=" + std::to_string(s.max_running),
+                         "--max_waiting=" + std::to_string(s.max_waiting),
+                         "--max_step_tokens=" + std::to_string(s.max_step_tokens),
+                         "--context_length=" + std::to_string(s.context_length)};
+  return moemesh::ServeCommand(c);
+}
+
+int Generate() {
+  moemesh::GenerateCommandConfig c;
+  c.server = absl::GetFlag(FLAGS_server);
+  c.timeout_s = absl::GetFlag(FLAGS_timeout_s);
+  moemesh::v1::GenerateRequest& r = c.request;
+  const std::vector<std::string> ids = absl::GetFlag(FLAGS_token_ids);
+  if (!ids.empty()) {
+    for (const std::string& id : ids) r.mutable_token_ids()->add_ids(std::atoi(id.c_str()));
+  } else {
+    r.set_text(absl::GetFlag(FLAGS_prompt));
+  }
+  moemesh::v1::SamplingParams* s = r.mutable_sampling();
+  if (Set(absl::GetFlag(FLAGS_temperature))) s->set_temperature(absl::GetFlag(FLAGS_temperature));
+  if (Set(absl::GetFlag(FLAGS_top_p))) s->set_top_p(absl::GetFlag(FLAGS_top_p));
+  if (Set(absl::GetFlag(FLAGS_min_p))) s->set_min_p(absl::GetFlag(FLAGS_min_p));
+  if (Set(absl::GetFlag(FLAGS_repetition_penalty))) s->set_repetition_penalty(absl::GetFlag(FLAGS_repetition_penalty));
+  if (Set(absl::GetFlag(FLAGS_presence_penalty))) s->set_presence_penalty(absl::GetFlag(FLAGS_presence_penalty));
+  if (Set(absl::GetFlag(FLAGS_frequency_penalty))) s->set_frequency_penalty(absl::GetFlag(FLAGS_frequency_penalty));
+  if (absl::GetFlag(FLAGS_top_k) >= 0) s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  if (absl::GetFlag(FLAGS_max_tokens) != 0) r.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  if (absl::GetFlag(FLAGS_logprobs) >= 0) r.set_logprobs(absl::GetFlag(FLAGS_logprobs));
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) r.add_stop(stop);
+  for (const std::string& id : absl::GetFlag(FLAGS_stop_token_ids)) r.add_stop_token_ids(std::atoi(id.c_str()));
+  r.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  c.show_logprobs = absl::GetFlag(FLAGS_logprobs) >= 0;
+  return moemesh::GenerateCommand(c);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -113,6 +245,22 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (command == "run") return Run();
+  if (command == "serve") return Serve();
+  if (command == "generate") return Generate();
+  if (command == "coordinator") return Coordinator();
+  if (command == "attention-worker" || command == "expert-worker") {
+    moemesh::WorkerProcessConfig w;
+    w.coordinator = absl::GetFlag(FLAGS_coordinator);
+    w.listen = absl::GetFlag(FLAGS_listen);
+    w.name = absl::GetFlag(FLAGS_name);
+    w.threads = absl::GetFlag(FLAGS_threads);
+    w.memory_limit_bytes = static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_memory_limit)));
+    if (w.coordinator.empty()) {
+      std::fprintf(stderr, "moemesh %s: --coordinator HOST:PORT is required\n", command.c_str());
+      return 2;
+    }
+    return command == "attention-worker" ? moemesh::RunAttentionWorker(w) : moemesh::RunExpertWorker(w);
+  }
   std::fprintf(stderr, "moemesh: unknown command \"%s\"\n\n%s\n", command.c_str(), kUsage);
   return 2;
 }
