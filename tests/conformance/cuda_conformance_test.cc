@@ -83,7 +83,11 @@ TEST_P(CudaRmsNorm, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(AwkwardSizes, CudaRmsNorm,
                          ::testing::Values(NormCase{1, 1}, NormCase{3, 17}, NormCase{17, 97},
-                                           NormCase{5, 128}, NormCase{2, 4099}));
+                                           NormCase{5, 128}, NormCase{2, 4099}),
+                         [](const ::testing::TestParamInfo<NormCase>& info) {
+                           return "rows" + std::to_string(info.param.rows) + "_n" +
+                                  std::to_string(info.param.n);
+                         });
 
 }  // namespace
 }  // namespace moemesh
