@@ -105,7 +105,8 @@ void ActivationRoundTrip(const std::string& model_dir) {
   int port = 0;
   auto server = StartExpertServer(&service, "127.0.0.1:0", &port);
   if (!server.ok()) return;
-  GrpcExpertClient remote("127.0.0.1:" + std::to_string(port));
+  auto remote_client = std::make_unique<GrpcExpertClient>("127.0.0.1:" + std::to_string(port));
+  GrpcExpertClient& remote = *remote_client;
   LocalExpertClient local(pool->get());
   const ModelConfig& c = (*pool)->config();
   int layer = 0;
@@ -138,13 +139,15 @@ void ActivationRoundTrip(const std::string& model_dir) {
     std::printf("%8d %12zu %14.1f %14.1f %14.1f %8.2f\n", n, bytes, local_us, remote_us, remote_us - local_us,
                 remote_us / local_us);
   }
-  (*server)->Shutdown();
+  remote_client.reset();  // closes its stream; the server drains open streams on shutdown
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 }  // namespace
 }  // namespace moemesh
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string model = "models/demo";
   int steps = 64;
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -1,0 +1,301 @@
+// AVX-512 path of the CPU expert FFN, the decode path: few tokens per expert, bounded by memory
+// bandwidth, so every 64-byte weight line is loaded once per tile of up to kTile tokens and the
+// 16 rows of a row block accumulate in one zmm per token.
+//   bf16: weights widened to fp32 by shifts, FMA with the fp32 activations (no rounding of the
+//         activations: results equal the fp32 reference up to summation order).
+//   int8/int4: activations quantized per (token, group) to u8 with offset 128 (expert_ffn.h),
+//         u8 x s8 dot products with vpdpbusd in int32 per group, the offset removed with the
+//         group sums, then fp32 accumulation with scale_w * sx. int4 nibbles are widened to
+//         int8 in registers.
+// Compiled with AVX-512 flags: call only through expert_ffn.h's dispatch. Calls no C++ library
+// templates or inline functions (only intrinsics, C functions, MatrixView and its own internal
+// code), so no AVX-512 copy of shared inline code can leak into the portable files at link time.
+// GCC 12's intrinsic headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*()
+// (GCC bug 105593); the warning points into the header, so silencing it there is enough.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/expert_ffn_paths.h"
+
+namespace moemesh::cpu::internal {
+namespace {
+
+constexpr int kTile = 8;  // tokens per weight pass
+
+int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Activations of one call, prepared for one packed matrix.
+struct Acts {
+  const float* xf = nullptr;  // bf16: [n][ldx] fp32, zero-padded to cols_padded
+  int64_t ldx = 0;
+  const uint8_t* xu = nullptr;  // quantized: [n][cols_padded] u8
+  const float* sx = nullptr;    // quantized: [n][groups]
+  int64_t groups = 0;
+};
+
+Acts Prepare(const MatrixView& m, const float* x, int64_t n, int64_t ld, Scratch& scratch) {
+  Acts a;
+  const int64_t kp = m.cols_padded;
+  if (m.format == WeightFormat::kBf16) {
+    if (m.cols == kp) {
+      a.xf = x;
+      a.ldx = ld;
+      return a;
+    }
+    float* xf = reinterpret_cast<float*>(ScratchBytes(scratch, n * kp * sizeof(float)));
+    for (int64_t t = 0; t < n; ++t) {
+      memcpy(xf + t * kp, x + t * ld, m.cols * sizeof(float));
+      memset(xf + t * kp + m.cols, 0, (kp - m.cols) * sizeof(float));
+    }
+    a.xf = xf;
+    a.ldx = kp;
+    return a;
+  }
+  a.groups = m.groups;
+  const int64_t xu_bytes = (n * kp + 63) / 64 * 64;
+  uint8_t* xu = ScratchBytes(scratch, xu_bytes + n * a.groups * sizeof(float));
+  float* sx = reinterpret_cast<float*>(xu + xu_bytes);
+  QuantizeActivationsAvx512(x, n, ld, m.cols, kp, m.group, xu, sx);
+  a.xu = xu;
+  a.sx = sx;
+  return a;
+}
+
+int32_t Load32(const uint8_t* p) {
+  int32_t v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// out[t][0..15] = row block `lines` . x_t for T tokens, bf16 weights.
+template <int T>
+void BlockBf16(const uint8_t* lines, int64_t n_lines, const float* x, int64_t ldx, float* out) {
+  __m512 even[T];
+  __m512 odd[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) even[t] = odd[t] = _mm512_setzero_ps();
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int64_t p = 0; p < n_lines; ++p) {
+    const __m512i w = _mm512_load_si512(lines + p * 64);
+    const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask));
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const float* xt = x + t * ldx + 2 * p;
+      even[t] = _mm512_fmadd_ps(we, _mm512_set1_ps(xt[0]), even[t]);
+      odd[t] = _mm512_fmadd_ps(wo, _mm512_set1_ps(xt[1]), odd[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, _mm512_add_ps(even[t], odd[t]));
+}
+
+// int8 weights: `chains` int32 accumulators per token hide vpdpbusd's latency for few tokens.
+template <int T>
+void BlockInt8(const uint8_t* lines, const float* scales, const int32_t* sums, int64_t groups,
+               int group, const uint8_t* xu, int64_t ldq, const float* sx, int64_t ld_sx,
+               float* out) {
+  constexpr int kChains = T <= 2 ? 2 : 1;
+  const int lines_per_group = group / 4;
+  __m512 acc[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i offset =
+        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(sums + 16 * g), 7));
+    __m512i ai[kChains][T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      ai[0][t] = offset;
+      if constexpr (kChains == 2) ai[1][t] = _mm512_setzero_si512();
+    }
+    const uint8_t* gl = lines + g * lines_per_group * 64;
+    const uint8_t* gx = xu + g * group;
+    for (int l = 0; l < lines_per_group; l += kChains) {
+#pragma GCC unroll 2
+      for (int c = 0; c < kChains; ++c) {
+        const __m512i w = _mm512_load_si512(gl + (l + c) * 64);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const __m512i xb = _mm512_set1_epi32(Load32(gx + t * ldq + 4 * (l + c)));
+          ai[c][t] = _mm512_dpbusd_epi32(ai[c][t], xb, w);
+        }
+      }
+    }
+    const __m512 ws = _mm512_loadu_ps(scales + 16 * g);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      __m512i sum = ai[0][t];
+      if constexpr (kChains == 2) sum = _mm512_add_epi32(sum, ai[1][t]);
+      const __m512 s = _mm512_mul_ps(ws, _mm512_set1_ps(sx[t * ld_sx + g]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, acc[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
+}
+
+// int4 weights: each line gives two int8 vectors (low nibbles: inputs 8o..8o+3, high nibbles:
+// 8o+4..8o+7), sign-extended as ((nibble ^ 8) - 8), each with its own accumulator.
+template <int T>
+void BlockInt4(const uint8_t* lines, const float* scales, const int32_t* sums, int64_t groups,
+               int group, const uint8_t* xu, int64_t ldq, const float* sx, int64_t ld_sx,
+               float* out) {
+  const int lines_per_group = group / 8;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i eight = _mm512_set1_epi8(8);
+  __m512 acc[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i offset =
+        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(sums + 16 * g), 7));
+    __m512i lo_acc[T];
+    __m512i hi_acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      lo_acc[t] = offset;
+      hi_acc[t] = _mm512_setzero_si512();
+    }
+    const uint8_t* gl = lines + g * lines_per_group * 64;
+    const uint8_t* gx = xu + g * group;
+    for (int l = 0; l < lines_per_group; ++l) {
+      const __m512i w = _mm512_xor_si512(_mm512_load_si512(gl + l * 64), flip);
+      const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(w, low4), eight);
+      const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(w, 4), low4), eight);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const uint8_t* xt = gx + t * ldq + 8 * l;
+        lo_acc[t] = _mm512_dpbusd_epi32(lo_acc[t], _mm512_set1_epi32(Load32(xt)), lo);
+        hi_acc[t] = _mm512_dpbusd_epi32(hi_acc[t], _mm512_set1_epi32(Load32(xt + 4)), hi);
+      }
+    }
+    const __m512 ws = _mm512_loadu_ps(scales + 16 * g);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const __m512i sum = _mm512_add_epi32(lo_acc[t], hi_acc[t]);
+      const __m512 s = _mm512_mul_ps(ws, _mm512_set1_ps(sx[t * ld_sx + g]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, acc[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
+}
+
+// out[t][r] = row (16 b + r) of m . activation t0 + t, for T tokens.
+template <int T>
+void RowBlockT(const MatrixView& m, int64_t b, const Acts& a, int64_t t0, float* out) {
+  const WeightFormat f = m.format;
+  const uint8_t* lines = m.data + b * m.lines * 64;
+  if (f == WeightFormat::kBf16) {
+    BlockBf16<T>(lines, m.lines, a.xf + t0 * a.ldx, a.ldx, out);
+    return;
+  }
+  const int64_t at = b * a.groups * kRowBlock;
+  const uint8_t* xu = a.xu + t0 * m.cols_padded;
+  const float* sx = a.sx + t0 * a.groups;
+  if (f == WeightFormat::kInt8) {
+    BlockInt8<T>(lines, m.scales + at, m.sums + at, a.groups, m.group, xu,
+                 m.cols_padded, sx, a.groups, out);
+  } else {
+    BlockInt4<T>(lines, m.scales + at, m.sums + at, a.groups, m.group, xu,
+                 m.cols_padded, sx, a.groups, out);
+  }
+}
+
+void RowBlock(const MatrixView& m, int64_t b, const Acts& a, int64_t t0, int tokens,
+              float* out) {
+  switch (tokens) {
+    case 1: return RowBlockT<1>(m, b, a, t0, out);
+    case 2: return RowBlockT<2>(m, b, a, t0, out);
+    case 3: return RowBlockT<3>(m, b, a, t0, out);
+    case 4: return RowBlockT<4>(m, b, a, t0, out);
+    case 5: return RowBlockT<5>(m, b, a, t0, out);
+    case 6: return RowBlockT<6>(m, b, a, t0, out);
+    case 7: return RowBlockT<7>(m, b, a, t0, out);
+    default: return RowBlockT<8>(m, b, a, t0, out);
+  }
+}
+
+}  // namespace
+
+void QuantizeActivationsAvx512(const float* x, int64_t n, int64_t ld, int64_t cols,
+                               int64_t cols_padded, int group, uint8_t* xu, float* sx) {
+  const int64_t groups = cols_padded / group;
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512i bias = _mm512_set1_epi32(128);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xt = x + t * ld;
+    uint8_t* out = xu + t * cols_padded;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t c0 = g * group;
+      __m512 vmax = _mm512_setzero_ps();
+      for (int64_t c = c0; c < c0 + group; c += 16) {
+        const int64_t valid = cols - c;
+        const __mmask16 k = valid >= 16 ? 0xffff : valid <= 0 ? 0 : (1u << valid) - 1;
+        vmax = _mm512_max_ps(vmax, _mm512_and_ps(_mm512_maskz_loadu_ps(k, xt + c), abs_mask));
+      }
+      const float amax = _mm512_reduce_max_ps(vmax);
+      const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+      sx[t * groups + g] = amax / 127.0f;
+      for (int64_t c = c0; c < c0 + group; c += 16) {
+        const int64_t valid = cols - c;
+        const __mmask16 k = valid >= 16 ? 0xffff : valid <= 0 ? 0 : (1u << valid) - 1;
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, xt + c), inv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c),
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
+      }
+    }
+  }
+}
+
+void GateUpAvx512(const PackedExpert& e, const float* x, int64_t n, int64_t i_begin,
+                  int64_t i_end, float* h, Scratch& scratch) {
+  const MatrixView m = View(e.gate_up);
+  const Acts a = Prepare(m, x, n, e.hidden, scratch);
+  alignas(64) float gate[kTile * kRowBlock];
+  alignas(64) float up[kTile * kRowBlock];
+  for (int64_t j = i_begin / kRowBlock; j * kRowBlock < i_end; ++j) {
+    const int64_t i0 = j * kRowBlock;
+    const int64_t rows = Min(kRowBlock, i_end - i0);
+    for (int64_t t0 = 0; t0 < n; t0 += kTile) {
+      const int tokens = static_cast<int>(Min(kTile, n - t0));
+      RowBlock(m, 2 * j, a, t0, tokens, gate);
+      RowBlock(m, 2 * j + 1, a, t0, tokens, up);
+      for (int t = 0; t < tokens; ++t) {
+        float* ht = h + (t0 + t) * e.intermediate + i0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float g = gate[t * kRowBlock + r];
+          ht[r] = g / (1.0f + expf(-g)) * up[t * kRowBlock + r];
+        }
+      }
+    }
+  }
+}
+
+void DownAvx512(const PackedExpert& e, const float* h, int64_t n, const float* weight,
+                int64_t o_begin, int64_t o_end, float* y, Scratch& scratch) {
+  const MatrixView m = View(e.down);
+  const Acts a = Prepare(m, h, n, e.intermediate, scratch);
+  alignas(64) float out[kTile * kRowBlock];
+  for (int64_t b = o_begin / kRowBlock; b * kRowBlock < o_end; ++b) {
+    const int64_t o0 = b * kRowBlock;
+    const int64_t rows = Min(kRowBlock, o_end - o0);
+    for (int64_t t0 = 0; t0 < n; t0 += kTile) {
+      const int tokens = static_cast<int>(Min(kTile, n - t0));
+      RowBlock(m, b, a, t0, tokens, out);
+      for (int t = 0; t < tokens; ++t) {
+        const float wt = weight == nullptr ? 1.0f : weight[t0 + t];
+        float* yt = y + (t0 + t) * e.hidden + o0;
+        for (int64_t r = 0; r < rows; ++r) yt[r] += wt * out[t * kRowBlock + r];
+      }
+    }
+  }
+}
+
+}  // namespace moemesh::cpu::internal
