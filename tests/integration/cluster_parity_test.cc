@@ -26,6 +26,12 @@ std::vector<ClusterCase> Cases() {
     // TP 1 with 1 and 3 expert workers; then TP 2, or the smallest TP > 1 the head counts allow.
     cases.push_back({dir, 1, 1});
     cases.push_back({dir, 1, 3});
+    // The 8-head models also run at TP 4 and TP 8: one KV head per rank (8 KV heads), or each
+    // KV head replicated on two ranks (4 KV heads).
+    if (config->num_heads == 8) {
+      cases.push_back({dir, 4, 2});
+      cases.push_back({dir, 8, 2});
+    }
     for (int tp = 2; tp <= config->num_heads; ++tp) {
       const bool heads_ok = config->num_heads % tp == 0;
       const bool kv_ok = config->num_kv_heads % tp == 0 || tp % config->num_kv_heads == 0;
