@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libabsl-dev libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-  libhwloc-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libhwloc-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libgloo-dev
+  libdnnl-dev
 )
 missing=()
 for p in "${packages[@]}"; do
