@@ -17,7 +17,8 @@ grpc::Status CoordinatorService::Register(grpc::ServerContext*, const v1::Regist
   }
   MM_LOG(INFO) << "registered " << *id << " (" << request->name() << ") at " << request->address() << ": "
                << request->resources().cores() << " cores, "
-               << request->resources().dram_bytes() / (1 << 20) << " MiB";
+               << request->resources().dram_bytes() / (1 << 20) << " MiB, " << request->resources().gpus_size()
+               << " GPUs";
   response->set_worker_id(*id);
   response->set_protocol_version(v1::PROTOCOL_VERSION_CURRENT);
   return grpc::Status::OK;

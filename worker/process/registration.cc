@@ -2,6 +2,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#ifdef MOEMESH_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/topology.h"
@@ -11,6 +15,18 @@ namespace moemesh {
 
 v1::Resources HostResources() {
   v1::Resources r;
+#ifdef MOEMESH_HAVE_CUDA
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) == cudaSuccess) {
+    for (int d = 0; d < devices; ++d) {
+      cudaDeviceProp prop;
+      if (cudaGetDeviceProperties(&prop, d) != cudaSuccess) continue;
+      v1::Gpu* gpu = r.add_gpus();
+      gpu->set_name(prop.name);
+      gpu->set_memory_bytes(prop.totalGlobalMem);
+    }
+  }
+#endif
   auto topo = DiscoverTopology();
   if (topo.ok()) {
     r.set_numa_nodes(static_cast<int32_t>(topo->numa_nodes.size()));
