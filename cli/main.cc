@@ -15,6 +15,7 @@
 #include "cli/run_command.h"
 #include "cli/serve_command.h"
 #include "coordinator/server/coordinator_runner.h"
+#include "worker/expert/expert_format.h"
 #include "worker/process/worker_processes.h"
 
 namespace {
@@ -50,6 +51,9 @@ ABSL_FLAG(int32_t, tp, 1, "tensor-parallel size: attention workers");
 ABSL_FLAG(int32_t, expert_workers, 1, "expert workers");
 ABSL_FLAG(int32_t, expert_replicas, 1, "expert workers holding each routed expert");
 ABSL_FLAG(int32_t, expert_threads, 0, "compute threads per expert worker (0: its cores)");
+ABSL_FLAG(std::string, expert_format, "bf16",
+          "routed experts' weight format in the expert workers: bf16, int8-g32, int8-g128, int4-g32, "
+          "int4-g128, or fp32 (the reference pool, for checking)");
 ABSL_FLAG(int32_t, kv_blocks, 2048, "KV cache blocks per attention rank");
 ABSL_FLAG(int32_t, block_size, 16, "tokens per KV block");
 ABSL_FLAG(int32_t, max_running, 64, "requests decoding at once");
@@ -73,6 +77,7 @@ const char kUsage[] =
     "commands:\n"
     "  serve             a local cluster on loopback: coordinator + workers as child processes\n"
     "                    moemesh serve --model DIR [--tp N] [--expert_workers M] [--port P]\n"
+    "                    [--expert_format bf16|int8-g32|int8-g128|int4-g32|int4-g128|fp32]\n"
     "  generate          stream an answer from a running cluster\n"
     "                    moemesh generate --server HOST:PORT --prompt TEXT [sampling flags]\n"
     "  coordinator       the coordinator alone (--model, --listen, --tp, --expert_workers)\n"
@@ -143,6 +148,14 @@ moemesh::SchedulerConfig SchedulerFromFlags() {
   return s;
 }
 
+// The --expert_format value, or false after printing why it is not one.
+bool CheckExpertFormat(const char* command, const std::string& value) {
+  const absl::StatusOr<moemesh::ExpertFormat> format = moemesh::ParseExpertFormat(value);
+  if (format.ok()) return true;
+  std::fprintf(stderr, "moemesh %s: --expert_format: %s\n", command, std::string(format.status().message()).c_str());
+  return false;
+}
+
 bool CheckPositive(const char* flag, int32_t value) {
   if (value >= 1) return true;
   std::fprintf(stderr, "moemesh: --%s = %d must be at least 1\n", flag, value);
@@ -158,12 +171,14 @@ int Coordinator() {
   c.expert_workers = absl::GetFlag(FLAGS_expert_workers);
   c.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
+  c.expert_format = absl::GetFlag(FLAGS_expert_format);
   c.scheduler = SchedulerFromFlags();
   c.worker_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_worker_timeout_s));
   if (c.model_dir.empty()) {
     std::fprintf(stderr, "moemesh coordinator: --model is required\n");
     return 2;
   }
+  if (!CheckExpertFormat("coordinator", c.expert_format)) return 2;
   if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers) ||
       !CheckPositive("kv_blocks", c.scheduler.num_blocks) || !CheckPositive("block_size", c.scheduler.block_size)) {
     return 2;
@@ -182,10 +197,12 @@ int Serve() {
   c.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
   c.expert_memory_limit = absl::GetFlag(FLAGS_expert_memory_limit);
+  c.expert_format = absl::GetFlag(FLAGS_expert_format);
   if (c.model_dir.empty()) {
     std::fprintf(stderr, "moemesh serve: --model is required\n");
     return 2;
   }
+  if (!CheckExpertFormat("serve", c.expert_format)) return 2;
   if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers)) return 2;
   const moemesh::SchedulerConfig s = SchedulerFromFlags();
   c.coordinator_flags = {"--kv_blocks=" + std::to_string(s.num_blocks),

@@ -127,7 +127,8 @@ int ServeCommand(const ServeConfig& cfg) {
                                    absl::StrCat("--tp=", cfg.tp_size),
                                    absl::StrCat("--expert_workers=", cfg.expert_workers),
                                    absl::StrCat("--expert_replicas=", cfg.expert_replicas),
-                                   absl::StrCat("--expert_threads=", cfg.expert_threads)};
+                                   absl::StrCat("--expert_threads=", cfg.expert_threads),
+                                   "--expert_format=" + cfg.expert_format};
   args.insert(args.end(), cfg.coordinator_flags.begin(), cfg.coordinator_flags.end());
   cluster.Start("coordinator", args);
 
@@ -167,8 +168,8 @@ int ServeCommand(const ServeConfig& cfg) {
     v1::ModelInfoResponse info;
     if (stub->ModelInfo(&ctx, v1::ModelInfoRequest(), &info).ok()) ready = info.ready();
   }
-  std::fprintf(stderr, "moemesh serve: ready on %s (TP %d, %d expert workers)\n", coordinator.c_str(),
-               cfg.tp_size, cfg.expert_workers);
+  std::fprintf(stderr, "moemesh serve: ready on %s (TP %d, %d expert workers, experts in %s)\n",
+               coordinator.c_str(), cfg.tp_size, cfg.expert_workers, cfg.expert_format.c_str());
   if (!cfg.port_file.empty()) {
     std::ofstream(cfg.port_file + ".tmp") << port << "\n";
     std::filesystem::rename(cfg.port_file + ".tmp", cfg.port_file);

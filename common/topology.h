@@ -15,6 +15,7 @@ struct NumaNode {
   int cores = 0;               // physical cores
   int pus = 0;                 // hardware threads
   uint64_t memory_bytes = 0;   // local memory
+  std::vector<std::vector<int>> core_pus;  // per physical core: its OS processor (PU) indices
 };
 
 struct HostTopology {
@@ -23,6 +24,8 @@ struct HostTopology {
   int total_pus() const;
   uint64_t total_memory_bytes() const;
   std::string Summary() const;  // "1 NUMA node, 2 cores, 4 threads, 23.4 GiB"
+  // One cpuset per physical core of every node (node order), for pinning one thread per core.
+  std::vector<std::vector<int>> CoreCpusets() const;
 };
 
 absl::StatusOr<HostTopology> DiscoverTopology();

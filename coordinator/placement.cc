@@ -25,9 +25,9 @@ absl::Status ValidatePolicy(const PlacementPolicy& policy) {
     return absl::InvalidArgumentError(absl::StrCat(
         "usable_dram_fraction = ", policy.usable_dram_fraction, " is outside (0, 1]"));
   }
-  if (policy.bytes_per_weight < 1) {
+  if (!(policy.bytes_per_weight > 0 && policy.bytes_per_weight <= 8)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("bytes_per_weight = ", policy.bytes_per_weight, " must be >= 1"));
+        absl::StrCat("bytes_per_weight = ", policy.bytes_per_weight, " is outside (0, 8]"));
   }
   return absl::OkStatus();
 }
@@ -57,10 +57,10 @@ std::vector<const WorkerInventory*> ByRole(const std::vector<WorkerInventory>& w
 
 }  // namespace
 
-uint64_t ExpertBytes(const ModelConfig& model, int32_t bytes_per_weight) {
-  return 3ull * static_cast<uint64_t>(model.hidden_size) *
-         static_cast<uint64_t>(model.expert_intermediate_size) *
-         static_cast<uint64_t>(bytes_per_weight);
+uint64_t ExpertBytes(const ModelConfig& model, double bytes_per_weight) {
+  const uint64_t weights = 3ull * static_cast<uint64_t>(model.hidden_size) *
+                           static_cast<uint64_t>(model.expert_intermediate_size);
+  return static_cast<uint64_t>(std::ceil(static_cast<double>(weights) * bytes_per_weight));
 }
 
 std::string Placement::Summary() const {

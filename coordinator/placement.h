@@ -27,7 +27,9 @@ struct PlacementPolicy {
   int32_t tp_size = 1;
   int32_t expert_replicas = 1;         // distinct expert workers holding each routed expert
   double usable_dram_fraction = 0.9;   // of an expert worker's DRAM, for expert weights
-  int32_t bytes_per_weight = 2;        // bf16
+  // Resident bytes per routed-expert weight in the experts' format: 2 (bf16), 1.25 (int8-g32),
+  // 0.75 (int4-g32), ... (worker/expert/expert_format.h ExpertFormat::BytesPerWeight).
+  double bytes_per_weight = 2;
 };
 
 struct Placement {
@@ -44,8 +46,8 @@ struct Placement {
   std::string Summary() const;
 };
 
-// Bytes of one routed expert's weights (gate, up and down projections).
-uint64_t ExpertBytes(const ModelConfig& model, int32_t bytes_per_weight);
+// Bytes of one routed expert's weights (gate, up and down projections), rounded up.
+uint64_t ExpertBytes(const ModelConfig& model, double bytes_per_weight);
 
 // Attention ranks: exactly policy.tp_size attention workers, ordered by id (FAILED_PRECONDITION
 // otherwise); num_heads % tp == 0 and num_kv_heads % tp == 0 or tp % num_kv_heads == 0

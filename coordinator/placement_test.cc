@@ -51,6 +51,25 @@ TEST(Placement, ExpertBytesOfQwen3_30B) {
   EXPECT_EQ(ExpertBytes(Qwen3_30B(), 2), 9ull << 20);
 }
 
+TEST(Placement, QuantizedFormatsTakeTheirBytesPerWeight) {
+  // int4-g32: 0.5 byte per weight + a float scale and an int32 sum per 32 weights = 0.75.
+  EXPECT_EQ(ExpertBytes(Qwen3_30B(), 0.75), 3ull * 2048 * 768 * 3 / 4);
+  EXPECT_EQ(ExpertBytes(Qwen3_30B(), 1.0625), 3ull * 2048 * 768 * 17 / 16);  // int8-g128
+  // One expert worker with room for every expert in int4-g32 but not in bf16.
+  const ModelConfig model = Qwen3_30B();
+  const uint64_t experts = static_cast<uint64_t>(model.num_moe_layers()) * model.num_experts;
+  const uint64_t bf16 = experts * ExpertBytes(model, 2);
+  const uint64_t int4 = experts * ExpertBytes(model, 0.75);
+  const uint64_t dram = static_cast<uint64_t>((bf16 + int4) / 2 / 0.9);
+  auto too_small = PlanPlacement(model, Workers(1, 1, dram), {.tp_size = 1});
+  EXPECT_EQ(too_small.status().code(), absl::StatusCode::kResourceExhausted);
+  auto fits = PlanPlacement(model, Workers(1, 1, dram), {.tp_size = 1, .bytes_per_weight = 0.75});
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ(fits->worker_bytes[0], int4);
+  auto bad = PlanPlacement(model, Workers(1, 1, dram), {.tp_size = 1, .bytes_per_weight = 0});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Placement, BalancedByBytesWithinOneExpert) {
   const ModelConfig model = Qwen3_30B();
   const uint64_t expert = 9ull << 20;

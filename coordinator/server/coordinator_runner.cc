@@ -21,6 +21,7 @@
 #include "coordinator/server/step_loop.h"
 #include "model/arch/model_config.h"
 #include "rpc/grpc_status.h"
+#include "worker/expert/expert_format.h"
 
 namespace moemesh {
 namespace {
@@ -64,6 +65,7 @@ absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& pla
       v1::ExpertAssignment a;
       a.set_model_dir(cfg.model_dir);
       a.set_threads(cfg.expert_threads);
+      a.set_weight_format(cfg.expert_format);
       for (const auto& layer : placement.worker_layer_experts[i]) {
         a.add_layers()->mutable_experts()->Add(layer.begin(), layer.end());
       }
@@ -114,6 +116,7 @@ absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& pla
 }
 
 absl::Status Run(CoordinatorConfig cfg) {
+  MM_ASSIGN_OR_RETURN(ExpertFormat expert_format, ParseExpertFormat(cfg.expert_format));
   MM_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(cfg.model_dir));
   MM_ASSIGN_OR_RETURN(GenerationDefaults defaults, LoadGenerationDefaults(cfg.model_dir));
   MM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
@@ -150,8 +153,9 @@ absl::Status Run(CoordinatorConfig cfg) {
   PlacementPolicy policy;
   policy.tp_size = cfg.tp_size;
   policy.expert_replicas = cfg.expert_replicas;
+  policy.bytes_per_weight = expert_format.BytesPerWeight();
   MM_ASSIGN_OR_RETURN(Placement placement, PlanPlacement(model, Inventory(*workers), policy));
-  MM_LOG(INFO) << "placement: " << placement.Summary();
+  MM_LOG(INFO) << "placement (experts in " << expert_format.Name() << "): " << placement.Summary();
   std::map<std::string, std::string> address_of;
   for (const WorkerRecord& w : *workers) address_of[w.id] = w.address;
   generation.SetWaitingReason("configuring workers (loading weights)");

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -10,6 +11,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/progress.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
 #include "common/status.h"
@@ -19,16 +22,34 @@
 #include "rpc/grpc_status.h"
 #include "worker/expert/expert_pool.h"
 #include "worker/expert/expert_service.h"
+#include "worker/expert/resident_memory.h"
 #include "worker/process/registration.h"
 #include "worker/process/worker_processes.h"
 
 namespace moemesh {
 namespace {
 
+// Logs the resident memory after loading next to the weights' bytes: RSS should stay within 5%
+// of the weights plus a small fixed amount (the process, gRPC, scratch).
+void ReportResidentMemory(const absl::StatusOr<uint64_t>& before, uint64_t weight_bytes) {
+  const absl::StatusOr<uint64_t> after = ResidentBytes();
+  if (!before.ok() || !after.ok()) {
+    MM_LOG(WARNING) << "resident memory unknown: " << (before.ok() ? after.status() : before.status());
+    return;
+  }
+  const uint64_t growth = *after > *before ? *after - *before : 0;
+  const double w = weight_bytes == 0 ? 1.0 : static_cast<double>(weight_bytes);
+  MM_LOG(INFO) << "resident memory " << FormatBytes(*after) << " for " << FormatBytes(weight_bytes)
+               << " of expert weights (" << absl::StrFormat("%.3f", *after / w) << " x); loading added "
+               << FormatBytes(growth) << " (" << absl::StrFormat("%.3f", growth / w)
+               << " x the weights) to the " << FormatBytes(*before) << " before";
+}
+
 // Loads the pool on Configure; Dispatch calls wait for nothing: before Configure they fail.
 class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1::ExpertWorker::Service {
  public:
-  explicit ExpertWorkerServices(int threads) : threads_(threads) {}
+  ExpertWorkerServices(int threads, HostTopology topology)
+      : threads_(threads), topology_(std::move(topology)) {}
 
   grpc::Status Configure(grpc::ServerContext*, const v1::ExpertAssignment* a,
                          v1::ConfigureResponse* response) override {
@@ -41,14 +62,21 @@ class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1:
       layer_experts.emplace_back(layer.experts().begin(), layer.experts().end());
       count += layer.experts_size();
     }
-    ThreadPoolOptions options;
+    ExpertPoolOptions options;
+    options.format = a->weight_format().empty() ? "bf16" : a->weight_format();
     options.num_threads = a->threads() > 0 ? a->threads() : threads_;
-    MM_LOG(INFO) << "loading " << count << " experts with " << options.num_threads << " threads";
+    options.nodes = NodesFromTopology(topology_, options.num_threads);  // pinned one per core
+    options.show_progress = true;
+    MM_LOG(INFO) << "loading " << count << " experts as " << options.format << " with "
+                 << options.num_threads << " threads on " << options.nodes.size() << " NUMA node"
+                 << (options.nodes.size() == 1 ? "" : "s");
+    const absl::StatusOr<uint64_t> rss_before = ResidentBytes();
     auto pool = ExpertPool::Load(a->model_dir(), layer_experts, options);
     if (!pool.ok()) {
       MM_LOG(ERROR) << "configure: " << pool.status();
       return ToGrpcStatus(pool.status());
     }
+    ReportResidentMemory(rss_before, (*pool)->bytes());
     pool_ = std::move(*pool);
     service_ = std::make_unique<ExpertService>(pool_.get());
     ready_.store(service_.get());
@@ -68,6 +96,7 @@ class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1:
 
  private:
   const int threads_;
+  const HostTopology topology_;  // one node holding every core when hwloc failed
   std::mutex mu_;
   std::unique_ptr<ExpertPool> pool_;
   std::unique_ptr<ExpertService> service_;
@@ -79,11 +108,18 @@ class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1:
 int RunExpertWorker(const WorkerProcessConfig& cfg) {
   ShutdownSignal shutdown;
   int threads = cfg.threads;
-  if (threads <= 0) {
-    auto topo = DiscoverTopology();
-    threads = topo.ok() ? std::max(1, topo->total_cores()) : 1;
+  HostTopology topology;
+  auto topo = DiscoverTopology();
+  if (topo.ok()) {
+    topology = *topo;
+    if (threads <= 0) threads = std::max(1, topo->total_cores());
+    MM_LOG(INFO) << "host: " << topo->Summary() << "; " << threads << " compute threads pinned one per core";
+  } else {
+    MM_LOG(WARNING) << "hwloc: " << topo.status() << "; threads are not pinned, memory not bound";
+    if (threads <= 0) threads = 1;
+    topology.numa_nodes.push_back(NumaNode{-1, threads, threads, 0, {}});
   }
-  ExpertWorkerServices services(threads);
+  ExpertWorkerServices services(threads, std::move(topology));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &port);

@@ -1,0 +1,320 @@
+#include "worker/expert/numa_expert_pool.h"
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/progress.h"
+#include "common/status.h"
+
+namespace moemesh {
+namespace {
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// An upper bound of cpu::PackExpert's buffer bytes (each buffer 64-byte rounded), to reserve
+// arena space before packing.
+size_t PackedBytesBound(int64_t hidden, int64_t inter, const cpu::FormatSpec& spec) {
+  const bool quantized = spec.format != cpu::WeightFormat::kBf16;
+  const int64_t col_align = quantized ? std::max<int64_t>(64, spec.group) : 64;
+  auto matrix = [&](int64_t rows, int64_t cols) -> int64_t {
+    const int64_t rp = RoundUp(rows, cpu::kRowBlock);
+    const int64_t cp = RoundUp(cols, col_align);
+    int64_t bytes = 0;
+    switch (spec.format) {
+      case cpu::WeightFormat::kBf16: bytes = rp * cp * 2; break;
+      case cpu::WeightFormat::kInt8: bytes = rp * cp; break;
+      case cpu::WeightFormat::kInt4: bytes = rp * cp / 2; break;
+    }
+    bytes = RoundUp(bytes, 64) + 64;
+    if (quantized) bytes += 2 * (RoundUp(rp * (cp / spec.group) * 4, 64) + 64);
+    return bytes;
+  };
+  return static_cast<size_t>(matrix(2 * RoundUp(inter, cpu::kRowBlock), hidden) + matrix(hidden, inter));
+}
+
+// The experts held per layer: all of every MoE layer, or the listed ones (sorted, unique).
+absl::StatusOr<std::vector<std::vector<int>>> HeldLists(const ModelConfig& c,
+                                                        const std::vector<std::vector<int>>& lists) {
+  if (!lists.empty() && static_cast<int>(lists.size()) != c.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("expert lists cover ", lists.size(),
+                                                   " layers; the model has ", c.num_layers));
+  }
+  std::vector<std::vector<int>> held(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.layer_is_moe[l]) continue;
+    if (lists.empty()) {
+      for (int e = 0; e < c.num_experts; ++e) held[l].push_back(e);
+      continue;
+    }
+    held[l] = lists[l];
+    std::sort(held[l].begin(), held[l].end());
+    held[l].erase(std::unique(held[l].begin(), held[l].end()), held[l].end());
+    for (int e : held[l]) {
+      if (e < 0 || e >= c.num_experts) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ", l, " expert ", e,
+                                                       " is outside [0, ", c.num_experts, ")"));
+      }
+    }
+  }
+  return held;
+}
+
+absl::Status CheckConfig(const NumaPoolConfig& cfg) {
+  if (cfg.nodes.empty()) return absl::InvalidArgumentError("expert pool config lists no NUMA nodes");
+  for (size_t n = 0; n < cfg.nodes.size(); ++n) {
+    if (cfg.nodes[n].threads < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("NUMA node entry ", n, " has ",
+                                                     cfg.nodes[n].threads, " threads, expected >= 1"));
+    }
+  }
+  if (cfg.format.format != cpu::WeightFormat::kBf16 && cfg.format.group != 32 && cfg.format.group != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight format group is ", cfg.format.group, ", expected 32 or 128"));
+  }
+  return absl::OkStatus();
+}
+
+// Splits `rows` into about `pieces` ranges that are multiples of kRowBlock (the last may end at
+// `rows`), calling add(begin, end) for each.
+template <class Add>
+void SplitRows(int64_t rows, int64_t pieces, Add add) {
+  const int64_t step = std::max<int64_t>(cpu::kRowBlock, RoundUp((rows + pieces - 1) / pieces, cpu::kRowBlock));
+  for (int64_t b = 0; b < rows; b += step) add(b, std::min(rows, b + step));
+}
+
+}  // namespace
+
+NumaExpertPool::NumaExpertPool(ModelConfig config, std::vector<std::vector<int>> held,
+                               const NumaPoolConfig& cfg)
+    : ExpertPool(std::move(config), std::move(held), 0),
+      format_(cfg.format),
+      show_progress_(cfg.show_progress) {}
+
+NumaExpertPool::~NumaExpertPool() {
+  executor_.reset();  // threads first, then the weights, their arenas and hwloc (member order)
+  experts_.clear();
+}
+
+absl::StatusOr<std::unique_ptr<NumaExpertPool>> NumaExpertPool::Load(
+    const std::string& model_dir, const std::vector<std::vector<int>>& layer_experts,
+    const NumaPoolConfig& cfg) {
+  MM_RETURN_IF_ERROR(CheckConfig(cfg));
+  MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> source, OpenSafetensorsDir(model_dir));
+  MM_ASSIGN_OR_RETURN(std::vector<std::vector<int>> held, HeldLists(config, layer_experts));
+  std::unique_ptr<NumaExpertPool> pool(new NumaExpertPool(std::move(config), std::move(held), cfg));
+  MM_ASSIGN_OR_RETURN(pool->hwloc_, Hwloc::Open());
+  for (const NumaNodeSpec& node : cfg.nodes) {
+    pool->arenas_.push_back(std::make_unique<NodeArena>(pool->hwloc_.get(), node.os_index, size_t{256} << 20));
+  }
+  pool->node_bytes_.assign(cfg.nodes.size(), 0);
+  MM_RETURN_IF_ERROR(pool->LoadExperts(model_dir, *source));
+  pool->executor_ = std::make_unique<NumaExecutor>(cfg.nodes, pool->hwloc_.get());
+  return pool;
+}
+
+absl::Status NumaExpertPool::LoadExperts(const std::string& model_dir, const WeightSource& source) {
+  const ModelConfig& c = config();
+  const int64_t h = c.hidden_size;
+  const int64_t inter = c.expert_intermediate_size;
+  const size_t bound = PackedBytesBound(h, inter, format_);
+  int64_t count = 0;
+  for (int l = 0; l < c.num_layers; ++l) count += static_cast<int64_t>(HeldExperts(l).size());
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<ProgressBar> bar;  // by bytes (the packed size bound per expert)
+  if (show_progress_) {
+    bar.emplace(absl::StrCat("packing ", count, " experts (", format_.Name(), ")"),
+                static_cast<uint64_t>(count) * bound);
+  }
+  int64_t done = 0;
+  experts_.resize(c.num_layers);
+  uint64_t packed = 0;
+  uint64_t fp32 = 0;
+  std::vector<int> node_experts(arenas_.size(), 0);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::vector<int> held = HeldExperts(l);
+    for (int e : held) {
+      // Read one expert in fp32, pack it into its node's memory, drop the fp32 copy.
+      ShardSpec shard;
+      shard.load_dense = false;
+      shard.layer_experts.assign(c.num_layers, {});
+      shard.layer_experts[l] = {e};
+      MM_ASSIGN_OR_RETURN(ModelWeights w, LoadModelWeights(c, source, shard));
+      if (w.layers[l].experts.size() != 1) {
+        return absl::InternalError(absl::StrCat(model_dir, ": layer ", l, " expert ", e, " did not load"));
+      }
+      const FfnWeights& f = w.layers[l].experts[0];
+      const int node = static_cast<int>(
+          std::min_element(node_bytes_.begin(), node_bytes_.end()) - node_bytes_.begin());
+      NodeArena& arena = *arenas_[node];
+      MM_RETURN_IF_ERROR(arena.Reserve(bound));
+      Held held_expert;
+      held_expert.node = node;
+      held_expert.packed = cpu::PackExpert(f.gate.data.data(), f.up.data.data(), f.down.data.data(), h,
+                                           inter, format_, &NodeArena::AllocateFn, &arena, nullptr);
+      const uint64_t bytes = held_expert.packed.bytes();
+      node_bytes_[node] += bytes;
+      ++node_experts[node];
+      packed += bytes;
+      fp32 += w.bytes;
+      experts_[l].push_back(std::move(held_expert));
+      ++done;
+      if (bar) bar->Update(static_cast<uint64_t>(done) * bound);
+    }
+  }
+  if (bar) bar->Finish();
+  malloc_trim(0);  // give the fp32 staging memory back to the OS
+  set_bytes(packed);
+  std::string per_node;
+  for (size_t n = 0; n < arenas_.size(); ++n) {
+    absl::StrAppend(&per_node, n == 0 ? "" : "; ", "node ", n, " (NUMA ",
+                    arenas_[n]->node() < 0 ? std::string("unbound") : absl::StrCat(arenas_[n]->node()),
+                    "): ", FormatBytes(node_bytes_[n]), ", ", node_experts[n], " experts");
+  }
+  MM_LOG(INFO) << "expert pool: " << count << " routed experts from " << model_dir << " packed as "
+               << format_.Name() << ": " << FormatBytes(packed) << " (" << FormatBytes(fp32)
+               << " in fp32) in "
+               << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+               << " s; " << per_node;
+  return absl::OkStatus();
+}
+
+int NumaExpertPool::NodeOf(int layer, int expert) const {
+  MM_CHECK(Holds(layer, expert));
+  return experts_[layer][Slot(layer, expert)].node;
+}
+
+const cpu::PackedExpert& NumaExpertPool::Packed(int layer, int expert) const {
+  MM_CHECK(Holds(layer, expert));
+  return experts_[layer][Slot(layer, expert)].packed;
+}
+
+void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
+  const std::vector<Held>& experts = experts_[b.layer];
+  const int64_t n_slots = static_cast<int64_t>(experts.size());
+  const int64_t k = b.top_k;
+  const int64_t h = b.hidden;
+  const int64_t inter = config().expert_intermediate_size;
+  const int64_t n_routes = static_cast<int64_t>(b.num_tokens) * k;
+  const int nodes = executor_->num_nodes();
+
+  // Group the held routes by expert (counting sort; tokens ascending within an expert).
+  route_count_.assign(n_slots + 1, 0);
+  for (int64_t r = 0; r < n_routes; ++r) {
+    if (b.expert_ids[r] >= 0) ++route_count_[Slot(b.layer, b.expert_ids[r]) + 1];
+  }
+  for (int64_t s = 0; s < n_slots; ++s) route_count_[s + 1] += route_count_[s];
+  const int64_t held = route_count_[n_slots];
+  std::vector<int32_t> cursor(route_count_.begin(), route_count_.end() - 1);
+  route_token_.resize(held);
+  route_pos_.resize(n_routes);
+  for (int64_t r = 0; r < n_routes; ++r) {
+    const int32_t e = b.expert_ids[r];
+    if (e < 0) {
+      route_pos_[r] = -1;
+      continue;
+    }
+    const int32_t p = cursor[Slot(b.layer, e)]++;
+    route_token_[p] = static_cast<int32_t>(r / k);
+    route_pos_[r] = p;
+  }
+  x_.resize(static_cast<size_t>(held * h));
+  h_.resize(static_cast<size_t>(held * inter));
+  y_.resize(static_cast<size_t>(held * h));
+
+  // Tasks per node: (slot, begin, end) over routes (gather) or rows (gate+up, down). Each
+  // expert's rows are cut into pieces in proportion to its share of its node's work, about 4
+  // tasks per thread, so a node's threads stay busy however the routing is skewed.
+  struct Task {
+    int32_t slot;
+    int32_t begin;
+    int32_t end;
+  };
+  std::vector<std::vector<Task>> gather(nodes), gate_up(nodes), down(nodes);
+  std::vector<double> node_cost(nodes, 0.0);
+  constexpr double kWeightCost = 16.0;  // streaming an expert's weights ~ this many tokens' FLOPs
+  for (int64_t s = 0; s < n_slots; ++s) {
+    const int64_t n = route_count_[s + 1] - route_count_[s];
+    if (n > 0) node_cost[experts[s].node] += kWeightCost + static_cast<double>(n);
+  }
+  std::vector<cpu::CpuPath> path(n_slots, cpu::CpuPath::kScalar);
+  for (int64_t s = 0; s < n_slots; ++s) {
+    const int32_t p0 = route_count_[s];
+    const int32_t p1 = route_count_[s + 1];
+    if (p1 == p0) continue;
+    path[s] = cpu::ChoosePath(p1 - p0);
+    const int node = experts[s].node;
+    const int64_t target = 4 * static_cast<int64_t>(executor_->node_threads(node));
+    const int64_t pieces = std::max<int64_t>(
+        1, static_cast<int64_t>(target * (kWeightCost + (p1 - p0)) / node_cost[node] + 0.5));
+    const int32_t slot = static_cast<int32_t>(s);
+    for (int32_t p = p0; p < p1; p += 32) gather[node].push_back({slot, p, std::min(p1, p + 32)});
+    SplitRows(inter, pieces, [&](int64_t i0, int64_t i1) {
+      gate_up[node].push_back({slot, static_cast<int32_t>(i0), static_cast<int32_t>(i1)});
+    });
+    SplitRows(h, pieces, [&](int64_t o0, int64_t o1) {
+      down[node].push_back({slot, static_cast<int32_t>(o0), static_cast<int32_t>(o1)});
+    });
+  }
+  auto counts = [&](const std::vector<std::vector<Task>>& tasks) {
+    std::vector<int64_t> c(nodes);
+    for (int n = 0; n < nodes; ++n) c[n] = static_cast<int64_t>(tasks[n].size());
+    return c;
+  };
+
+  // Gather each expert's tokens next to it (on its node's threads); clear its outputs.
+  executor_->Run(counts(gather), [&](int node, int64_t i) {
+    const Task& t = gather[node][i];
+    for (int32_t p = t.begin; p < t.end; ++p) {
+      std::memcpy(x_.data() + p * h, b.hidden_states.data() + static_cast<int64_t>(route_token_[p]) * h,
+                  h * sizeof(float));
+      std::fill(y_.data() + p * h, y_.data() + (p + 1) * h, 0.0f);
+    }
+  });
+  thread_local cpu::Scratch scratch;
+  executor_->Run(counts(gate_up), [&](int node, int64_t i) {
+    const Task& t = gate_up[node][i];
+    const int64_t p0 = route_count_[t.slot];
+    const int64_t n = route_count_[t.slot + 1] - p0;
+    cpu::GateUp(experts[t.slot].packed, x_.data() + p0 * h, n, t.begin, t.end, h_.data() + p0 * inter,
+                path[t.slot], scratch);
+  });
+  executor_->Run(counts(down), [&](int node, int64_t i) {
+    const Task& t = down[node][i];
+    const int64_t p0 = route_count_[t.slot];
+    const int64_t n = route_count_[t.slot + 1] - p0;
+    cpu::Down(experts[t.slot].packed, h_.data() + p0 * inter, n, nullptr, t.begin, t.end,
+              y_.data() + p0 * h, path[t.slot], scratch);
+  });
+
+  // Per token, in j order: the sum does not depend on which thread ran which expert. Blocks of
+  // tokens go round robin over the nodes.
+  constexpr int64_t kTokensPerTask = 8;
+  const int64_t blocks = (b.num_tokens + kTokensPerTask - 1) / kTokensPerTask;
+  std::vector<int64_t> reduce(nodes, 0);
+  for (int n = 0; n < nodes; ++n) reduce[n] = (blocks - n + nodes - 1) / nodes;
+  executor_->Run(reduce, [&](int node, int64_t i) {
+    const int64_t block = i * nodes + node;
+    const int64_t t_end = std::min<int64_t>(b.num_tokens, (block + 1) * kTokensPerTask);
+    for (int64_t t = block * kTokensPerTask; t < t_end; ++t) {
+      float* o = out.data() + t * h;
+      std::fill(o, o + h, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t p = route_pos_[t * k + j];
+        if (p < 0) continue;
+        const float w = b.expert_weights[t * k + j];
+        const float* y = y_.data() + static_cast<int64_t>(p) * h;
+        for (int64_t c = 0; c < h; ++c) o[c] += w * y[c];
+      }
+    }
+  });
+}
+
+}  // namespace moemesh
