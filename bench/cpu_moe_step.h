@@ -1,0 +1,116 @@
+// Benchmark helper: one MoE layer step on the CPU expert kernels, split the way the expert pool
+// splits it: gather each expert's tokens, then (expert, intermediate row block) tasks of GateUp,
+// then (expert, output row block) tasks of Down, then each token's sum of its experts. Weights
+// come from a caller-chosen PackedExpert per routed expert. Not for the runtime.
+// Thread-safety: Run uses the pool; one Run at a time per object.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "bench/moe_routing.h"
+#include "common/thread_pool.h"
+#include "kernels/cpu/expert_ffn.h"
+
+namespace moemesh::bench {
+
+class CpuMoeStep {
+ public:
+  CpuMoeStep(ThreadPool& pool, int64_t hidden, int64_t intermediate)
+      : pool_(pool), hidden_(hidden), inter_(intermediate) {}
+
+  // out[t] = sum_j w[t, j] * FFN_{expert(t, j)}(x[t]); experts[g] holds group g's weights.
+  // x, out: [routing.tokens, hidden].
+  void Run(const StepRouting& r, const ExpertGroups& g,
+           const std::vector<const cpu::PackedExpert*>& experts, const float* x, float* out) {
+    const int64_t routes = static_cast<int64_t>(g.route.size());
+    const int64_t groups = g.count();
+    xg_.resize(static_cast<size_t>(routes * hidden_));
+    yg_.resize(xg_.size());
+    h_.resize(static_cast<size_t>(routes * inter_));
+    wg_.resize(routes);
+    const int k = r.top_k;
+    // Gather each expert's token rows and routing weights.
+    pool_.ParallelFor(routes, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p) {
+        const int32_t route = g.route[p];
+        std::memcpy(xg_.data() + p * hidden_, x + static_cast<int64_t>(route / k) * hidden_,
+                    hidden_ * sizeof(float));
+        wg_[p] = r.weights[route];
+      }
+    });
+    paths_.resize(groups);
+    for (int64_t i = 0; i < groups; ++i) paths_[i] = cpu::ChoosePath(g.tokens(i));
+
+    MakeTasks(g, inter_);
+    pool_.ParallelFor(static_cast<int64_t>(tasks_.size()), [&](int64_t b, int64_t e) {
+      thread_local cpu::Scratch scratch;
+      for (int64_t i = b; i < e; ++i) {
+        const Task& t = tasks_[i];
+        const int64_t p0 = g.begin[t.group];
+        cpu::GateUp(*experts[t.group], xg_.data() + p0 * hidden_, g.tokens(t.group), t.begin,
+                    t.end, h_.data() + p0 * inter_, paths_[t.group], scratch);
+      }
+    }, 1);
+
+    MakeTasks(g, hidden_);
+    pool_.ParallelFor(static_cast<int64_t>(tasks_.size()), [&](int64_t b, int64_t e) {
+      thread_local cpu::Scratch scratch;
+      for (int64_t i = b; i < e; ++i) {
+        const Task& t = tasks_[i];
+        const int64_t p0 = g.begin[t.group];
+        const int64_t n = g.tokens(t.group);
+        float* y = yg_.data() + p0 * hidden_;
+        for (int64_t row = 0; row < n; ++row) {
+          std::memset(y + row * hidden_ + t.begin, 0, (t.end - t.begin) * sizeof(float));
+        }
+        cpu::Down(*experts[t.group], h_.data() + p0 * inter_, n, wg_.data() + p0, t.begin, t.end,
+                  y, paths_[t.group], scratch);
+      }
+    }, 1);
+
+    // Each token's sum over its experts (already weighted by Down), in choice order.
+    pool_.ParallelFor(r.tokens, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        float* o = out + t * hidden_;
+        const float* y0 = yg_.data() + g.pos[t * k] * hidden_;
+        std::memcpy(o, y0, hidden_ * sizeof(float));
+        for (int j = 1; j < k; ++j) {
+          const float* y = yg_.data() + g.pos[t * k + j] * hidden_;
+          for (int64_t i = 0; i < hidden_; ++i) o[i] += y[i];
+        }
+      }
+    });
+  }
+
+ private:
+  struct Task {
+    int32_t group;
+    int64_t begin;  // rows [begin, end) of the phase's output
+    int64_t end;
+  };
+
+  // Rows of `size` cut into runs of a multiple of kRowBlock: about 8 tasks per thread in all.
+  void MakeTasks(const ExpertGroups& g, int64_t size) {
+    const int64_t blocks = (size + cpu::kRowBlock - 1) / cpu::kRowBlock;
+    const int64_t target = 8 * static_cast<int64_t>(pool_.num_threads());
+    const int64_t per_task = std::clamp<int64_t>(g.count() * blocks / target, 1, blocks);
+    tasks_.clear();
+    for (int32_t i = 0; i < g.count(); ++i) {
+      for (int64_t b = 0; b < blocks; b += per_task) {
+        tasks_.push_back({i, b * cpu::kRowBlock, std::min(size, (b + per_task) * cpu::kRowBlock)});
+      }
+    }
+  }
+
+  ThreadPool& pool_;
+  const int64_t hidden_;
+  const int64_t inter_;
+  std::vector<float> xg_, yg_, h_, wg_;
+  std::vector<cpu::CpuPath> paths_;
+  std::vector<Task> tasks_;
+};
+
+}  // namespace moemesh::bench
