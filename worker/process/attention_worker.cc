@@ -22,7 +22,7 @@
 #include "worker/expert/grpc_expert_client.h"
 #include "worker/expert/moe_dispatcher.h"
 #include "worker/process/coordinator_store.h"
-#include "worker/process/registration.h"
+#include "worker/process/worker_server.h"
 #include "worker/process/worker_processes.h"
 
 namespace moemesh {
@@ -128,32 +128,8 @@ int RunAttentionWorker(const WorkerProcessConfig& cfg) {
   ShutdownSignal shutdown;
   AttentionWorkerService service(cfg.coordinator);
   grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(-1);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::fprintf(stderr, "moemesh attention-worker: cannot listen on %s\n", cfg.listen.c_str());
-    return 1;
-  }
-  RegistrationConfig reg;
-  reg.coordinator = cfg.coordinator;
-  reg.role = v1::WORKER_ROLE_ATTENTION;
-  reg.name = cfg.name.empty() ? "attention" : cfg.name;
-  reg.address = absl::StrCat(cfg.listen.substr(0, cfg.listen.rfind(':')), ":", port);
-  Registration registration(reg);
-  auto id = registration.Register();
-  if (!id.ok()) {
-    std::fprintf(stderr, "moemesh attention-worker: %s\n", id.status().ToString().c_str());
-    return 1;
-  }
-  MM_LOG(INFO) << reg.name << " registered as " << *id << ", serving on " << reg.address;
-  registration.StartHeartbeats([] { kill(getpid(), SIGTERM); });
-  const int signal = shutdown.Wait();
-  MM_LOG(INFO) << "signal " << signal << ": stopping";
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  return 0;
+  return ServeWorker(builder, cfg, v1::WORKER_ROLE_ATTENTION, "attention-worker", shutdown);
 }
 
 }  // namespace moemesh

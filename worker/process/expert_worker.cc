@@ -23,7 +23,7 @@
 #include "worker/expert/expert_pool.h"
 #include "worker/expert/expert_service.h"
 #include "worker/expert/resident_memory.h"
-#include "worker/process/registration.h"
+#include "worker/process/worker_server.h"
 #include "worker/process/worker_processes.h"
 
 namespace moemesh {
@@ -121,35 +121,9 @@ int RunExpertWorker(const WorkerProcessConfig& cfg) {
   }
   ExpertWorkerServices services(threads, std::move(topology));
   grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(cfg.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(static_cast<v1::ExpertControl::Service*>(&services));
   builder.RegisterService(static_cast<v1::ExpertWorker::Service*>(&services));
-  builder.SetMaxReceiveMessageSize(-1);
-  builder.SetMaxSendMessageSize(-1);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::fprintf(stderr, "moemesh expert-worker: cannot listen on %s\n", cfg.listen.c_str());
-    return 1;
-  }
-  RegistrationConfig reg;
-  reg.coordinator = cfg.coordinator;
-  reg.role = v1::WORKER_ROLE_EXPERT;
-  reg.name = cfg.name.empty() ? "expert" : cfg.name;
-  reg.memory_limit_bytes = cfg.memory_limit_bytes;
-  reg.address = absl::StrCat(cfg.listen.substr(0, cfg.listen.rfind(':')), ":", port);
-  Registration registration(reg);
-  auto id = registration.Register();
-  if (!id.ok()) {
-    std::fprintf(stderr, "moemesh expert-worker: %s\n", id.status().ToString().c_str());
-    return 1;
-  }
-  MM_LOG(INFO) << reg.name << " registered as " << *id << ", serving on " << reg.address;
-  registration.StartHeartbeats([] { kill(getpid(), SIGTERM); });
-  const int signal = shutdown.Wait();
-  MM_LOG(INFO) << "signal " << signal << ": stopping";
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  return 0;
+  return ServeWorker(builder, cfg, v1::WORKER_ROLE_EXPERT, "expert-worker", shutdown);
 }
 
 }  // namespace moemesh
