@@ -92,10 +92,13 @@ class CpuMoeStep {
     int64_t end;
   };
 
-  // Rows of `size` cut into runs of a multiple of kRowBlock: about 8 tasks per thread in all.
+  // Rows of `size` cut into runs of a multiple of kRowBlock: about 16 tasks per thread in all.
+  // Each phase ends at a barrier, so its last tasks run while other threads idle: in decode
+  // (weights streamed once) 16 tasks per thread measured 4-9% more GB/s than 8 on a 16-core
+  // Xeon, while 32 and 64 lost again (more per-task overhead: activations quantized per task).
   void MakeTasks(const ExpertGroups& g, int64_t size) {
     const int64_t blocks = (size + cpu::kRowBlock - 1) / cpu::kRowBlock;
-    const int64_t target = 8 * static_cast<int64_t>(pool_.num_threads());
+    const int64_t target = 16 * static_cast<int64_t>(pool_.num_threads());
     const int64_t per_task = std::clamp<int64_t>(g.count() * blocks / target, 1, blocks);
     tasks_.clear();
     for (int32_t i = 0; i < g.count(); ++i) {

@@ -18,7 +18,12 @@ absl::StatusOr<std::unique_ptr<GrpcRankGroup>> GrpcRankGroup::Open(const std::ve
   for (const std::string& address : addresses) {
     Rank r;
     r.address = address;
-    r.stub = v1::AttentionWorker::NewStub(ClusterChannel(address));
+    auto channel = ClusterChannel(address);
+    // The stream fails at once if its channel's first connect attempt does: connect first.
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
+      return absl::UnavailableError(absl::StrCat("cannot connect to attention rank at ", address));
+    }
+    r.stub = v1::AttentionWorker::NewStub(channel);
     r.context = std::make_unique<grpc::ClientContext>();
     r.stream = r.stub->Execute(r.context.get());
     if (!r.stream) return absl::UnavailableError(absl::StrCat("cannot open a step stream to ", address));

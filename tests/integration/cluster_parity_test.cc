@@ -68,7 +68,7 @@ TEST_P(ClusterParity, GreedyTokensMatchTheReference) {
     testing::Completion got = calls[i].get();
     ASSERT_TRUE(got.status.ok()) << got.status.error_message() << "\n" << cluster->Log();
     EXPECT_EQ(got.tokens, expected[i]) << "prompt " << i;
-    EXPECT_EQ(got.finish, v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(got.finish, v1::FINISH_REASON_LENGTH) << "cluster log:\n" << cluster->Log();
     EXPECT_EQ(got.usage.completion_tokens(), static_cast<int>(expected[i].size()));
   }
   const v1::ModelInfoResponse info = testing::Info(cluster->stub());

@@ -85,6 +85,11 @@ absl::Status GrpcExpertClient::Run(const ExpertBatch& batch, absl::Span<float> o
   }
   std::lock_guard<std::mutex> lock(call_mu_);
   const bool opening = stream_ == nullptr;
+  // A stream started on a channel that is not connected yet fails at once if the first connect
+  // attempt fails; wait (bounded) for the connection so a busy machine is not taken for a dead peer.
+  if (opening && !channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    return Unavailable("cannot connect within 10 s");
+  }
   if (opening) context_ = std::make_unique<grpc::ClientContext>();
   Arm(context_.get());
   if (opening) stream_ = stub_->Dispatch(context_.get());
