@@ -1,3 +1,4 @@
+#include "worker/expert/route_groups.h"
 #include "worker/expert/numa_expert_pool.h"
 
 #include <malloc.h>
@@ -202,29 +203,10 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   const int64_t k = b.top_k;
   const int64_t h = b.hidden;
   const int64_t inter = config().expert_intermediate_size;
-  const int64_t n_routes = static_cast<int64_t>(b.num_tokens) * k;
   const int nodes = executor_->num_nodes();
 
-  // Group the held routes by expert (counting sort; tokens ascending within an expert).
-  route_count_.assign(n_slots + 1, 0);
-  for (int64_t r = 0; r < n_routes; ++r) {
-    if (b.expert_ids[r] >= 0) ++route_count_[Slot(b.layer, b.expert_ids[r]) + 1];
-  }
-  for (int64_t s = 0; s < n_slots; ++s) route_count_[s + 1] += route_count_[s];
-  const int64_t held = route_count_[n_slots];
-  std::vector<int32_t> cursor(route_count_.begin(), route_count_.end() - 1);
-  route_token_.resize(held);
-  route_pos_.resize(n_routes);
-  for (int64_t r = 0; r < n_routes; ++r) {
-    const int32_t e = b.expert_ids[r];
-    if (e < 0) {
-      route_pos_[r] = -1;
-      continue;
-    }
-    const int32_t p = cursor[Slot(b.layer, e)]++;
-    route_token_[p] = static_cast<int32_t>(r / k);
-    route_pos_[r] = p;
-  }
+  GroupRoutes(b, n_slots, [&](int32_t e) { return Slot(b.layer, e); }, routes_);
+  const int64_t held = routes_.held();
   x_.resize(static_cast<size_t>(held * h));
   h_.resize(static_cast<size_t>(held * inter));
   y_.resize(static_cast<size_t>(held * h));
@@ -243,13 +225,13 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   std::vector<double> node_cost(nodes, 0.0);
   constexpr double kWeightCost = 16.0;  // streaming an expert's weights ~ this many tokens' FLOPs
   for (int64_t s = 0; s < n_slots; ++s) {
-    const int64_t n = route_count_[s + 1] - route_count_[s];
+    const int64_t n = routes_.offsets[s + 1] - routes_.offsets[s];
     if (n > 0) node_cost[experts[s].node] += kWeightCost + static_cast<double>(n);
   }
   std::vector<cpu::CpuPath> path(n_slots, cpu::CpuPath::kScalar);
   for (int64_t s = 0; s < n_slots; ++s) {
-    const int32_t p0 = route_count_[s];
-    const int32_t p1 = route_count_[s + 1];
+    const int32_t p0 = routes_.offsets[s];
+    const int32_t p1 = routes_.offsets[s + 1];
     if (p1 == p0) continue;
     path[s] = cpu::ChoosePath(p1 - p0);
     const int node = experts[s].node;
@@ -275,7 +257,7 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   executor_->Run(counts(gather), [&](int node, int64_t i) {
     const Task& t = gather[node][i];
     for (int32_t p = t.begin; p < t.end; ++p) {
-      std::memcpy(x_.data() + p * h, b.hidden_states.data() + static_cast<int64_t>(route_token_[p]) * h,
+      std::memcpy(x_.data() + p * h, b.hidden_states.data() + static_cast<int64_t>(routes_.token[p]) * h,
                   h * sizeof(float));
       std::fill(y_.data() + p * h, y_.data() + (p + 1) * h, 0.0f);
     }
@@ -283,15 +265,15 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   thread_local cpu::Scratch scratch;
   executor_->Run(counts(gate_up), [&](int node, int64_t i) {
     const Task& t = gate_up[node][i];
-    const int64_t p0 = route_count_[t.slot];
-    const int64_t n = route_count_[t.slot + 1] - p0;
+    const int64_t p0 = routes_.offsets[t.slot];
+    const int64_t n = routes_.offsets[t.slot + 1] - p0;
     cpu::GateUp(experts[t.slot].packed, x_.data() + p0 * h, n, t.begin, t.end, h_.data() + p0 * inter,
                 path[t.slot], scratch);
   });
   executor_->Run(counts(down), [&](int node, int64_t i) {
     const Task& t = down[node][i];
-    const int64_t p0 = route_count_[t.slot];
-    const int64_t n = route_count_[t.slot + 1] - p0;
+    const int64_t p0 = routes_.offsets[t.slot];
+    const int64_t n = routes_.offsets[t.slot + 1] - p0;
     cpu::Down(experts[t.slot].packed, h_.data() + p0 * inter, n, nullptr, t.begin, t.end,
               y_.data() + p0 * h, path[t.slot], scratch);
   });
@@ -309,7 +291,7 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
       float* o = out.data() + t * h;
       std::fill(o, o + h, 0.0f);
       for (int64_t j = 0; j < k; ++j) {
-        const int32_t p = route_pos_[t * k + j];
+        const int32_t p = routes_.position[t * k + j];
         if (p < 0) continue;
         const float w = b.expert_weights[t * k + j];
         const float* y = y_.data() + static_cast<int64_t>(p) * h;

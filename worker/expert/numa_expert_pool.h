@@ -16,6 +16,7 @@
 #include "kernels/cpu/expert_ffn.h"
 #include "model/io/weight_source.h"
 #include "worker/expert/expert_pool.h"
+#include "worker/expert/route_groups.h"
 #include "worker/expert/numa_executor.h"
 #include "worker/expert/numa_memory.h"
 
@@ -63,9 +64,7 @@ class NumaExpertPool final : public ExpertPool {
   bool show_progress_ = false;
 
   // Scratch reused across calls (Compute calls are serialised).
-  std::vector<int32_t> route_count_;  // per slot, then offsets
-  std::vector<int32_t> route_token_;  // grouped position -> token
-  std::vector<int32_t> route_pos_;    // (t, j) -> grouped position, -1
+  RouteGroups routes_;  // the current batch's routes grouped by expert
   std::vector<float> x_;              // [held routes, hidden]: gathered inputs
   std::vector<float> h_;              // [held routes, intermediate]
   std::vector<float> y_;              // [held routes, hidden]: per-route outputs

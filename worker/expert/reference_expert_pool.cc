@@ -1,3 +1,4 @@
+#include "worker/expert/route_groups.h"
 #include "worker/expert/reference_expert_pool.h"
 
 #include <algorithm>
@@ -121,28 +122,9 @@ void ReferenceExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   const int64_t k = b.top_k;
   const int64_t h = b.hidden;
   const int64_t inter = config().expert_intermediate_size;
-  const int64_t n_routes = static_cast<int64_t>(b.num_tokens) * k;
 
-  // Group the held routes by expert (counting sort; tokens ascending within an expert).
-  route_count_.assign(n_slots + 1, 0);
-  for (int64_t r = 0; r < n_routes; ++r) {
-    if (b.expert_ids[r] >= 0) ++route_count_[Slot(b.layer, b.expert_ids[r]) + 1];
-  }
-  for (int64_t s = 0; s < n_slots; ++s) route_count_[s + 1] += route_count_[s];
-  const int64_t held = route_count_[n_slots];
-  std::vector<int32_t> cursor(route_count_.begin(), route_count_.end() - 1);
-  route_token_.resize(held);
-  route_pos_.resize(n_routes);
-  for (int64_t r = 0; r < n_routes; ++r) {
-    const int32_t e = b.expert_ids[r];
-    if (e < 0) {
-      route_pos_[r] = -1;
-      continue;
-    }
-    const int32_t p = cursor[Slot(b.layer, e)]++;
-    route_token_[p] = static_cast<int32_t>(r / k);
-    route_pos_[r] = p;
-  }
+  GroupRoutes(b, n_slots, [&](int32_t e) { return Slot(b.layer, e); }, routes_);
+  const int64_t held = routes_.held();
 
   // Tasks: (expert, a run of its rows). Each row's result is independent of how rows are cut.
   struct Task {
@@ -155,16 +137,16 @@ void ReferenceExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
       std::clamp<int64_t>((held + 4 * threads - 1) / (4 * threads), 1, kMaxRowsPerTask);
   std::vector<Task> tasks;
   for (int64_t s = 0; s < n_slots; ++s) {
-    for (int64_t p = route_count_[s]; p < route_count_[s + 1]; p += rows_per_task) {
+    for (int64_t p = routes_.offsets[s]; p < routes_.offsets[s + 1]; p += rows_per_task) {
       tasks.push_back({static_cast<int32_t>(s), static_cast<int32_t>(p),
-                       static_cast<int32_t>(std::min<int64_t>(p + rows_per_task, route_count_[s + 1]))});
+                       static_cast<int32_t>(std::min<int64_t>(p + rows_per_task, routes_.offsets[s + 1]))});
     }
   }
   route_out_.resize(static_cast<size_t>(held * h));
   pool_->ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const Task& t = tasks[i];
-      ExpertRows(lw.experts[t.slot], b.hidden_states.data(), route_token_.data() + t.begin,
+      ExpertRows(lw.experts[t.slot], b.hidden_states.data(), routes_.token.data() + t.begin,
                  t.end - t.begin, h, inter, route_out_.data() + static_cast<int64_t>(t.begin) * h);
     }
   }, 1);
@@ -175,7 +157,7 @@ void ReferenceExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
       float* o = out.data() + t * h;
       std::fill(o, o + h, 0.0f);
       for (int64_t j = 0; j < k; ++j) {
-        const int32_t p = route_pos_[t * k + j];
+        const int32_t p = routes_.position[t * k + j];
         if (p < 0) continue;
         const float w = b.expert_weights[t * k + j];
         const float* y = route_out_.data() + static_cast<int64_t>(p) * h;

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "common/thread_pool.h"
 #include "worker/expert/expert_pool.h"
+#include "worker/expert/route_groups.h"
 
 namespace moemesh {
 
@@ -36,9 +37,7 @@ class ReferenceExpertPool final : public ExpertPool {
   ModelWeights weights_;
   std::unique_ptr<ThreadPool> pool_;
   // Scratch reused across calls (Compute calls are serialised).
-  std::vector<int32_t> route_count_;  // per slot, then offsets
-  std::vector<int32_t> route_token_;  // grouped position -> token
-  std::vector<int32_t> route_pos_;    // (t, j) -> grouped position
+  RouteGroups routes_;  // the current batch's routes grouped by expert
   std::vector<float> route_out_;      // [routes held, hidden]
 };
 
