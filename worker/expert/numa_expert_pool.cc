@@ -200,7 +200,6 @@ const cpu::PackedExpert& NumaExpertPool::Packed(int layer, int expert) const {
 void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   const std::vector<Held>& experts = experts_[b.layer];
   const int64_t n_slots = static_cast<int64_t>(experts.size());
-  const int64_t k = b.top_k;
   const int64_t h = b.hidden;
   const int64_t inter = config().expert_intermediate_size;
   const int nodes = executor_->num_nodes();
@@ -287,17 +286,7 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   executor_->Run(reduce, [&](int node, int64_t i) {
     const int64_t block = i * nodes + node;
     const int64_t t_end = std::min<int64_t>(b.num_tokens, (block + 1) * kTokensPerTask);
-    for (int64_t t = block * kTokensPerTask; t < t_end; ++t) {
-      float* o = out.data() + t * h;
-      std::fill(o, o + h, 0.0f);
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t p = routes_.position[t * k + j];
-        if (p < 0) continue;
-        const float w = b.expert_weights[t * k + j];
-        const float* y = y_.data() + static_cast<int64_t>(p) * h;
-        for (int64_t c = 0; c < h; ++c) o[c] += w * y[c];
-      }
-    }
+    SumRoutes(b, routes_, y_.data(), block * kTokensPerTask, t_end, out.data());
   });
 }
 

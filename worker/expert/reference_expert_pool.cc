@@ -119,7 +119,6 @@ absl::StatusOr<std::unique_ptr<ReferenceExpertPool>> ReferenceExpertPool::Load(
 void ReferenceExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   const LayerWeights& lw = weights_.layers[b.layer];
   const int64_t n_slots = static_cast<int64_t>(lw.experts.size());
-  const int64_t k = b.top_k;
   const int64_t h = b.hidden;
   const int64_t inter = config().expert_intermediate_size;
 
@@ -153,17 +152,7 @@ void ReferenceExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
 
   // Per token, in j order: the sum does not depend on which thread ran which expert.
   pool_->ParallelFor(b.num_tokens, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      float* o = out.data() + t * h;
-      std::fill(o, o + h, 0.0f);
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t p = routes_.position[t * k + j];
-        if (p < 0) continue;
-        const float w = b.expert_weights[t * k + j];
-        const float* y = route_out_.data() + static_cast<int64_t>(p) * h;
-        for (int64_t i = 0; i < h; ++i) o[i] += w * y[i];
-      }
-    }
+    SumRoutes(b, routes_, route_out_.data(), begin, end, out.data());
   });
 }
 

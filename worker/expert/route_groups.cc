@@ -1,5 +1,7 @@
 #include "worker/expert/route_groups.h"
 
+#include <algorithm>
+
 namespace moemesh {
 
 void GroupRoutes(const ExpertBatch& b, int64_t n_slots, absl::FunctionRef<int32_t(int32_t expert)> slot,
@@ -23,6 +25,23 @@ void GroupRoutes(const ExpertBatch& b, int64_t n_slots, absl::FunctionRef<int32_
     const int32_t p = cursor[slot(e)]++;
     g.token[p] = static_cast<int32_t>(r / k);
     g.position[r] = p;
+  }
+}
+
+void SumRoutes(const ExpertBatch& b, const RouteGroups& g, const float* route_out, int64_t t_begin,
+               int64_t t_end, float* out) {
+  const int64_t k = b.top_k;
+  const int64_t h = b.hidden;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    float* o = out + t * h;
+    std::fill(o, o + h, 0.0f);
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t p = g.position[t * k + j];
+      if (p < 0) continue;
+      const float w = b.expert_weights[t * k + j];
+      const float* y = route_out + static_cast<int64_t>(p) * h;
+      for (int64_t c = 0; c < h; ++c) o[c] += w * y[c];
+    }
   }
 }
 

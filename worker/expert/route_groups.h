@@ -21,4 +21,10 @@ struct RouteGroups {
 void GroupRoutes(const ExpertBatch& batch, int64_t n_slots,
                  absl::FunctionRef<int32_t(int32_t expert)> slot, RouteGroups& groups);
 
+// out[t] = sum over j (in j order) of weight[t, j] * route_out[position(t, j)] for tokens
+// [t_begin, t_end): each token's sum does not depend on which thread computed which route.
+// route_out: [held, hidden] per grouped position; out: [num_tokens, hidden].
+void SumRoutes(const ExpertBatch& batch, const RouteGroups& groups, const float* route_out,
+               int64_t t_begin, int64_t t_end, float* out);
+
 }  // namespace moemesh
