@@ -22,11 +22,24 @@ AttentionRunner::AttentionRunner(ModelConfig config, ModelWeights weights, Atten
       weights_(std::move(weights)),
       cfg_(cfg),
       tp_(tp),
-      cache_(config_.num_layers, cfg.num_kv_blocks, cfg.block_size,
-             weights_.kv_head_end - weights_.kv_head_begin, config_.head_dim),
-      forward_(&config_, &weights_, LayoutOf(config_, tp), tp, experts, &cache_),
+      cache_(std::make_unique<PagedKvCache>(config_.num_layers, cfg.num_kv_blocks, cfg.block_size,
+                                            weights_.kv_head_end - weights_.kv_head_begin,
+                                            config_.head_dim)),
+      forward_(std::make_unique<TpForward>(&config_, &weights_, LayoutOf(config_, tp), tp, experts,
+                                           cache_.get())),
       block_used_(cfg.num_kv_blocks, false),
       free_blocks_(cfg.num_kv_blocks) {}
+
+AttentionRunner::AttentionRunner(ModelConfig config, AttentionRunnerConfig cfg, Collective* tp,
+                                 std::unique_ptr<ForwardPass> forward)
+    : config_(std::move(config)),
+      cfg_(cfg),
+      tp_(tp),
+      forward_(std::move(forward)),
+      block_used_(cfg.num_kv_blocks, false),
+      free_blocks_(cfg.num_kv_blocks) {
+  MM_CHECK(tp_ != nullptr && forward_ != nullptr);
+}
 
 ShardSpec AttentionRunner::ShardFor(const ModelConfig& config, int rank, int tp_size) {
   return ShardForLayout(MakeTpLayout(config, rank, tp_size));
@@ -154,7 +167,7 @@ absl::StatusOr<StepResult> AttentionRunner::Execute(const StepPlan& plan) {
   for (const Staged& st : staged) {
     batch.push_back({st.seq->tokens, st.seq->start_position, st.table, st.seq->sample});
   }
-  MM_ASSIGN_OR_RETURN(std::vector<float> logits, forward_.Run(batch));
+  MM_ASSIGN_OR_RETURN(std::vector<float> logits, forward_->Run(batch));
 
   StepResult result;
   result.step = plan.step;

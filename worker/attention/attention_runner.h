@@ -19,6 +19,7 @@
 #include "runtime/collective.h"
 #include "runtime/expert_client.h"
 #include "runtime/step_plan.h"
+#include "worker/attention/forward_pass.h"
 #include "worker/attention/paged_kv_cache.h"
 #include "worker/attention/tp_forward.h"
 #include "worker/attention/tp_layout.h"
@@ -37,6 +38,10 @@ class AttentionRunner {
   // a model without MoE layers). The config must pass CheckTp (checked).
   AttentionRunner(ModelConfig config, ModelWeights weights, AttentionRunnerConfig cfg,
                   Collective* tp, ExpertClient* experts);
+  // Runs the steps through another forward pass (the GPU one), which owns this rank's weights
+  // and KV cache of cfg.num_kv_blocks blocks. `tp` is still used to know the rank.
+  AttentionRunner(ModelConfig config, AttentionRunnerConfig cfg, Collective* tp,
+                  std::unique_ptr<ForwardPass> forward);
 
   // Query heads split evenly; vocabulary split evenly (the last rank takes the rest); no routed
   // experts; replicated norms, router, dense MLPs and shared experts.
@@ -85,11 +90,11 @@ class AttentionRunner {
   void Commit(absl::flat_hash_map<uint64_t, RequestState>& fresh, std::vector<Staged>& staged);
 
   const ModelConfig config_;
-  const ModelWeights weights_;
+  const ModelWeights weights_;  // empty when the forward pass owns its weights
   const AttentionRunnerConfig cfg_;
   Collective* tp_;
-  PagedKvCache cache_;
-  TpForward forward_;
+  std::unique_ptr<PagedKvCache> cache_;  // the CPU forward pass's cache
+  std::unique_ptr<ForwardPass> forward_;
   absl::flat_hash_map<uint64_t, RequestState> requests_;
   std::vector<bool> block_used_;
   int32_t free_blocks_;

@@ -15,21 +15,13 @@
 #include "model/reference/model_weights.h"
 #include "runtime/collective.h"
 #include "runtime/expert_client.h"
+#include "worker/attention/forward_pass.h"
 #include "worker/attention/paged_kv_cache.h"
 #include "worker/attention/tp_layout.h"
 
 namespace moemesh {
 
-// One sequence's part of the batch (validated by the caller: tokens in the vocabulary, the
-// block table covering start_position + tokens.size()).
-struct ForwardSequence {
-  absl::Span<const int32_t> tokens;
-  int64_t start_position = 0;
-  absl::Span<const int32_t> block_table;
-  bool logits = false;  // compute the logits of its last token
-};
-
-class TpForward {
+class TpForward : public ForwardPass {
  public:
   // All pointers are borrowed and must outlive this object; `experts` may be null only for a
   // model without MoE layers.
@@ -38,7 +30,7 @@ class TpForward {
 
   // Runs the batch, writing its K/V into the cache. Returns the full-vocabulary logits
   // [sequences with logits, vocab] (on every rank), in batch order.
-  absl::StatusOr<std::vector<float>> Run(absl::Span<const ForwardSequence> batch);
+  absl::StatusOr<std::vector<float>> Run(absl::Span<const ForwardSequence> batch) override;
 
  private:
   absl::Status Attention(int layer, absl::Span<const ForwardSequence> batch,

@@ -1,5 +1,5 @@
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/rms_norm.h"
+#include "kernels/cuda/ops.h"
 
 namespace moemesh::cuda {
 namespace {

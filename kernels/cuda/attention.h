@@ -1,0 +1,77 @@
+// CUDA attention over a paged bf16 KV cache: appending new tokens' K/V, GQA decode (one query
+// token per sequence; the G query heads of a KV head are folded into the rows of one tile so
+// each KV byte is read once, and long sequences are split across blocks whose partial results
+// are combined exactly through their log-sum-exp), and causal prefill (flash-attention tiling:
+// scores are never materialised). The scalar twins are kernels/ref/paged_attention.h; the
+// conformance cases are in tests/conformance. All launches are asynchronous; AppendKv and
+// DecodeAttention are CUDA-graph capturable (launch shapes depend only on host-side bounds,
+// lengths and tables are read on the device). Thread-safe (stateless launches).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moemesh::cuda {
+
+// One layer's cache. Pools are [num_blocks, kv_heads, block_size, head_dim] bf16 ("HND": one
+// KV head's rows of a block are contiguous). Token position p of a sequence lives in row
+// p % block_size of block table[p / block_size]; a slot is block * block_size + row.
+struct PagedKv {
+  __nv_bfloat16* k = nullptr;
+  __nv_bfloat16* v = nullptr;
+  int32_t num_blocks = 0;
+  int32_t block_size = 0;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;  // 64 or 128
+};
+
+// Writes n tokens' K/V (fp32 [n, kv_heads, head_dim], rounded to bf16) at slots[t]; slot -1
+// skips the token (padding rows of a captured batch).
+void AppendKv(const PagedKv& cache, const float* k_new, const float* v_new, const int32_t* slots,
+              int64_t n, cudaStream_t stream);
+
+struct DecodeParams {
+  const float* q = nullptr;            // [batch, n_heads, head_dim]
+  float* out = nullptr;                // [batch, n_heads, head_dim]
+  float* lse = nullptr;                // optional [batch, n_heads]: ln sum_j exp(scale q.k_j)
+  const int32_t* block_tables = nullptr;  // [batch, max_blocks_per_seq]
+  const int32_t* kv_lens = nullptr;    // [batch] tokens to attend (incl. the new one); 0 = a
+                                       // padding row: out = 0, lse = -inf
+  int32_t batch = 0;
+  int32_t n_heads = 0;                 // query heads; n_heads % cache.kv_heads == 0
+  int32_t max_blocks_per_seq = 0;
+  int32_t max_kv_len = 0;              // host bound on every kv_lens[b]: sizes the launch
+  float scale = 1.0f;
+  int32_t window = 0;                  // > 0: only the last `window` positions are attended
+};
+
+// Device scratch DecodeAttention needs for these bounds (partial outputs and LSEs of splits).
+size_t DecodeWorkspaceBytes(int32_t batch, int32_t n_heads, int32_t head_dim, int32_t max_kv_len);
+
+void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspace,
+                     size_t workspace_bytes, cudaStream_t stream);
+
+// Causal attention of packed query rows: sequence b's q_lens[b] queries are rows
+// q_start[b] .. + q_lens[b] of q ([rows, n_heads, head_dim]) and sit at the last q_lens[b] of
+// kv_lens[b] positions, whose K/V are already in the cache (AppendKv first).
+struct PrefillParams {
+  const float* q = nullptr;
+  float* out = nullptr;                // like q
+  const int32_t* q_start = nullptr;    // [batch]
+  const int32_t* q_lens = nullptr;     // [batch]
+  const int32_t* kv_lens = nullptr;    // [batch]
+  const int32_t* block_tables = nullptr;  // [batch, max_blocks_per_seq]
+  int32_t batch = 0;
+  int32_t n_heads = 0;
+  int32_t max_blocks_per_seq = 0;
+  int32_t max_q_len = 0;               // host bound on every q_lens[b]
+  float scale = 1.0f;
+  int32_t window = 0;
+};
+
+void PrefillAttention(const PagedKv& cache, const PrefillParams& p, cudaStream_t stream);
+
+}  // namespace moemesh::cuda
