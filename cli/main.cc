@@ -14,6 +14,7 @@
 #include "cli/generate_command.h"
 #include "cli/run_command.h"
 #include "cli/serve_command.h"
+#include "coordinator/cascade_planner.h"
 #include "coordinator/server/coordinator_runner.h"
 #include "worker/expert/expert_format.h"
 #include "worker/process/worker_processes.h"
@@ -54,12 +55,23 @@ ABSL_FLAG(int32_t, expert_threads, 0, "compute threads per expert worker (0: its
 ABSL_FLAG(std::string, expert_format, "bf16",
           "routed experts' weight format in the expert workers: bf16, int8-g32, int8-g128, int4-g32, "
           "int4-g128, or fp32 (the reference pool, for checking)");
-ABSL_FLAG(int32_t, kv_blocks, 2048, "KV cache blocks per attention rank");
+ABSL_FLAG(int32_t, kv_blocks, 0,
+          "KV cache blocks per attention rank (0: GPU ranks fill 90% of free device memory, CPU "
+          "ranks take 2048)");
+ABSL_FLAG(std::vector<std::string>, gpus, {},
+          "serve: CUDA devices of the attention ranks, one per rank, e.g. 0,1 (empty: CPU ranks)");
+ABSL_FLAG(int32_t, gpu, -1, "attention workers: CUDA device to run on (-1: the CPU)");
+ABSL_FLAG(bool, cuda_graphs, true, "attention workers on a GPU: replay decode steps as CUDA graphs");
 ABSL_FLAG(int32_t, block_size, 16, "tokens per KV block");
 ABSL_FLAG(int32_t, max_running, 64, "requests decoding at once");
 ABSL_FLAG(int32_t, max_waiting, 256, "admission queue bound (RESOURCE_EXHAUSTED beyond)");
 ABSL_FLAG(int32_t, max_step_tokens, 2048, "tokens per step (prefill chunks and decodes)");
 ABSL_FLAG(int32_t, context_length, 0, "context length (0: the model's)");
+ABSL_FLAG(bool, prefix_caching, true, "reuse the KV blocks of cached prompt prefixes");
+ABSL_FLAG(std::string, cascade, "auto",
+          "cascade decoding of shared prefixes: auto (per step from the cost model; needs "
+          "--cascade_calibration, else flat), on, off");
+ABSL_FLAG(std::string, cascade_calibration, "", "cascade cost model constants (a JSON file)");
 ABSL_FLAG(int32_t, worker_timeout_s, 300, "coordinator: seconds to wait for workers to register");
 ABSL_FLAG(std::string, host, "127.0.0.1", "serve: the address every process binds to");
 ABSL_FLAG(int32_t, port, 0, "serve: the public port (0: the OS chooses)");
@@ -78,6 +90,8 @@ const char kUsage[] =
     "  serve             a local cluster on loopback: coordinator + workers as child processes\n"
     "                    moemesh serve --model DIR [--tp N] [--expert_workers M] [--port P]\n"
     "                    [--expert_format bf16|int8-g32|int8-g128|int4-g32|int4-g128|fp32]\n"
+    "                    [--prefix_caching=true|false] [--cascade auto|on|off]\n"
+    "                    [--cascade_calibration FILE]\n"
     "  generate          stream an answer from a running cluster\n"
     "                    moemesh generate --server HOST:PORT --prompt TEXT [sampling flags]\n"
     "  coordinator       the coordinator alone (--model, --listen, --tp, --expert_workers)\n"
@@ -145,7 +159,17 @@ moemesh::SchedulerConfig SchedulerFromFlags() {
   s.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   s.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   s.context_length = absl::GetFlag(FLAGS_context_length);
+  s.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
+  s.cascade.mode = moemesh::ParseCascadeMode(absl::GetFlag(FLAGS_cascade)).value_or(moemesh::CascadeMode::kAuto);
   return s;
+}
+
+// The --cascade value, or false after printing why it is not one.
+bool CheckCascade(const char* command) {
+  const absl::StatusOr<moemesh::CascadeMode> mode = moemesh::ParseCascadeMode(absl::GetFlag(FLAGS_cascade));
+  if (mode.ok()) return true;
+  std::fprintf(stderr, "moemesh %s: --cascade: %s\n", command, std::string(mode.status().message()).c_str());
+  return false;
 }
 
 // The --expert_format value, or false after printing why it is not one.
@@ -173,14 +197,16 @@ int Coordinator() {
   c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
   c.expert_format = absl::GetFlag(FLAGS_expert_format);
   c.scheduler = SchedulerFromFlags();
+  c.cascade_calibration = absl::GetFlag(FLAGS_cascade_calibration);
   c.worker_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_worker_timeout_s));
   if (c.model_dir.empty()) {
     std::fprintf(stderr, "moemesh coordinator: --model is required\n");
     return 2;
   }
-  if (!CheckExpertFormat("coordinator", c.expert_format)) return 2;
+  if (!CheckExpertFormat("coordinator", c.expert_format) || !CheckCascade("coordinator")) return 2;
   if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers) ||
-      !CheckPositive("kv_blocks", c.scheduler.num_blocks) || !CheckPositive("block_size", c.scheduler.block_size)) {
+      c.scheduler.num_blocks < 0 || !CheckPositive("block_size", c.scheduler.block_size)) {
+    if (c.scheduler.num_blocks < 0) std::fprintf(stderr, "moemesh: --kv_blocks must be >= 0\n");
     return 2;
   }
   return moemesh::RunCoordinator(c);
@@ -198,11 +224,18 @@ int Serve() {
   c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
   c.expert_memory_limit = absl::GetFlag(FLAGS_expert_memory_limit);
   c.expert_format = absl::GetFlag(FLAGS_expert_format);
+  c.gpus = absl::GetFlag(FLAGS_gpus);
+  c.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  if (!c.gpus.empty() && static_cast<int>(c.gpus.size()) != c.tp_size) {
+    std::fprintf(stderr, "moemesh serve: --gpus names %zu devices but --tp is %d (one per rank)\n",
+                 c.gpus.size(), c.tp_size);
+    return 2;
+  }
   if (c.model_dir.empty()) {
     std::fprintf(stderr, "moemesh serve: --model is required\n");
     return 2;
   }
-  if (!CheckExpertFormat("serve", c.expert_format)) return 2;
+  if (!CheckExpertFormat("serve", c.expert_format) || !CheckCascade("serve")) return 2;
   if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers)) return 2;
   const moemesh::SchedulerConfig s = SchedulerFromFlags();
   c.coordinator_flags = {"--kv_blocks=" + std::to_string(s.num_blocks),
@@ -210,7 +243,10 @@ int Serve() {
                          "--max_running=" + std::to_string(s.max_running),
                          "--max_waiting=" + std::to_string(s.max_waiting),
                          "--max_step_tokens=" + std::to_string(s.max_step_tokens),
-                         "--context_length=" + std::to_string(s.context_length)};
+                         "--context_length=" + std::to_string(s.context_length),
+                         std::string("--prefix_caching=") + (s.prefix_caching ? "true" : "false"),
+                         "--cascade=" + absl::GetFlag(FLAGS_cascade),
+                         "--cascade_calibration=" + absl::GetFlag(FLAGS_cascade_calibration)};
   return moemesh::ServeCommand(c);
 }
 
@@ -272,6 +308,8 @@ int main(int argc, char** argv) {
     w.name = absl::GetFlag(FLAGS_name);
     w.threads = absl::GetFlag(FLAGS_threads);
     w.memory_limit_bytes = static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_memory_limit)));
+    w.gpu = absl::GetFlag(FLAGS_gpu);
+    w.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     if (w.coordinator.empty()) {
       std::fprintf(stderr, "moemesh %s: --coordinator HOST:PORT is required\n", command.c_str());
       return 2;

@@ -148,7 +148,9 @@ int ServeCommand(const ServeConfig& cfg) {
   for (int r = 0; r < cfg.tp_size; ++r) {
     cluster.Start(absl::StrCat("attention worker ", r),
                   {"attention-worker", "--coordinator=" + coordinator, absl::StrCat("--listen=", cfg.host, ":0"),
-                   absl::StrCat("--name=attention-", r)});
+                   absl::StrCat("--name=attention-", r),
+                   "--gpu=" + (cfg.gpus.empty() ? std::string("-1") : cfg.gpus[r]),
+                   absl::StrCat("--cuda_graphs=", cfg.cuda_graphs ? "true" : "false")});
   }
   for (int e = 0; e < cfg.expert_workers; ++e) {
     cluster.Start(absl::StrCat("expert worker ", e),

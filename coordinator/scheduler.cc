@@ -23,16 +23,11 @@ absl::Status SchedulerConfig::Validate() const {
   MM_RETURN_IF_ERROR(AtLeast("block_size", block_size, 1));
   MM_RETURN_IF_ERROR(AtLeast("num_blocks", num_blocks, 1));
   MM_RETURN_IF_ERROR(AtLeast("context_length", context_length, 1));
-  return absl::OkStatus();
-}
-
-int32_t Scheduler::Request::TokenAt(int64_t position) const {
-  const int64_t prompt_size = static_cast<int64_t>(params.prompt.size());
-  return position < prompt_size ? params.prompt[position] : output[position - prompt_size];
+  return cascade.Validate();
 }
 
 Scheduler::Scheduler(SchedulerConfig config)
-    : config_(config), allocator_(config.num_blocks, config.block_size) {
+    : config_(config), cache_(config.num_blocks, config.block_size, config.prefix_caching) {
   MM_CHECK(config_.Validate().ok());
 }
 
@@ -76,6 +71,7 @@ absl::Status Scheduler::Add(SchedulerRequest request) {
   const uint64_t id = request.id;
   Request& r = requests_[id];
   r.params = std::move(request);
+  r.tokens = r.params.prompt;
   waiting_.push_back(id);
   return absl::OkStatus();
 }
@@ -86,7 +82,7 @@ ScheduledSequence Scheduler::ScheduleTokens(Request& r, int64_t n,
   seq.id = r.params.id;
   seq.start_position = r.num_computed;
   seq.tokens.reserve(n);
-  for (int64_t p = r.num_computed; p < r.num_computed + n; ++p) seq.tokens.push_back(r.TokenAt(p));
+  seq.tokens.assign(r.tokens.begin() + r.num_computed, r.tokens.begin() + r.num_computed + n);
   r.blocks.insert(r.blocks.end(), new_blocks.begin(), new_blocks.end());
   seq.new_blocks = std::move(new_blocks);
   r.num_computed += n;
@@ -103,14 +99,60 @@ uint64_t Scheduler::PreemptLast(StepPlan& plan) {
   const uint64_t id = running_.back();
   running_.pop_back();
   Request& r = requests_.at(id);
-  allocator_.Release(r.blocks);
+  cache_.Release(r.blocks);
   r.blocks.clear();
   r.num_computed = 0;
+  r.chain = {};
   r.running = false;
   waiting_.push_front(id);
   plan.finished.push_back(id);
   ++preemptions_;
   return id;
+}
+
+bool Scheduler::Admit(StepPlan& plan, int64_t& budget, std::vector<int32_t>& copy_sources) {
+  const uint64_t id = waiting_.front();
+  Request& r = requests_.at(id);
+  MM_CHECK(r.num_computed == 0 && r.blocks.empty());
+  // Hold the cached prefix while allocating, so making room cannot evict it.
+  const PrefixCache::Match match = cache_.Lookup(r.tokens);
+  cache_.Acquire(match.shared);
+  if (match.copy_src >= 0) cache_.Acquire({&match.copy_src, 1});
+  const int64_t n = std::min(r.num_tokens() - match.tokens, budget);
+  MM_CHECK(n >= 1);
+  const int32_t need = KvBlockAllocator::BlocksFor(match.tokens + n, config_.block_size) -
+                       static_cast<int32_t>(match.shared.size());
+  if (need > cache_.num_available()) {
+    cache_.Release(match.shared);
+    if (match.copy_src >= 0) cache_.Release({&match.copy_src, 1});
+    return false;
+  }
+  auto fresh = cache_.Allocate(need);
+  MM_CHECK(fresh.ok());
+  waiting_.pop_front();
+  running_.push_back(id);
+  r.running = true;
+  r.blocks = match.shared;
+  r.num_computed = match.tokens;
+  r.chain = {.node = match.node, .blocks = static_cast<int32_t>(match.shared.size())};
+  NewRequest nr{.id = id, .prompt = r.params.prompt, .output = r.output,
+                .sampling = r.params.sampling, .prefix_blocks = match.shared,
+                .prefix_tokens = match.tokens};
+  std::vector<int32_t> blocks = *std::move(fresh);
+  if (match.copy_src >= 0) {
+    // The block holding the first position to compute is a private copy of the cached one. The
+    // source stays held until the plan is built, so no later admission reuses it in this step.
+    const int32_t dst = blocks.front();
+    blocks.erase(blocks.begin());
+    plan.block_copies.push_back({match.copy_src, dst});
+    copy_sources.push_back(match.copy_src);
+    nr.prefix_blocks.push_back(dst);
+    r.blocks.push_back(dst);
+  }
+  plan.new_requests.push_back(std::move(nr));
+  plan.sequences.push_back(ScheduleTokens(r, n, std::move(blocks)));
+  budget -= n;
+  return true;
 }
 
 std::optional<StepPlan> Scheduler::Schedule() {
@@ -130,42 +172,39 @@ std::optional<StepPlan> Scheduler::Schedule() {
     const int32_t need = KvBlockAllocator::BlocksFor(r.num_computed + n, config_.block_size) -
                          static_cast<int32_t>(r.blocks.size());
     bool self_preempted = false;
-    while (need > allocator_.num_free() && !self_preempted) {
+    while (need > cache_.num_available() && !self_preempted) {
       self_preempted = PreemptLast(plan) == id;
       preempted = true;
     }
     if (self_preempted) break;  // it was the last running request
-    auto blocks = allocator_.Allocate(need);
+    auto blocks = cache_.Allocate(need);
     MM_CHECK(blocks.ok());
     plan.sequences.push_back(ScheduleTokens(r, n, *std::move(blocks)));
     budget -= n;
   }
 
   // Admissions, FIFO. None after a preemption: the victims would be re-admitted at once.
+  std::vector<int32_t> copy_sources;
   while (!preempted && budget > 0 && !waiting_.empty() &&
          static_cast<int32_t>(running_.size()) < config_.max_running) {
-    const uint64_t id = waiting_.front();
-    Request& r = requests_.at(id);
-    MM_CHECK(r.num_computed == 0 && r.blocks.empty());
-    const int64_t n = std::min(r.num_tokens(), budget);
-    const int32_t need = KvBlockAllocator::BlocksFor(n, config_.block_size);
-    if (need > allocator_.num_free()) break;
-    auto blocks = allocator_.Allocate(need);
-    MM_CHECK(blocks.ok());
-    waiting_.pop_front();
-    running_.push_back(id);
-    r.running = true;
-    plan.new_requests.push_back(
-        NewRequest{.id = id, .prompt = r.params.prompt, .output = r.output,
-                   .sampling = r.params.sampling});
-    plan.sequences.push_back(ScheduleTokens(r, n, *std::move(blocks)));
-    budget -= n;
+    if (!Admit(plan, budget, copy_sources)) break;
   }
+  cache_.Release(copy_sources);
 
   if (plan.sequences.empty() && plan.finished.empty()) {
     MM_CHECK(plan.new_requests.empty());
     return std::nullopt;
   }
+  // What this plan computes joins the prefix cache (usable from the next plan on: the workers
+  // run plans in order), and the one-token sequences may form cascade levels.
+  std::vector<CascadeSequence> decodes;
+  for (const ScheduledSequence& seq : plan.sequences) {
+    Request& r = requests_.at(seq.id);
+    cache_.Insert(r.tokens, r.blocks, r.num_computed, r.chain);
+    if (seq.tokens.size() == 1) decodes.push_back({seq.id, r.blocks, seq.start_position});
+  }
+  plan.cascade = PlanCascade(decodes, config_.cascade, config_.block_size);
+  cascade_levels_ += plan.cascade.size();
   plan.step = next_step_++;
   outstanding_step_ = plan.step;
   return plan;
@@ -212,6 +251,7 @@ absl::Status Scheduler::Update(const StepPlan& plan, const StepResult& result,
       if (!in_flight_.contains(t.id)) continue;  // aborted since the plan
       Request& r = requests_.at(t.id);
       r.output.push_back(t.sample.token);
+      r.tokens.push_back(t.sample.token);
       if (static_cast<int32_t>(r.output.size()) >= r.params.max_tokens) done.push_back(t.id);
     }
   }
@@ -226,7 +266,7 @@ void Scheduler::Remove(uint64_t id) {
   Request& r = requests_.at(id);
   if (r.running) {
     running_.erase(std::find(running_.begin(), running_.end(), id));
-    allocator_.Release(r.blocks);
+    cache_.Release(r.blocks);
     pending_finished_.push_back(id);
   } else {
     auto it = std::find(waiting_.begin(), waiting_.end(), id);
@@ -246,9 +286,11 @@ bool Scheduler::Abort(uint64_t id) {
 SchedulerStats Scheduler::stats() const {
   return SchedulerStats{.waiting = static_cast<int32_t>(waiting_.size()),
                         .running = static_cast<int32_t>(running_.size()),
-                        .kv_blocks_free = allocator_.num_free(),
-                        .kv_blocks_used = allocator_.num_used(),
-                        .preemptions = preemptions_};
+                        .kv_blocks_free = cache_.num_available(),
+                        .kv_blocks_used = cache_.num_blocks() - cache_.num_available(),
+                        .kv_blocks_cached = cache_.num_cached_idle(),
+                        .preemptions = preemptions_,
+                        .cascade_levels = cascade_levels_};
 }
 
 bool Scheduler::HasWork() const {

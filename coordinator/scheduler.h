@@ -1,8 +1,9 @@
 // The continuous-batching scheduler: pure logic, no threads or sockets. Each step goes
 // Schedule() -> (the caller dispatches the plan to the workers) -> Update(), strictly
-// alternating. Owns the waiting queue, the running set and the KV block allocator. Stop logic
-// (EOS, stop strings), tokenization and request validation against the model are the
-// caller's. Not thread-safe: one owner (the coordinator's step loop).
+// alternating. Owns the waiting queue, the running set and the KV blocks with their prefix cache
+// (prefix_cache.h), and plans each step's cascade levels (cascade_planner.h). Stop logic (EOS,
+// stop strings), tokenization and request validation against the model are the caller's.
+// Not thread-safe: one owner (the coordinator's step loop).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "coordinator/cascade_planner.h"
 #include "coordinator/kv_block_allocator.h"
+#include "coordinator/prefix_cache.h"
 #include "model/sampling/sampling.h"
 #include "runtime/step_plan.h"
 
@@ -27,6 +30,8 @@ struct SchedulerConfig {
   int32_t block_size = 16;         // tokens per KV block
   int32_t num_blocks = 1024;       // KV blocks in the cache
   int32_t context_length = 4096;   // prompt + max_tokens limit
+  bool prefix_caching = true;      // reuse the KV blocks of cached prefixes (prefix_cache.h)
+  CascadeConfig cascade = {};      // cascade levels among each step's decodes
 
   // InvalidArgument naming the field and the value when one is out of range.
   absl::Status Validate() const;
@@ -42,9 +47,11 @@ struct SchedulerRequest {
 struct SchedulerStats {
   int32_t waiting = 0;
   int32_t running = 0;
-  int32_t kv_blocks_free = 0;
-  int32_t kv_blocks_used = 0;
+  int32_t kv_blocks_free = 0;    // allocatable now: free, or cached and held by no request
+  int32_t kv_blocks_used = 0;    // held by requests
+  int32_t kv_blocks_cached = 0;  // cached and held by no request (part of kv_blocks_free)
   uint64_t preemptions = 0;
+  uint64_t cascade_levels = 0;   // cascade levels planned so far
 };
 
 class Scheduler {
@@ -63,7 +70,12 @@ class Scheduler {
   // admission order, get their pending tokens (one decode token, or the rest of a prompt chunked
   // to the budget); then, unless someone was preempted in this step, waiting requests are
   // admitted FIFO while the token budget, max_running and free blocks allow (a prompt longer than
-  // the remaining budget is chunked; `sample` is false until its last chunk). A running request
+  // the remaining budget is chunked; `sample` is false until its last chunk). With prefix
+  // caching, an admitted request's table starts with the cached blocks of its longest cached
+  // prefix (NewRequest::prefix_blocks; a partly valid block is copied: `block_copies`) and its
+  // first chunk starts after them; its computed blocks join the cache once scheduled, visible
+  // from the next plan on. `cascade` holds the levels the cascade planner keeps among this
+  // plan's one-token sequences. A running request
   // that needs a block when none is free preempts the most recently admitted running request(s)
   // (itself when it is the most recent): their blocks are freed, they go to the FRONT of the
   // waiting queue, and their ids are in this plan's `finished`; re-admitted, they are sent again
@@ -96,14 +108,13 @@ class Scheduler {
   struct Request {
     SchedulerRequest params;
     std::vector<int32_t> output;  // tokens sampled so far
+    std::vector<int32_t> tokens;  // prompt, then output
     int64_t num_computed = 0;     // tokens scheduled into the KV cache this admission
     std::vector<int32_t> blocks;  // this admission's block table
+    PrefixCache::Chain chain;     // where its blocks hang in the prefix cache
     bool running = false;
 
-    int64_t num_tokens() const {
-      return static_cast<int64_t>(params.prompt.size() + output.size());
-    }
-    int32_t TokenAt(int64_t position) const;
+    int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
   };
 
   // The sequence for `r`'s next `n` tokens; `new_blocks` are appended to its block table.
@@ -112,9 +123,11 @@ class Scheduler {
   uint64_t PreemptLast(StepPlan& plan);
   // Removes a request wherever it is; running ones are reported in the next plan.
   void Remove(uint64_t id);
+  // Admits the front of the waiting queue within `budget`, or returns false (blocks short).
+  bool Admit(StepPlan& plan, int64_t& budget, std::vector<int32_t>& copy_sources);
 
   SchedulerConfig config_;
-  KvBlockAllocator allocator_;
+  PrefixCache cache_;
   absl::flat_hash_map<uint64_t, Request> requests_;  // every live request
   std::deque<uint64_t> waiting_;                    // admission order, front first
   std::vector<uint64_t> running_;                   // admission order, oldest first
@@ -123,6 +136,7 @@ class Scheduler {
   std::optional<uint64_t> outstanding_step_;
   uint64_t next_step_ = 0;
   uint64_t preemptions_ = 0;
+  uint64_t cascade_levels_ = 0;
 };
 
 }  // namespace moemesh

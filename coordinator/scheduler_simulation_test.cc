@@ -1,6 +1,10 @@
 // Randomised simulation of the scheduler against fake workers and a fake model whose token
 // depends only on the request and its position, with caches small enough to force preemption.
 // The fake workers check every plan against what they hold; the fake client owns stop logic.
+// The workers' fake KV cache holds, for every written row, a hash of the tokens up to that
+// position: every step checks that each sequence's table holds its own prefix (through shared
+// blocks, copies and eviction), that no request writes a block another holds, and that cascade
+// levels describe blocks the members really share.
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -38,12 +42,24 @@ struct WorkerSequence {
   std::vector<int32_t> blocks;
 };
 
+// The fake KV of position p: a hash of tokens [0, p].
+std::vector<uint64_t> PrefixTags(const std::vector<int32_t>& tokens, int64_t n) {
+  std::vector<uint64_t> tags(n);
+  uint64_t h = 0x12345;
+  for (int64_t p = 0; p < n; ++p) {
+    h = (h ^ static_cast<uint64_t>(tokens[p])) * 0x100000001B3ull + 0x9E3779B97F4A7C15ull;
+    tags[p] = h | 1;  // never 0 (an unwritten row)
+  }
+  return tags;
+}
+
 struct SimulationParams {
   uint64_t seed;
   SchedulerConfig config;
   int num_requests;
   int max_prompt;
   double abort_probability;
+  double shared_prompt_probability = 0;  // a prompt starting with one of a few shared prefixes
 };
 
 class Simulation {
@@ -63,7 +79,14 @@ class Simulation {
         SchedulerRequest r;
         r.id = next_id;
         const int prompt = std::uniform_int_distribution<int>(1, p_.max_prompt)(rng_);
-        for (int i = 0; i < prompt; ++i) r.prompt.push_back(ModelToken(r.id * 31 + 7, i));
+        int own_from = 0;
+        if (std::bernoulli_distribution(p_.shared_prompt_probability)(rng_)) {
+          // One of 3 shared prefixes (system prompts, or n samples of one prompt).
+          const uint64_t family = std::uniform_int_distribution<int>(0, 2)(rng_);
+          own_from = std::uniform_int_distribution<int>(prompt / 2, prompt)(rng_);
+          for (int i = 0; i < own_from; ++i) r.prompt.push_back(ModelToken(family + 7777, i));
+        }
+        for (int i = own_from; i < prompt; ++i) r.prompt.push_back(ModelToken(r.id * 31 + 7, i));
         const int64_t room = std::min<int64_t>(c.context_length - prompt, cache_tokens + 1 - prompt);
         r.max_tokens = std::uniform_int_distribution<int>(1, static_cast<int>(std::min<int64_t>(room, 40)))(rng_);
         r.sampling.seed = r.id;
@@ -117,7 +140,7 @@ class Simulation {
     EXPECT_EQ(stats.kv_blocks_used, 0);
     EXPECT_EQ(stats.running + stats.waiting, 0);
     EXPECT_TRUE(workers_.empty());
-    EXPECT_TRUE(block_owner_.empty());
+    EXPECT_TRUE(block_refs_.empty());
     for (const auto& [id, client] : clients_) {
       EXPECT_FALSE(client.live) << id;
       const int64_t prompt = static_cast<int64_t>(client.prompt.size());
@@ -136,6 +159,9 @@ class Simulation {
   int rejected() const { return rejected_; }
   int aborted() const { return aborted_; }
   uint64_t preemptions() const { return scheduler_.stats().preemptions; }
+  int64_t cached_tokens() const { return cached_tokens_; }
+  int copies() const { return copies_; }
+  int cascade_levels() const { return cascade_levels_; }
 
  private:
   void MaybeAbort(double probability = -1) {
@@ -169,9 +195,23 @@ class Simulation {
     for (uint64_t id : plan.finished) {
       auto it = workers_.find(id);
       ASSERT_NE(it, workers_.end()) << "finished request unknown to workers: " << id;
-      for (int32_t b : it->second.blocks) block_owner_.erase(b);
+      for (int32_t b : it->second.blocks) Unref(b);
       workers_.erase(it);
     }
+    // Copies run before the step: into blocks nobody holds, none both a source and a target.
+    std::set<int32_t> sources, targets;
+    for (const BlockCopy& cp : plan.block_copies) sources.insert(cp.src);
+    for (const BlockCopy& cp : plan.block_copies) {
+      ASSERT_TRUE(cp.src >= 0 && cp.src < c.num_blocks) << cp.src;
+      ASSERT_TRUE(cp.dst >= 0 && cp.dst < c.num_blocks) << cp.dst;
+      ASSERT_FALSE(block_refs_.contains(cp.dst)) << "copy into held block " << cp.dst;
+      ASSERT_TRUE(targets.insert(cp.dst).second) << "two copies into " << cp.dst;
+      ASSERT_FALSE(sources.contains(cp.dst)) << "block " << cp.dst << " is a source and a target";
+    }
+    std::map<int32_t, std::vector<uint64_t>> copied;
+    for (const BlockCopy& cp : plan.block_copies) copied[cp.dst] = Rows(cp.src);
+    for (auto& [dst, rows] : copied) kv_[dst] = std::move(rows);
+    copies_ += static_cast<int>(plan.block_copies.size());
     for (const NewRequest& r : plan.new_requests) {
       ASSERT_FALSE(workers_.contains(r.id)) << "sent twice: " << r.id;
       ClientRequest& client = clients_.at(r.id);
@@ -198,11 +238,26 @@ class Simulation {
       WorkerSequence seq;
       seq.tokens = r.prompt;
       seq.tokens.insert(seq.tokens.end(), r.output.begin(), r.output.end());
+      // A cached prefix: blocks covering exactly prefix_tokens, leaving a token to compute, and
+      // holding this request's own prefix (after this step's copies).
+      ASSERT_GE(r.prefix_tokens, 0);
+      ASSERT_LT(r.prefix_tokens, static_cast<int64_t>(seq.tokens.size())) << r.id;
+      ASSERT_EQ(static_cast<int64_t>(r.prefix_blocks.size()),
+                KvBlockAllocator::BlocksFor(r.prefix_tokens, c.block_size)) << r.id;
+      if (r.prefix_tokens % c.block_size != 0) {
+        ASSERT_TRUE(targets.contains(r.prefix_blocks.back())) << "partly used block not a copy";
+      }
+      seq.cached = r.prefix_tokens;
+      seq.blocks = r.prefix_blocks;
+      for (int32_t b : r.prefix_blocks) ++block_refs_[b];
+      ASSERT_NO_FATAL_FAILURE(CheckHolds(r.id, seq, seq.cached));
+      cached_tokens_ += r.prefix_tokens;
       workers_[r.id] = std::move(seq);
     }
     ASSERT_LE(static_cast<int32_t>(workers_.size()), c.max_running);
     int64_t step_tokens = 0;
     std::set<uint64_t> scheduled;
+    std::map<uint64_t, int64_t> one_token;  // id -> query position
     result.step = plan.step;
     for (const ScheduledSequence& s : plan.sequences) {
       ASSERT_TRUE(scheduled.insert(s.id).second) << "scheduled twice: " << s.id;
@@ -224,12 +279,27 @@ class Simulation {
       for (int32_t b : s.new_blocks) {
         ASSERT_GE(b, 0);
         ASSERT_LT(b, c.num_blocks);
-        ASSERT_TRUE(block_owner_.emplace(b, s.id).second) << "block " << b << " given twice";
+        ASSERT_FALSE(block_refs_.contains(b)) << "block " << b << " given while held";
+        ASSERT_FALSE(targets.contains(b)) << "block " << b << " is a copy target and new";
+        block_refs_[b] = 1;
+        kv_.erase(b);  // whatever it held before is garbage now
         w.blocks.push_back(b);
       }
-      w.cached = end;
       ASSERT_EQ(static_cast<int64_t>(w.blocks.size()),
-                KvBlockAllocator::BlocksFor(w.cached, c.block_size));
+                KvBlockAllocator::BlocksFor(end, c.block_size));
+      // Everything before the step is this request's own prefix; its writes go to blocks it
+      // holds alone.
+      ASSERT_NO_FATAL_FAILURE(CheckHolds(s.id, w, w.cached));
+      const std::vector<uint64_t> tags = PrefixTags(w.tokens, end);
+      for (int64_t pos = s.start_position; pos < end; ++pos) {
+        const int32_t b = w.blocks[pos / c.block_size];
+        ASSERT_EQ(block_refs_.at(b), 1) << "request " << s.id << " writes shared block " << b;
+        std::vector<uint64_t>& rows = kv_[b];
+        rows.resize(c.block_size, 0);
+        rows[pos % c.block_size] = tags[pos];
+      }
+      w.cached = end;
+      if (s.tokens.size() == 1) one_token[s.id] = s.start_position;
       ASSERT_EQ(s.sample, w.cached == static_cast<int64_t>(w.tokens.size()));
       step_tokens += static_cast<int64_t>(s.tokens.size());
       if (s.sample) {
@@ -243,20 +313,62 @@ class Simulation {
       }
     }
     ASSERT_LE(step_tokens, c.max_step_tokens);
+    // Cascade levels: one-token members sharing [begin, end) below their queries; each member's
+    // levels tile [0, its deepest end).
+    std::map<uint64_t, int32_t> reached;
+    for (const CascadeLevel& l : plan.cascade) {
+      ASSERT_GE(l.members.size(), 2u);
+      ASSERT_LT(l.block_begin, l.block_end);
+      const std::vector<int32_t>& first = workers_.at(l.members[0]).blocks;
+      for (uint64_t m : l.members) {
+        ASSERT_TRUE(one_token.contains(m)) << "cascade member " << m << " is not a decode";
+        ASSERT_LE(static_cast<int64_t>(l.block_end) * c.block_size, one_token.at(m));
+        const std::vector<int32_t>& blocks = workers_.at(m).blocks;
+        for (int32_t b = l.block_begin; b < l.block_end; ++b) ASSERT_EQ(blocks[b], first[b]);
+        ASSERT_EQ(reached[m], l.block_begin) << "member " << m;
+        reached[m] = l.block_end;
+      }
+      ++cascade_levels_;
+    }
+  }
+
+  // The rows of a block (unwritten rows 0).
+  std::vector<uint64_t> Rows(int32_t block) const {
+    auto it = kv_.find(block);
+    return it == kv_.end() ? std::vector<uint64_t>(p_.config.block_size, 0) : it->second;
+  }
+
+  // Positions [0, n) of the sequence's table hold its own prefix.
+  void CheckHolds(uint64_t id, const WorkerSequence& w, int64_t n) const {
+    const std::vector<uint64_t> tags = PrefixTags(w.tokens, n);
+    const int bs = p_.config.block_size;
+    for (int64_t pos = 0; pos < n; ++pos) {
+      const std::vector<uint64_t> rows = Rows(w.blocks[pos / bs]);
+      ASSERT_EQ(rows[pos % bs], tags[pos])
+          << "request " << id << " position " << pos << " (block " << w.blocks[pos / bs] << ")";
+    }
+  }
+
+  void Unref(int32_t block) {
+    auto it = block_refs_.find(block);
+    ASSERT_NE(it, block_refs_.end()) << block;
+    if (--it->second == 0) block_refs_.erase(it);
   }
 
   void CheckAccounting() {
     const SchedulerStats stats = scheduler_.stats();
     ASSERT_EQ(stats.kv_blocks_free + stats.kv_blocks_used, p_.config.num_blocks);
-    int32_t running = 0, used = 0, live = 0;
+    int32_t running = 0, live = 0;
+    std::set<int32_t> used;
     for (const auto& [id, seq] : workers_) {
       if (!clients_.at(id).live) continue;
       ++running;
-      used += static_cast<int32_t>(seq.blocks.size());
+      used.insert(seq.blocks.begin(), seq.blocks.end());
     }
     for (const auto& [id, client] : clients_) live += client.live;
     ASSERT_EQ(stats.running, running);
-    ASSERT_EQ(stats.kv_blocks_used, used);
+    ASSERT_EQ(stats.kv_blocks_used, static_cast<int32_t>(used.size()));
+    ASSERT_LE(stats.kv_blocks_cached, stats.kv_blocks_free);
     ASSERT_EQ(stats.waiting + stats.running, live);
     // Preempted requests go back to the queue even past max_waiting (it bounds admissions).
     ASSERT_LE(stats.waiting, p_.config.max_waiting + p_.config.max_running);
@@ -268,7 +380,11 @@ class Simulation {
   std::map<uint64_t, ClientRequest> clients_;
   std::vector<uint64_t> add_order_;
   std::map<uint64_t, WorkerSequence> workers_;
-  std::map<int32_t, uint64_t> block_owner_;
+  std::map<int32_t, int> block_refs_;                   // held blocks: sequences holding them
+  std::map<int32_t, std::vector<uint64_t>> kv_;         // block -> rows' prefix tags
+  int64_t cached_tokens_ = 0;
+  int copies_ = 0;
+  int cascade_levels_ = 0;
   uint64_t next_step_ = 0;
   int steps_ = 0;
   int rejected_ = 0;
@@ -315,6 +431,55 @@ TEST(SchedulerSimulation, RoomyCacheNeverPreempts) {
       .abort_probability = 0.0});
   ASSERT_NO_FATAL_FAILURE(sim.Run());
   EXPECT_EQ(sim.preemptions(), 0u);
+}
+
+SchedulerConfig WithCascadeOn(SchedulerConfig c) {
+  c.cascade.mode = CascadeMode::kOn;
+  return c;
+}
+
+TEST(SchedulerSimulation, SharedPrefixesReuseCopyEvictAndCascade) {
+  for (uint64_t seed : {21, 22, 23}) {
+    SCOPED_TRACE(seed);
+    Simulation sim(SimulationParams{
+        .seed = seed,
+        .config = WithCascadeOn({.max_step_tokens = 48, .max_running = 8, .max_waiting = 16,
+                                 .block_size = 4, .num_blocks = 40, .context_length = 128}),
+        .num_requests = 300,
+        .max_prompt = 50,
+        .abort_probability = 0.02,
+        .shared_prompt_probability = 0.8});
+    ASSERT_NO_FATAL_FAILURE(sim.Run());
+    EXPECT_GT(sim.cached_tokens(), 1000);
+    EXPECT_GT(sim.copies(), 20);
+    EXPECT_GT(sim.cascade_levels(), 50);
+    EXPECT_GT(sim.preemptions(), 0u);
+  }
+}
+
+TEST(SchedulerSimulation, BlockSizeOneAndPrefixCachingOff) {
+  Simulation one(SimulationParams{
+      .seed = 31,
+      .config = WithCascadeOn({.max_step_tokens = 16, .max_running = 5, .max_waiting = 8,
+                               .block_size = 1, .num_blocks = 90, .context_length = 64}),
+      .num_requests = 120,
+      .max_prompt = 30,
+      .abort_probability = 0.02,
+      .shared_prompt_probability = 0.7});
+  ASSERT_NO_FATAL_FAILURE(one.Run());
+  EXPECT_GT(one.cached_tokens(), 100);
+  EXPECT_EQ(one.copies(), 0);  // a block of one token is full or empty: never copied
+  Simulation off(SimulationParams{
+      .seed = 32,
+      .config = {.max_step_tokens = 32, .max_running = 8, .max_waiting = 12, .block_size = 4,
+                 .num_blocks = 24, .context_length = 128, .prefix_caching = false},
+      .num_requests = 150,
+      .max_prompt = 40,
+      .abort_probability = 0.02,
+      .shared_prompt_probability = 0.7});
+  ASSERT_NO_FATAL_FAILURE(off.Run());
+  EXPECT_EQ(off.cached_tokens(), 0);
+  EXPECT_EQ(off.copies(), 0);
 }
 
 }  // namespace

@@ -198,8 +198,9 @@ TEST(Scheduler, MaxTokensFinishesEvenWhenTheCallerDoesNotSaySo) {
 }
 
 TEST(Scheduler, PreemptsTheMostRecentAndRecomputesItOnReadmission) {
-  // 4 blocks of 4 tokens: two 8-token prompts fill the cache.
-  Scheduler s(SchedulerConfig{.block_size = 4, .num_blocks = 4});
+  // 4 blocks of 4 tokens: two 8-token prompts fill the cache. Without prefix caching, so the
+  // victim recomputes everything (with it: scheduler_prefix_test.cc).
+  Scheduler s(SchedulerConfig{.block_size = 4, .num_blocks = 4, .prefix_caching = false});
   ASSERT_TRUE(s.Add(MakeRequest(1, 8, 3)).ok());
   ASSERT_TRUE(s.Add(MakeRequest(2, 8, 3)).ok());
   auto p0 = s.Schedule();

@@ -36,6 +36,8 @@ void EncodePlan(const StepPlan& plan, v1::StepPlanMsg* msg) {
     m->mutable_prompt()->Add(r.prompt.begin(), r.prompt.end());
     m->mutable_output()->Add(r.output.begin(), r.output.end());
     EncodeSampling(r.sampling, m->mutable_sampling());
+    m->mutable_prefix_blocks()->Add(r.prefix_blocks.begin(), r.prefix_blocks.end());
+    m->set_prefix_tokens(r.prefix_tokens);
   }
   for (const ScheduledSequence& s : plan.sequences) {
     v1::ScheduledSequenceMsg* m = msg->add_sequences();
@@ -46,6 +48,17 @@ void EncodePlan(const StepPlan& plan, v1::StepPlanMsg* msg) {
     m->set_sample(s.sample);
   }
   msg->mutable_finished()->Add(plan.finished.begin(), plan.finished.end());
+  for (const BlockCopy& c : plan.block_copies) {
+    v1::BlockCopyMsg* m = msg->add_block_copies();
+    m->set_src(c.src);
+    m->set_dst(c.dst);
+  }
+  for (const CascadeLevel& l : plan.cascade) {
+    v1::CascadeLevelMsg* m = msg->add_cascade();
+    m->mutable_members()->Add(l.members.begin(), l.members.end());
+    m->set_block_begin(l.block_begin);
+    m->set_block_end(l.block_end);
+  }
 }
 
 StepPlan DecodePlan(const v1::StepPlanMsg& msg) {
@@ -57,6 +70,8 @@ StepPlan DecodePlan(const v1::StepPlanMsg& msg) {
     r.prompt.assign(m.prompt().begin(), m.prompt().end());
     r.output.assign(m.output().begin(), m.output().end());
     r.sampling = DecodeSampling(m.sampling());
+    r.prefix_blocks.assign(m.prefix_blocks().begin(), m.prefix_blocks().end());
+    r.prefix_tokens = m.prefix_tokens();
     plan.new_requests.push_back(std::move(r));
   }
   for (const v1::ScheduledSequenceMsg& m : msg.sequences()) {
@@ -69,6 +84,16 @@ StepPlan DecodePlan(const v1::StepPlanMsg& msg) {
     plan.sequences.push_back(std::move(s));
   }
   plan.finished.assign(msg.finished().begin(), msg.finished().end());
+  for (const v1::BlockCopyMsg& m : msg.block_copies()) {
+    plan.block_copies.push_back({m.src(), m.dst()});
+  }
+  for (const v1::CascadeLevelMsg& m : msg.cascade()) {
+    CascadeLevel l;
+    l.members.assign(m.members().begin(), m.members().end());
+    l.block_begin = m.block_begin();
+    l.block_end = m.block_end();
+    plan.cascade.push_back(std::move(l));
+  }
   return plan;
 }
 

@@ -1,5 +1,6 @@
 #include "coordinator/server/coordinator_runner.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +15,8 @@
 #include "common/logging.h"
 #include "common/shutdown.h"
 #include "common/status.h"
+#include "coordinator/cascade_cost.h"
+#include "coordinator/cascade_planner.h"
 #include "coordinator/placement.h"
 #include "coordinator/server/coordinator_service.h"
 #include "coordinator/server/generation_service.h"
@@ -55,9 +58,10 @@ std::vector<WorkerInventory> Inventory(const std::vector<WorkerRecord>& workers)
 }
 
 // Configures every worker for the placement: expert workers first (they load their experts),
-// then all attention ranks at once (they meet in the rendezvous store).
-absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& placement,
-                              const std::map<std::string, std::string>& address_of) {
+// then all attention ranks at once (they meet in the rendezvous store). Returns the KV blocks
+// every rank holds (the smallest rank's count, when the ranks chose from their free memory).
+absl::StatusOr<int32_t> ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& placement,
+                                         const std::map<std::string, std::string>& address_of) {
   std::vector<std::future<absl::Status>> experts;
   for (size_t i = 0; i < placement.expert_workers.size(); ++i) {
     experts.push_back(std::async(std::launch::async, [&, i]() -> absl::Status {
@@ -81,6 +85,7 @@ absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& pla
   }
   for (auto& f : experts) MM_RETURN_IF_ERROR(f.get());
 
+  std::vector<int32_t> rank_blocks(placement.attention_ranks.size(), 0);
   std::vector<std::future<absl::Status>> ranks;
   for (size_t r = 0; r < placement.attention_ranks.size(); ++r) {
     ranks.push_back(std::async(std::launch::async, [&, r]() -> absl::Status {
@@ -92,6 +97,9 @@ absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& pla
       a.set_num_kv_blocks(cfg.scheduler.num_blocks);
       a.set_block_size(cfg.scheduler.block_size);
       a.set_collective_host("127.0.0.1");
+      a.set_max_step_tokens(cfg.scheduler.max_step_tokens);
+      a.set_max_sequences(cfg.scheduler.max_running);
+      a.set_max_context(cfg.scheduler.context_length);
       for (const auto& layer : placement.owners) {
         v1::LayerOwners* lo = a.add_owners();
         for (const auto& owners : layer) lo->add_experts()->mutable_workers()->Add(owners.begin(), owners.end());
@@ -102,8 +110,10 @@ absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& pla
       v1::ConfigureResponse response;
       absl::Status s = FromGrpcStatus(stub->Configure(&ctx, a, &response));
       if (!s.ok()) return absl::Status(s.code(), absl::StrCat("attention rank ", r, ": ", s.message()));
-      MM_LOG(INFO) << "attention rank " << r << " loaded " << response.weight_bytes() << " bytes in "
-                   << response.load_seconds() << " s";
+      MM_LOG(INFO) << "attention rank " << r << " (" << response.device() << ") loaded "
+                   << response.weight_bytes() << " bytes in " << response.load_seconds() << " s; "
+                   << response.num_kv_blocks() << " KV blocks";
+      rank_blocks[r] = response.num_kv_blocks();
       return absl::OkStatus();
     }));
   }
@@ -112,7 +122,10 @@ absl::Status ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& pla
     absl::Status s = f.get();
     if (first.ok()) first = s;
   }
-  return first;
+  MM_RETURN_IF_ERROR(first);
+  int32_t blocks = *std::min_element(rank_blocks.begin(), rank_blocks.end());
+  if (blocks < 1) return absl::InternalError("an attention rank reported no KV blocks");
+  return blocks;
 }
 
 absl::Status Run(CoordinatorConfig cfg) {
@@ -125,6 +138,25 @@ absl::Status Run(CoordinatorConfig cfg) {
     cfg.scheduler.context_length = model.max_position_embeddings;
   }
   MM_LOG(INFO) << model.Summary();
+  // The cascade cost model sees one rank's attention (KV heads are replicated when TP exceeds
+  // them) and the model's sliding window.
+  CascadeConfig& cascade = cfg.scheduler.cascade;
+  cascade.q_heads_per_rank = std::max(1, model.num_heads / cfg.tp_size);
+  cascade.kv_heads_per_rank = std::max(1, model.num_kv_heads / cfg.tp_size);
+  cascade.head_dim = model.head_dim;
+  cascade.sliding_window = model.sliding_window;
+  if (!cfg.cascade_calibration.empty()) {
+    MM_ASSIGN_OR_RETURN(cascade.calibration, LoadCascadeCalibration(cfg.cascade_calibration));
+    MM_LOG(INFO) << "cascade calibration of " << cascade.calibration->device << " from "
+                 << cfg.cascade_calibration;
+  }
+  MM_RETURN_IF_ERROR(cascade.Validate());
+  MM_LOG(INFO) << "prefix caching " << (cfg.scheduler.prefix_caching ? "on" : "off") << ", cascade "
+               << CascadeModeName(cascade.mode);
+  if (cascade.mode == CascadeMode::kAuto && !cascade.calibration.has_value()) {
+    MM_LOG(INFO) << "cascade=auto without a calibration (--cascade_calibration): decode attention "
+                    "stays flat";
+  }
 
   Membership membership;
   RendezvousStore store;
@@ -159,7 +191,9 @@ absl::Status Run(CoordinatorConfig cfg) {
   std::map<std::string, std::string> address_of;
   for (const WorkerRecord& w : *workers) address_of[w.id] = w.address;
   generation.SetWaitingReason("configuring workers (loading weights)");
-  MM_RETURN_IF_ERROR(ConfigureWorkers(cfg, placement, address_of));
+  MM_ASSIGN_OR_RETURN(cfg.scheduler.num_blocks, ConfigureWorkers(cfg, placement, address_of));
+  MM_LOG(INFO) << "KV cache: " << cfg.scheduler.num_blocks << " blocks of " << cfg.scheduler.block_size
+               << " tokens per rank";
 
   std::vector<std::string> rank_addresses;
   for (const std::string& id : placement.attention_ranks) rank_addresses.push_back(address_of.at(id));

@@ -19,7 +19,8 @@ struct CoordinatorConfig {
   int expert_replicas = 1;
   int expert_threads = 0;              // per expert worker; 0: its cores
   std::string expert_format = "bf16";  // routed experts' weight format (worker/expert/expert_format.h)
-  SchedulerConfig scheduler;           // context_length 0: the model's
+  SchedulerConfig scheduler;           // context_length 0: the model's; cascade shapes: the model's
+  std::string cascade_calibration;     // JSON file (coordinator/cascade_cost.h); empty: none
   std::chrono::seconds worker_timeout{300};
 };
 

@@ -131,7 +131,7 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
       v1::Usage* usage = response.mutable_usage();
       usage->set_prompt_tokens(ch.prompt_tokens());
       usage->set_completion_tokens(ch.completion_tokens());
-      usage->set_cached_tokens(0);
+      usage->set_cached_tokens(ch.cached_tokens());
       v1::Timings* timings = response.mutable_timings();
       if (t.first_scheduled != RequestTimings::Clock::time_point()) {
         timings->set_queue_seconds(Seconds(t.first_scheduled - t.submitted));
@@ -179,6 +179,8 @@ grpc::Status GenerationService::ModelInfo(grpc::ServerContext*, const v1::ModelI
     response->set_requests_running(s.scheduler.running);
     response->set_requests_waiting(s.scheduler.waiting);
     response->set_preemptions(s.scheduler.preemptions);
+    response->set_kv_blocks_cached(s.scheduler.kv_blocks_cached);
+    response->set_cascade_levels(s.scheduler.cascade_levels);
   }
   return grpc::Status::OK;
 }

@@ -1,5 +1,7 @@
 #include "coordinator/server/request_channel.h"
 
+#include <algorithm>
+
 namespace moemesh {
 
 void RequestChannel::Push(StepOutput out) {
@@ -34,6 +36,16 @@ bool RequestChannel::finished() const {
 int32_t RequestChannel::completion_tokens() const {
   std::lock_guard<std::mutex> lock(mu_);
   return completion_tokens_;
+}
+
+int32_t RequestChannel::cached_tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::max(cached_tokens_, 0);
+}
+
+void RequestChannel::MarkAdmitted(int32_t cached_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cached_tokens_ < 0) cached_tokens_ = std::min(cached_tokens, prompt_tokens_);
 }
 
 RequestTimings RequestChannel::timings() const {

@@ -33,8 +33,12 @@ class RequestChannel {
   std::vector<StepOutput> Take(std::chrono::milliseconds timeout);
   bool finished() const;
   int32_t completion_tokens() const;
+  // Prompt tokens whose KV came from the prefix cache at the request's first admission.
+  int32_t cached_tokens() const;
   RequestTimings timings() const;
   void MarkScheduled();
+  // Records the cached prompt tokens of the first admission (later calls are ignored).
+  void MarkAdmitted(int32_t cached_tokens);
 
  private:
   const uint64_t id_;
@@ -44,6 +48,7 @@ class RequestChannel {
   std::deque<StepOutput> queue_;
   bool finished_ = false;
   int32_t completion_tokens_ = 0;
+  int32_t cached_tokens_ = -1;  // -1: not admitted yet
   RequestTimings timings_;
 
   friend class StepLoop;

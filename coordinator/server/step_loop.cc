@@ -130,6 +130,12 @@ void StepLoop::Run() {
       auto it = active_.find(s.id);
       if (it != active_.end()) it->second.channel->MarkScheduled();
     }
+    for (const NewRequest& r : plan->new_requests) {
+      auto it = active_.find(r.id);
+      if (it != active_.end()) {
+        it->second.channel->MarkAdmitted(static_cast<int32_t>(r.prefix_tokens));
+      }
+    }
     lock.unlock();
     absl::StatusOr<StepResult> result = ranks_->Execute(*plan);
     lock.lock();

@@ -29,7 +29,7 @@ struct PagedKv {
 };
 
 // Writes n tokens' K/V (fp32 [n, kv_heads, head_dim], rounded to bf16) at slots[t]; slot -1
-// skips the token (padding rows of a captured batch).
+// skips the token (padding rows of a captured batch), as does any slot outside the pools.
 void AppendKv(const PagedKv& cache, const float* k_new, const float* v_new, const int32_t* slots,
               int64_t n, cudaStream_t stream);
 
@@ -46,13 +46,30 @@ struct DecodeParams {
   int32_t max_kv_len = 0;              // host bound on every kv_lens[b]: sizes the launch
   float scale = 1.0f;
   int32_t window = 0;                  // > 0: only the last `window` positions are attended
+  int32_t max_splits = 0;              // tuning/testing: > 0 caps the CTAs per (sequence, KV
+                                       // head); 0 = automatic (fill the GPU once)
 };
 
-// Device scratch DecodeAttention needs for these bounds (partial outputs and LSEs of splits).
+// Device scratch DecodeAttention needs for these bounds (partial outputs and LSEs of splits, and
+// the arrival counters of the in-kernel merge). It is sized for every call whose batch, n_heads,
+// head_dim and max_kv_len are at most these, so size it once with the largest values. Contract:
+// zero-fill it once after allocation (cudaMemset); every call leaves its counters at zero again.
+// Pass the same pointer and byte count to every call that shares it, and order those calls on
+// one stream. 0 when no call within these bounds splits a sequence (max_kv_len <= 64). The first
+// call on a device also sets the kernel's shared-memory limit: make it before any graph capture.
 size_t DecodeWorkspaceBytes(int32_t batch, int32_t n_heads, int32_t head_dim, int32_t max_kv_len);
 
+// One query token per sequence over the paged cache (GQA: query head h reads KV head
+// h / (n_heads / kv_heads); up to 8 query heads of a KV head share one pass over its K/V, more
+// take further passes). fp32 q and out, bf16 K/V; the result matches fp32 math on the same bf16
+// K/V to ~1e-5 relative. A kv_len above max_kv_len is still attended in full, only less
+// evenly spread. Aborts when the workspace is too small for the split plan.
 void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspace,
                      size_t workspace_bytes, cudaStream_t stream);
+
+// How many CTAs per (sequence, KV head) DecodeAttention launches for these parameters (for
+// benchmarks and tests; the plan depends only on host values and the current GPU's size).
+int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p);
 
 // Causal attention of packed query rows: sequence b's q_lens[b] queries are rows
 // q_start[b] .. + q_lens[b] of q ([rows, n_heads, head_dim]) and sit at the last q_lens[b] of

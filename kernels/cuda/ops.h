@@ -25,7 +25,7 @@ void AddRmsNorm(float* x, const float* branch, const float* weight, float* out, 
 // x[i] += y[i].
 void Add(float* x, const float* y, int64_t n, cudaStream_t stream);
 
-// x[i] = clamp(x[i], -limit, limit).
+// x[i] = clamp(x[i], -limit, limit); NaN stays NaN (like std::clamp), infinities clamp.
 void Clamp(float* x, int64_t n, float limit, cudaStream_t stream);
 
 // NeoX (rotate-half) RoPE in place, like ref::RopeNeox: x is [tokens, heads, head_dim]; token t
@@ -45,7 +45,8 @@ void Embedding(const int32_t* ids, const __nv_bfloat16* table, int64_t vocab_beg
 
 // Router, like ref::RouteTopK per row: softmax over n_experts in fp32, the top_k largest (ties
 // to the lower id), optionally renormalised. logits [rows, n_experts]; ids and weights
-// [rows, top_k]. n_experts <= 1024, top_k <= 32.
+// [rows, top_k]. n_experts <= 1024, top_k <= min(32, n_experts) (else aborts: caller bug).
+// One warp per row. With NaN logits the ids stay in [0, n_experts) but are unspecified.
 void RouteTopK(const float* logits, int64_t rows, int n_experts, int top_k, bool renormalize,
                int32_t* ids, float* weights, cudaStream_t stream);
 
@@ -57,5 +58,21 @@ void SplitBf16(const float* x, __nv_bfloat16* hi, __nv_bfloat16* lo, int64_t n,
 // Widens / narrows between fp32 and bf16 (round to nearest even).
 void ToBf16(const float* x, __nv_bfloat16* out, int64_t n, cudaStream_t stream);
 void ToFloat(const __nv_bfloat16* x, float* out, int64_t n, cudaStream_t stream);
+
+// The two small kernels of the bf16 GEMM (gemm.h); exposed for it and for its tests.
+
+// y[r, j] = a[r, j] + b[r, j] + bias[j] over [rows, n] (in that order of summation); b and/or
+// bias may be null (terms dropped); y may alias a or b. Sums the hi and lo halves of the split
+// GEMM's product and adds biases that cuBLASLt's epilogue did not.
+void AddRowsBias(const float* a, const float* b, const float* bias, float* y, int64_t rows,
+                 int64_t n, cudaStream_t stream);
+
+// Simple and always correct y[m, n] = x[m, k] . w[n, k]^T (+ bias[n]): one warp per output,
+// fp32 accumulation, no alignment needs (any pointers, any sizes, k may be 0). round_x_to_bf16
+// rounds each x to bf16 first (the semantics of Precision::kBf16); otherwise x is used in fp32
+// (at least as accurate as Precision::kSplit). Gemm's path for shapes cuBLASLt rejects. y must
+// not alias x or w.
+void LinearSimple(const float* x, const __nv_bfloat16* w, const float* bias, float* y, int64_t m,
+                  int64_t n, int64_t k, bool round_x_to_bf16, cudaStream_t stream);
 
 }  // namespace moemesh::cuda

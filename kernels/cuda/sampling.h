@@ -31,17 +31,21 @@ struct SampleRowParams {
 
 // Each penalty entry is one distinct token of the request's prompt or output: its id and how
 // many times it was generated (0 for a prompt-only token). Repetition penalties apply to every
-// entry, frequency and presence penalties to entries with a count > 0.
+// entry, frequency and presence penalties to entries with a count > 0. Ids outside [0, vocab) are
+// ignored; an id listed twice in one row is penalised once (with one of its entries' counts).
 struct PenaltyTokens {
   const int32_t* ids = nullptr;
   const int32_t* generated_counts = nullptr;
 };
 
-// Scratch bytes Sample needs for `rows` rows of `vocab` logits.
+// Scratch bytes Sample needs for `rows` rows of `vocab` logits: one fp64 row per block, at most
+// 256 blocks (more rows are taken in turn), so min(rows, 256) * vocab * 8 bytes, rounded up.
 size_t SampleWorkspaceBytes(int64_t rows, int64_t vocab);
 
 // logits [rows, vocab] fp32 (not modified); params [rows] on the device; tokens [rows] and
-// logprobs [rows] (may be null) on the device.
+// logprobs [rows] (may be null) on the device. logprobs[row] is 0 when the row's want_logprob is
+// 0. vocab must be in [1, 2^20] and workspace_bytes >= SampleWorkspaceBytes(rows, vocab) (else the
+// call aborts: a caller bug). The same inputs give the same outputs, bit for bit.
 void Sample(const float* logits, int64_t rows, int64_t vocab, const SampleRowParams* params,
             PenaltyTokens penalties, int32_t* tokens, float* logprobs, void* workspace,
             size_t workspace_bytes, cudaStream_t stream);

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/dtype.h"
 #include "common/status.h"
 
 namespace moemesh {
@@ -278,6 +279,26 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& c, const Weight
     count_f(lw.shared);
   }
   return w;
+}
+
+void RoundMatricesToBf16(ModelWeights& w) {
+  auto round = [](std::vector<float>& v) {
+    for (float& f : v) f = Bf16ToF32(F32ToBf16(f));
+  };
+  auto round_ffn = [&](FfnWeights& f) {
+    round(f.gate.data);
+    round(f.up.data);
+    round(f.down.data);
+  };
+  round(w.embed.data);
+  round(w.lm_head.data);
+  for (LayerWeights& lw : w.layers) {
+    for (Matrix* m : {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.router}) round(m->data);
+    for (FfnWeights& f : lw.experts) round_ffn(f);
+    round_ffn(lw.dense);
+    round_ffn(lw.shared);
+    round(lw.shared_expert_gate);
+  }
 }
 
 }  // namespace moemesh

@@ -74,4 +74,9 @@ using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
 absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config, const WeightSource& source,
                                               const ShardSpec& shard, const LoadProgress& progress = {});
 
+// Rounds every weight the GPU worker stores in bf16 (matrices and the shared-expert gate; not
+// norms or biases) to bf16 in place: the reference engine run on such weights computes what
+// the GPU worker should, for checkpoints stored in higher precision.
+void RoundMatricesToBf16(ModelWeights& w);
+
 }  // namespace moemesh

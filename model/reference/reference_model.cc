@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/dtype.h"
 #include "common/logging.h"
 #include "common/progress.h"
 #include "common/status.h"
@@ -154,8 +155,13 @@ void ReferenceModel::Attention(const LayerWeights& lw, int layer, absl::Span<Bat
     const int64_t count = static_cast<int64_t>(entry.tokens.size());
     std::vector<float>& kc = entry.cache->k[layer];
     std::vector<float>& vc = entry.cache->v[layer];
+    const size_t k_old = kc.size(), v_old = vc.size();
     kc.insert(kc.end(), k.begin() + offset * kvs, k.begin() + (offset + count) * kvs);
     vc.insert(vc.end(), v.begin() + offset * kvs, v.begin() + (offset + count) * kvs);
+    if (bf16_kv_cache_) {
+      for (size_t i = k_old; i < kc.size(); ++i) kc[i] = Bf16ToF32(F32ToBf16(kc[i]));
+      for (size_t i = v_old; i < vc.size(); ++i) vc[i] = Bf16ToF32(F32ToBf16(vc[i]));
+    }
     const int64_t kv_len = entry.cache->length + count;
     ref::Attention(q.data() + offset * qs, kc.data(), vc.data(), attn.data() + offset * qs, count,
                    kv_len, c.num_heads, c.num_kv_heads, d, scale, c.sliding_window);

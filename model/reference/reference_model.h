@@ -47,6 +47,10 @@ class ReferenceModel {
 
   SequenceCache NewCache() const;
 
+  // Stores keys and values rounded to bf16, as the GPU worker's cache does (off by default), so
+  // the engine computes what a GPU rank should.
+  void set_bf16_kv_cache(bool on) { bf16_kv_cache_ = on; }
+
   // Runs every entry's tokens; returns per entry its logits ([n, vocab] flattened, n = number of
   // new tokens or 1). Token ids outside the vocabulary and positions beyond the context give
   // InvalidArgument before anything is computed.
@@ -62,6 +66,7 @@ class ReferenceModel {
   ModelConfig config_;
   ModelWeights weights_;
   std::vector<float> inv_freq_;
+  bool bf16_kv_cache_ = false;
 };
 
 }  // namespace moemesh

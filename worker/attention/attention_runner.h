@@ -1,7 +1,10 @@
 // AttentionRunner: one tensor-parallel attention rank. Executes the coordinator's StepPlans:
 // keeps each request's state (block table, cached length; on rank 0 also its Sampler and token
-// history), runs the step's tokens as one batch through TpForward, and on rank 0 samples. The
-// KV blocks are allocated by the coordinator; this class only checks and uses them.
+// history), runs the plan's block copies and then the step's tokens as one batch through the
+// forward pass (flat, or with the plan's cascade levels), and on rank 0 samples. The KV blocks
+// are allocated by the coordinator; this class only checks and uses them: blocks are
+// reference-counted (prefix caching shares them between requests), and a request may write
+// only blocks no other request holds.
 // Not thread-safe: Execute calls are sequential, one runner per rank (each on its own thread
 // or process), every rank executing the same plans in the same order.
 #pragma once
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "model/arch/model_config.h"
 #include "model/reference/model_weights.h"
@@ -54,11 +58,18 @@ class AttentionRunner {
   // before any communication; a failed step changes no request state except `finished`).
   // Only rank 0 fills tokens: one per sequence with sample = true, in plan order.
   // Errors: FAILED_PRECONDITION for unknown or duplicate request ids, positions that do not
-  // continue the cache, blocks already in use or too few blocks; INVALID_ARGUMENT for token ids
-  // outside the vocabulary, block ids outside the pool, invalid sampling params, positions past
-  // the context; the collective's or expert client's status when those fail.
+  // continue the cache, new blocks or copy destinations already in use, too few blocks, a write
+  // into a block another request holds, cascade members whose tables differ over the level;
+  // INVALID_ARGUMENT for token ids outside the vocabulary, block ids outside the pool, invalid
+  // sampling params, positions past the context, malformed prefixes (blocks not covering
+  // prefix_tokens, no token left to compute), copies and cascade levels (a copy into its own
+  // source or twice into a block, a level with fewer than 2 members, a member that is not a
+  // one-token sequence, levels that do not tile a member's table from block 0 or reach its
+  // query, or a window that does not see them); the collective's or expert client's status,
+  // or the forward pass's CopyBlocks status, when those fail.
   absl::StatusOr<StepResult> Execute(const StepPlan& plan);
 
+  // Blocks no request holds.
   int32_t free_blocks() const { return free_blocks_; }
   int num_requests() const { return static_cast<int>(requests_.size()); }
   // Rank 0: the full-vocabulary logits of the last successful step's sampled rows
@@ -81,13 +92,24 @@ class AttentionRunner {
     std::vector<int32_t> table;
   };
 
+  // Blocks this plan claims: new requests' prefix blocks (holds), new and copied-into blocks.
+  struct Claims {
+    absl::flat_hash_map<int32_t, int32_t> prefix_holds;  // block -> new holders
+    absl::flat_hash_set<int32_t> fresh;                  // new blocks and copy destinations
+  };
+
   void DropFinished(const std::vector<uint64_t>& finished);
   absl::Status StageNewRequests(const StepPlan& plan,
-                                absl::flat_hash_map<uint64_t, RequestState>& fresh) const;
+                                absl::flat_hash_map<uint64_t, RequestState>& fresh,
+                                Claims& claims) const;
+  absl::Status StageCopies(const StepPlan& plan, Claims& claims) const;
   absl::Status StageSequences(const StepPlan& plan,
                               absl::flat_hash_map<uint64_t, RequestState>& fresh,
-                              std::vector<Staged>& staged);
+                              Claims& claims, std::vector<Staged>& staged);
+  absl::Status StageCascade(const StepPlan& plan, const std::vector<Staged>& staged,
+                            std::vector<ForwardCascadeLevel>& levels) const;
   void Commit(absl::flat_hash_map<uint64_t, RequestState>& fresh, std::vector<Staged>& staged);
+  void Hold(int32_t block);
 
   const ModelConfig config_;
   const ModelWeights weights_;  // empty when the forward pass owns its weights
@@ -96,7 +118,7 @@ class AttentionRunner {
   std::unique_ptr<PagedKvCache> cache_;  // the CPU forward pass's cache
   std::unique_ptr<ForwardPass> forward_;
   absl::flat_hash_map<uint64_t, RequestState> requests_;
-  std::vector<bool> block_used_;
+  std::vector<int32_t> block_refs_;  // requests holding each block
   int32_t free_blocks_;
   std::vector<float> last_logits_;
 };

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "kernels/ref/cascade.h"
 #include "kernels/ref/ops.h"
 
 namespace moemesh {
@@ -56,6 +58,24 @@ TpForward::TpForward(const ModelConfig* config, const ModelWeights* weights, TpL
 }
 
 absl::StatusOr<std::vector<float>> TpForward::Run(absl::Span<const ForwardSequence> batch) {
+  cascade_ = {};
+  return Forward(batch);
+}
+
+absl::StatusOr<std::vector<float>> TpForward::RunCascade(
+    absl::Span<const ForwardSequence> batch, absl::Span<const ForwardCascadeLevel> levels) {
+  cascade_ = levels;
+  absl::StatusOr<std::vector<float>> logits = Forward(batch);
+  cascade_ = {};
+  return logits;
+}
+
+absl::Status TpForward::CopyBlocks(absl::Span<const BlockCopy> copies) {
+  for (const BlockCopy& c : copies) cache_->CopyBlock(c.src, c.dst);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> TpForward::Forward(absl::Span<const ForwardSequence> batch) {
   const int64_t hidden = c_.hidden_size;
   positions_.clear();
   std::vector<int32_t> tokens;
@@ -127,20 +147,90 @@ absl::Status TpForward::Attention(int layer, absl::Span<const ForwardSequence> b
   }
   std::vector<float> attn(n * qs);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  int64_t offset = 0;
-  for (const ForwardSequence& s : batch) {
-    const int64_t count = static_cast<int64_t>(s.tokens.size());
-    cache_->Write(layer, s.block_table, s.start_position, count, k.data() + offset * kvs,
-                  v.data() + offset * kvs);
-    cache_->Attend(layer, s.block_table, q.data() + offset * qs, attn.data() + offset * qs, count,
-                   s.start_position + count, heads, scale, c_.sliding_window);
-    offset += count;
+  if (cascade_.empty()) {
+    int64_t offset = 0;
+    for (const ForwardSequence& s : batch) {
+      const int64_t count = static_cast<int64_t>(s.tokens.size());
+      cache_->Write(layer, s.block_table, s.start_position, count, k.data() + offset * kvs,
+                    v.data() + offset * kvs);
+      cache_->Attend(layer, s.block_table, q.data() + offset * qs, attn.data() + offset * qs,
+                     count, s.start_position + count, heads, scale, c_.sliding_window);
+      offset += count;
+    }
+  } else {
+    // Every sequence's K/V first: a level's prefix pass reads blocks nobody writes, and each
+    // member's suffix includes its own new token.
+    std::vector<int64_t> offsets;
+    int64_t offset = 0;
+    for (const ForwardSequence& s : batch) {
+      const int64_t count = static_cast<int64_t>(s.tokens.size());
+      cache_->Write(layer, s.block_table, s.start_position, count, k.data() + offset * kvs,
+                    v.data() + offset * kvs);
+      offsets.push_back(offset);
+      offset += count;
+    }
+    CascadeAttention(layer, batch, offsets, q.data(), attn.data());
   }
   // Row-parallel o_proj: each rank holds the columns of its heads; the bias is added once (by
   // rank 0, inside its partial sum).
   const float* bias = layout_.rank == 0 ? OrNull(lw.bo) : nullptr;
   ref::Linear(attn.data(), lw.wo.data.data(), bias, out.data(), n, hidden, qs);
   return tp_->AllReduceSum(out.data(), out.size());
+}
+
+void TpForward::CascadeAttention(int layer, absl::Span<const ForwardSequence> batch,
+                                 const std::vector<int64_t>& offsets, const float* q, float* attn) {
+  const int d = c_.head_dim;
+  const int heads = layout_.num_heads();
+  const int64_t qs = static_cast<int64_t>(heads) * d;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const int64_t bs = cache_->block_size();
+  // Per member: its merged state so far and the end of its deepest level.
+  const size_t b_count = batch.size();
+  std::vector<int32_t> deepest(b_count, -1);  // -1: not a member
+  std::vector<float> acc_v(b_count * qs, 0.0f);
+  std::vector<float> acc_s(b_count * heads, -std::numeric_limits<float>::infinity());
+  std::vector<float> gathered, v, lse;
+  for (const ForwardCascadeLevel& level : cascade_) {
+    const int64_t m = static_cast<int64_t>(level.members.size());
+    MM_CHECK(m >= 2);
+    gathered.resize(m * qs);
+    v.resize(m * qs);
+    lse.resize(m * heads);
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t b = level.members[i];
+      MM_CHECK(b >= 0 && static_cast<size_t>(b) < b_count && batch[b].tokens.size() == 1);
+      std::copy_n(q + offsets[b] * qs, qs, gathered.data() + i * qs);
+    }
+    // One pass over the shared blocks for every member's query rows (through the first member's
+    // table: the members' tables hold the same blocks there).
+    cache_->AttendPrefix(layer, batch[level.members[0]].block_table, level.block_begin * bs,
+                         level.block_end * bs, gathered.data(), m, heads, scale, v.data(),
+                         lse.data());
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t b = level.members[i];
+      ref::MergeStates(acc_v.data() + b * qs, acc_s.data() + b * heads, v.data() + i * qs,
+                       lse.data() + i * heads, heads, d);
+      deepest[b] = std::max(deepest[b], level.block_end);
+    }
+  }
+  v.resize(qs);
+  lse.resize(heads);
+  for (size_t b = 0; b < b_count; ++b) {
+    const ForwardSequence& s = batch[b];
+    const int64_t count = static_cast<int64_t>(s.tokens.size());
+    const int64_t kv_len = s.start_position + count;
+    if (deepest[b] < 0) {
+      cache_->Attend(layer, s.block_table, q + offsets[b] * qs, attn + offsets[b] * qs, count,
+                     kv_len, heads, scale, c_.sliding_window);
+      continue;
+    }
+    cache_->AttendSuffix(layer, s.block_table, deepest[b] * bs, q + offsets[b] * qs, 1, kv_len,
+                         heads, scale, c_.sliding_window, v.data(), lse.data());
+    ref::MergeStates(acc_v.data() + b * qs, acc_s.data() + b * heads, v.data(), lse.data(), heads,
+                     d);
+    std::copy_n(acc_v.data() + b * qs, qs, attn + offsets[b] * qs);
+  }
 }
 
 // OLMoE's q/k norms run over the whole projection, which is split across ranks: each rank

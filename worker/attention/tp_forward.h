@@ -31,8 +31,18 @@ class TpForward : public ForwardPass {
   // Runs the batch, writing its K/V into the cache. Returns the full-vocabulary logits
   // [sequences with logits, vocab] (on every rank), in batch order.
   absl::StatusOr<std::vector<float>> Run(absl::Span<const ForwardSequence> batch) override;
+  // Run with cascade attention for the levels' members (kernels/ref/cascade.h passes).
+  absl::StatusOr<std::vector<float>> RunCascade(
+      absl::Span<const ForwardSequence> batch,
+      absl::Span<const ForwardCascadeLevel> levels) override;
+  absl::Status CopyBlocks(absl::Span<const BlockCopy> copies) override;
 
  private:
+  absl::StatusOr<std::vector<float>> Forward(absl::Span<const ForwardSequence> batch);
+  // The attention of the current cascade levels' members over their cached tokens, written to
+  // their rows of `attn`; the other sequences attend flat.
+  void CascadeAttention(int layer, absl::Span<const ForwardSequence> batch,
+                        const std::vector<int64_t>& offsets, const float* q, float* attn);
   absl::Status Attention(int layer, absl::Span<const ForwardSequence> batch,
                          const std::vector<float>& x, std::vector<float>& out);
   absl::Status WholeProjectionNorm(const LayerWeights& lw, int64_t n, float* q, float* k);
@@ -49,6 +59,7 @@ class TpForward : public ForwardPass {
   PagedKvCache* cache_;
   std::vector<float> inv_freq_;
   std::vector<int64_t> positions_;  // of the current batch's tokens
+  absl::Span<const ForwardCascadeLevel> cascade_;  // of the current batch (RunCascade)
 };
 
 }  // namespace moemesh

@@ -25,13 +25,22 @@
 #include "worker/process/worker_server.h"
 #include "worker/process/worker_processes.h"
 
+#ifdef MOEMESH_HAVE_GPU_WORKER
+#include <cuda_runtime.h>
+
+#include "worker/gpu/gpu_forward.h"
+#include "worker/gpu/nccl_group.h"
+#endif
+
 namespace moemesh {
 namespace {
 
 class AttentionWorkerService final : public v1::AttentionWorker::Service {
  public:
-  explicit AttentionWorkerService(std::string coordinator)
-      : coordinator_stub_(v1::Coordinator::NewStub(
+  AttentionWorkerService(std::string coordinator, int gpu, bool cuda_graphs)
+      : gpu_(gpu),
+        cuda_graphs_(cuda_graphs),
+        coordinator_stub_(v1::Coordinator::NewStub(
             grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()))) {}
 
   grpc::Status Configure(grpc::ServerContext*, const v1::AttentionAssignment* a,
@@ -45,6 +54,8 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
       return ToGrpcStatus(s);
     }
     response->set_weight_bytes(weight_bytes_);
+    response->set_num_kv_blocks(num_kv_blocks_);
+    response->set_device(device_name_);
     response->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return grpc::Status::OK;
   }
@@ -97,14 +108,17 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
     }
     MM_ASSIGN_OR_RETURN(dispatcher_, MoeDispatcher::Create(std::move(owners), std::move(clients)));
     store_ = std::make_unique<CoordinatorStore>(coordinator_stub_.get(), std::chrono::seconds(120));
+    AttentionRunnerConfig runner_config;
+    runner_config.num_kv_blocks = a.num_kv_blocks() > 0 ? a.num_kv_blocks() : kCpuKvBlocks;
+    runner_config.block_size = a.block_size();
+    if (gpu_ >= 0) return LoadGpu(a, std::move(config), std::move(weights), runner_config);
     GlooCollectiveConfig gloo;
     gloo.hostname = a.collective_host().empty() ? "127.0.0.1" : a.collective_host();
     gloo.group = a.group();
     gloo.timeout = std::chrono::seconds(120);
     MM_ASSIGN_OR_RETURN(collective_, GlooCollective::Create(gloo, *store_, a.rank(), a.tp_size()));
-    AttentionRunnerConfig runner_config;
-    runner_config.num_kv_blocks = a.num_kv_blocks();
-    runner_config.block_size = a.block_size();
+    num_kv_blocks_ = runner_config.num_kv_blocks;
+    device_name_ = "cpu";
     runner_ = std::make_unique<AttentionRunner>(std::move(config), std::move(weights), runner_config,
                                                 collective_.get(), dispatcher_.get());
     MM_LOG(INFO) << "rank " << a.rank() << "/" << a.tp_size() << " ready: " << weight_bytes_ << " bytes, "
@@ -112,6 +126,60 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
     return absl::OkStatus();
   }
 
+  // The GPU path: the shard goes to the device in bf16, collectives over NCCL, and the KV cache
+  // takes the blocks asked for or fills the free memory.
+  absl::Status LoadGpu(const v1::AttentionAssignment& a, ModelConfig config, ModelWeights weights,
+                       AttentionRunnerConfig runner_config) {
+#ifndef MOEMESH_HAVE_GPU_WORKER
+    return absl::FailedPreconditionError(
+        absl::StrCat("--gpu=", gpu_, ": this moemesh was built without CUDA and NCCL"));
+#else
+    int devices = 0;
+    cudaError_t e = cudaGetDeviceCount(&devices);
+    if (e != cudaSuccess || gpu_ >= devices) {
+      return absl::FailedPreconditionError(absl::StrCat("--gpu=", gpu_, ": this host has ",
+                                                        e == cudaSuccess ? devices : 0,
+                                                        " CUDA devices (", cudaGetErrorString(e), ")"));
+    }
+    cudaSetDevice(gpu_);
+    cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, gpu_);
+    device_name_ = absl::StrCat("cuda:", gpu_, " ", prop.name);
+    const TpLayout layout = MakeTpLayout(config, a.rank(), a.tp_size());
+    MM_ASSIGN_OR_RETURN(DeviceWeights device_weights, DeviceWeights::Upload(config, weights));
+    weights = ModelWeights();  // the host copy is no longer needed
+    weight_bytes_ = device_weights.bytes;
+    MM_ASSIGN_OR_RETURN(nccl_, NcclGroup::Create(*store_, a.group(), a.rank(), a.tp_size()));
+    GpuForwardConfig g;
+    g.device = gpu_;
+    g.num_kv_blocks = a.num_kv_blocks();
+    g.block_size = a.block_size();
+    if (a.max_step_tokens() > 0) g.max_step_tokens = a.max_step_tokens();
+    if (a.max_sequences() > 0) g.max_sequences = a.max_sequences();
+    g.max_context = a.max_context() > 0 ? a.max_context() : config.max_position_embeddings;
+    g.cuda_graphs = cuda_graphs_;
+    MM_ASSIGN_OR_RETURN(std::unique_ptr<GpuForward> forward,
+                        GpuForward::Create(config, layout, std::move(device_weights), nccl_.get(),
+                                           dispatcher_.get(), g));
+    num_kv_blocks_ = forward->num_kv_blocks();
+    runner_config.num_kv_blocks = num_kv_blocks_;
+    runner_ = std::make_unique<AttentionRunner>(std::move(config), runner_config, nccl_.get(),
+                                                std::move(forward));
+    MM_LOG(INFO) << "rank " << a.rank() << "/" << a.tp_size() << " ready on " << device_name_ << ": "
+                 << weight_bytes_ << " bytes of weights, " << num_kv_blocks_ << " KV blocks, "
+                 << a.expert_addresses_size() << " expert workers";
+    return absl::OkStatus();
+#endif
+  }
+
+  static constexpr int32_t kCpuKvBlocks = 2048;  // CPU ranks, when the coordinator leaves it open
+  const int gpu_;
+  const bool cuda_graphs_;
+  int32_t num_kv_blocks_ = 0;
+  std::string device_name_;
+#ifdef MOEMESH_HAVE_GPU_WORKER
+  std::unique_ptr<NcclGroup> nccl_;
+#endif
   std::unique_ptr<v1::Coordinator::Stub> coordinator_stub_;
   std::mutex mu_;
   uint64_t weight_bytes_ = 0;
@@ -126,7 +194,7 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
 
 int RunAttentionWorker(const WorkerProcessConfig& cfg) {
   ShutdownSignal shutdown;
-  AttentionWorkerService service(cfg.coordinator);
+  AttentionWorkerService service(cfg.coordinator, cfg.gpu, cfg.cuda_graphs);
   grpc::ServerBuilder builder;
   builder.RegisterService(&service);
   return ServeWorker(builder, cfg, v1::WORKER_ROLE_ATTENTION, "attention-worker", shutdown);

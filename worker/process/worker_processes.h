@@ -16,6 +16,8 @@ struct WorkerProcessConfig {
   std::string name;
   int threads = 0;                   // expert workers: compute threads (0: the host's cores)
   uint64_t memory_limit_bytes = 0;   // expert workers: DRAM offered for experts (0: the host's)
+  int gpu = -1;                      // attention workers: CUDA device to run on (-1: the CPU)
+  bool cuda_graphs = true;           // attention workers on a GPU: capture decode steps
 };
 
 int RunAttentionWorker(const WorkerProcessConfig& config);

@@ -1,0 +1,160 @@
+// The cascade decision on the shapes of issue 6 (FlashInfer #595 and the cascade blog) with an
+// H100-like calibration, and that the decisions move with the constants (they are not fixed).
+#include "coordinator/cascade_cost.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace moemesh {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Plausible H100 SXM numbers: ~2.6 TB/s for a good flat GQA decode kernel (78% of the 3.35 TB/s
+// datasheet), a prefix pass with limited parallelism at ~2 TB/s and ~500 TFLOP/s once
+// compute-bound, ~7 us per extra level (#595: 26 us cascade vs 19 us flat at 1 KV head, where
+// the saved bytes are worth ~5 us), ~2 ns per merged row.
+CascadeCalibration H100Like() {
+  CascadeCalibration c;
+  c.device = "H100-like (test)";
+  c.kv_bytes_per_element = 2;
+  c.decode_bytes_per_second = 2.6e12;
+  c.prefix_bytes_per_second = 2.0e12;
+  c.prefix_flops_per_second = 5.0e14;
+  c.level_seconds = 7e-6;
+  c.merge_seconds_per_row = 2e-9;
+  return c;
+}
+
+CascadeShape Shape(int members, int64_t tokens, int q_heads, int kv_heads) {
+  return CascadeShape{.members = members,
+                      .shared_tokens = tokens,
+                      .q_heads_per_rank = q_heads,
+                      .kv_heads_per_rank = kv_heads,
+                      .head_dim = 128};
+}
+
+// (a) Llama3-70B TP8: 8 query heads, 1 KV head, batch 8, 4000 shared tokens (suffix 32 is read
+// either way): the saved 14 MB are worth less than a level's fixed cost.
+TEST(CascadeCost, OneKvHeadBatch8Prefix4000StaysFlat) {
+  const CascadeEstimate e = EstimateCascade(Shape(8, 4000, 8, 1), H100Like());
+  EXPECT_DOUBLE_EQ(e.saved_bytes, 7.0 * 4000 * 1 * 2 * 128 * 2);
+  EXPECT_FALSE(e.cascade) << "flat " << e.flat_seconds << " s, cascade " << e.cascade_seconds
+                          << " s";
+}
+
+// (b) The same with 8 KV heads per rank (64 query heads): 8x the bytes saved.
+TEST(CascadeCost, EightKvHeadsBatch8Prefix4000Cascades) {
+  const CascadeEstimate e = EstimateCascade(Shape(8, 4000, 64, 8), H100Like());
+  EXPECT_DOUBLE_EQ(e.saved_bytes, 7.0 * 4000 * 8 * 2 * 128 * 2);
+  EXPECT_TRUE(e.cascade) << "flat " << e.flat_seconds << " s, cascade " << e.cascade_seconds
+                         << " s";
+}
+
+// (c) 1 KV head, batch 64, 32K shared tokens: even the compute-bound prefix pass wins big.
+TEST(CascadeCost, OneKvHeadBatch64Prefix32kCascades) {
+  const CascadeCalibration cal = H100Like();
+  const CascadeEstimate e = EstimateCascade(Shape(64, 32768, 8, 1), cal);
+  EXPECT_TRUE(e.cascade);
+  // 512 rows: the prefix pass is compute-bound here (its flops take longer than its bytes).
+  const double bytes = 32768.0 * 1 * 2 * 128 * 2;
+  const double flops = 4.0 * 64 * 8 * 32768 * 128;
+  EXPECT_GT(flops / cal.prefix_flops_per_second, bytes / cal.prefix_bytes_per_second);
+  EXPECT_NEAR(
+      e.cascade_seconds,
+      flops / cal.prefix_flops_per_second + cal.level_seconds + 512 * cal.merge_seconds_per_row,
+      1e-12);
+  EXPECT_GT(e.flat_seconds / e.cascade_seconds, 10);
+}
+
+// (d) Batch 2 with 256 shared tokens: nothing worth a launch.
+TEST(CascadeCost, Batch2Prefix256StaysFlat) {
+  EXPECT_FALSE(EstimateCascade(Shape(2, 256, 8, 1), H100Like()).cascade);
+  EXPECT_FALSE(EstimateCascade(Shape(2, 256, 64, 8), H100Like()).cascade);
+}
+
+// The decisions come from the constants: (a) flips to cascade when a level costs 1 us, (c)
+// flips to flat when it costs a millisecond, and (a)'s break-even prefix is where the constants
+// put it.
+TEST(CascadeCost, DecisionsFollowTheConstants) {
+  CascadeCalibration cheap = H100Like();
+  cheap.level_seconds = 1e-6;
+  EXPECT_TRUE(EstimateCascade(Shape(8, 4000, 8, 1), cheap).cascade);
+  CascadeCalibration costly = H100Like();
+  costly.level_seconds = 1e-3;
+  EXPECT_FALSE(EstimateCascade(Shape(64, 32768, 8, 1), costly).cascade);
+  CascadeCalibration slow_memory = H100Like();
+  slow_memory.decode_bytes_per_second = 2.6e11;
+  slow_memory.prefix_bytes_per_second = 2.0e11;
+  EXPECT_TRUE(EstimateCascade(Shape(8, 4000, 8, 1), slow_memory).cascade);
+
+  // Break-even for (a)'s shape while the prefix pass is memory-bound: members * b / bw_decode =
+  // b / bw_prefix + fixed, with b = tokens * 512 bytes.
+  const CascadeCalibration c = H100Like();
+  const double per_token = 1 * 2 * 128 * 2;
+  const double fixed = c.level_seconds + 64 * c.merge_seconds_per_row;
+  const double tokens =
+      fixed / (per_token * (8 / c.decode_bytes_per_second - 1 / c.prefix_bytes_per_second));
+  ASSERT_GT(tokens, 4000);  // consistent with (a)
+  const int64_t below = static_cast<int64_t>(std::floor(tokens * 0.99));
+  const int64_t above = static_cast<int64_t>(std::ceil(tokens * 1.01));
+  EXPECT_FALSE(EstimateCascade(Shape(8, below, 8, 1), c).cascade) << below;
+  EXPECT_TRUE(EstimateCascade(Shape(8, above, 8, 1), c).cascade) << above;
+  // More members lower the break-even; one member never cascades.
+  EXPECT_TRUE(EstimateCascade(Shape(32, below, 8, 1), c).cascade);
+  EXPECT_FALSE(EstimateCascade(Shape(1, 1 << 20, 8, 1), c).cascade);
+  EXPECT_FALSE(EstimateCascade(Shape(8, 0, 8, 1), c).cascade);
+}
+
+TEST(CascadeCalibration, JsonRoundTripsThroughAFile) {
+  const std::filesystem::path path = std::filesystem::temp_directory_path() /
+                                     ("cascade_calibration_" + std::to_string(getpid()) + ".json");
+  const CascadeCalibration c = H100Like();
+  ASSERT_TRUE(SaveCascadeCalibration(c, path.string()).ok());
+  auto back = LoadCascadeCalibration(path.string());
+  std::filesystem::remove(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->device, c.device);
+  EXPECT_EQ(back->kv_bytes_per_element, c.kv_bytes_per_element);
+  EXPECT_EQ(back->decode_bytes_per_second, c.decode_bytes_per_second);
+  EXPECT_EQ(back->prefix_bytes_per_second, c.prefix_bytes_per_second);
+  EXPECT_EQ(back->prefix_flops_per_second, c.prefix_flops_per_second);
+  EXPECT_EQ(back->level_seconds, c.level_seconds);
+  EXPECT_EQ(back->merge_seconds_per_row, c.merge_seconds_per_row);
+}
+
+TEST(CascadeCalibration, BadFilesNameTheProblem) {
+  EXPECT_EQ(LoadCascadeCalibration("/nonexistent/cal.json").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_THAT(ParseCascadeCalibration("[1, 2]").status().message(), HasSubstr("not a JSON object"));
+  EXPECT_THAT(ParseCascadeCalibration("{oops").status().message(), HasSubstr("not a JSON object"));
+  std::string json = CascadeCalibrationToJson(H100Like());
+  ASSERT_TRUE(ParseCascadeCalibration(json).ok());
+  const std::string missing = json.substr(0, json.find("\"level_seconds\"")) +
+                              json.substr(json.find(',', json.find("\"level_seconds\"")) + 1);
+  EXPECT_THAT(ParseCascadeCalibration(missing).status().message(),
+              HasSubstr("missing \"level_seconds\""));
+  CascadeCalibration bad = H100Like();
+  bad.decode_bytes_per_second = 0;
+  EXPECT_THAT(ParseCascadeCalibration(CascadeCalibrationToJson(bad)).status().message(),
+              HasSubstr("decode_bytes_per_second = 0 must be a finite number > 0"));
+  bad = H100Like();
+  bad.kv_bytes_per_element = 3;
+  EXPECT_THAT(ParseCascadeCalibration(CascadeCalibrationToJson(bad)).status().message(),
+              HasSubstr("kv_bytes_per_element = 3"));
+  EXPECT_THAT(
+      ParseCascadeCalibration(R"({"kv_bytes_per_element": 2, "decode_bytes_per_second": "fast"})")
+          .status()
+          .message(),
+      HasSubstr("\"decode_bytes_per_second\" is not a number"));
+}
+
+}  // namespace
+}  // namespace moemesh

@@ -1,0 +1,105 @@
+// Thin wrappers of the PTX warp-level instructions the attention kernels use (sm_80+, built
+// for sm_90a here): cp.async with zero-fill and an L2 policy, ldmatrix, mma.sync m16n8k16 bf16
+// with fp32 accumulators, and the hi/lo bf16 split that gives bf16 tensor-core products
+// fp32-class accuracy. Fragment layouts are those of the PTX ISA ("Matrix Fragments for
+// mma.m16n8k16"). Device-only header for .cu files; stateless, so thread-safe.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace moemesh::cuda::warp_mma {
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// An L2 policy for data read once (the KV stream): it is evicted first, so that the small,
+// reused data (tables, lengths, partial states, the rest of the model's step) stays cached.
+__device__ __forceinline__ uint64_t EvictFirstPolicy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// 16-byte global -> shared copy under an L2 policy; zero-fills (reads nothing) when !valid.
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid,
+                                          uint64_t policy) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst),
+               "l"(src), "r"(src_bytes), "l"(policy)
+               : "memory");
+}
+
+__device__ __forceinline__ void PrefetchL1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// d = a * b + c: a 16x16 bf16 (row), b 16x8 bf16 (col), c/d 16x8 fp32.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                    const float (&c)[4]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+}
+
+// Two bf16 in one register, `first` in the low half (the lower column of an mma fragment).
+__device__ __forceinline__ uint32_t PackBf16(__nv_bfloat16 first, __nv_bfloat16 second) {
+  return static_cast<uint32_t>(__bfloat16_as_ushort(first)) |
+         (static_cast<uint32_t>(__bfloat16_as_ushort(second)) << 16);
+}
+
+// x ~= hi + lo with a relative residual of at most 2^-16 (bf16 keeps 8 significant bits).
+__device__ __forceinline__ void SplitBf16(float x, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+  hi = __float2bfloat16_rn(x);
+  lo = __float2bfloat16_rn(x - __bfloat162float(hi));
+}
+
+// Packs hi parts of (x0, x1) into *hi_pair and lo parts into *lo_pair.
+__device__ __forceinline__ void SplitPair(float x0, float x1, uint32_t& hi_pair,
+                                          uint32_t& lo_pair) {
+  __nv_bfloat16 h0, l0, h1, l1;
+  SplitBf16(x0, h0, l0);
+  SplitBf16(x1, h1, l1);
+  hi_pair = PackBf16(h0, h1);
+  lo_pair = PackBf16(l0, l1);
+}
+
+// Three-part split of (x0, x1): x ~= hi + lo + lo2 with a relative residual of at most 2^-24,
+// fp32's own rounding. Each output packs the pair's parts (x0's in the low half).
+__device__ __forceinline__ void SplitPair3(float x0, float x1, uint32_t& hi_pair, uint32_t& lo_pair,
+                                           uint32_t& lo2_pair) {
+  __nv_bfloat16 h0, l0, h1, l1, m0, m1, unused0, unused1;
+  SplitBf16(x0, h0, l0);
+  SplitBf16(x1, h1, l1);
+  SplitBf16(x0 - __bfloat162float(h0) - __bfloat162float(l0), m0, unused0);
+  SplitBf16(x1 - __bfloat162float(h1) - __bfloat162float(l1), m1, unused1);
+  hi_pair = PackBf16(h0, h1);
+  lo_pair = PackBf16(l0, l1);
+  lo2_pair = PackBf16(m0, m1);
+}
+
+}  // namespace moemesh::cuda::warp_mma
