@@ -33,12 +33,13 @@ exe() {  # the command that runs executable $1
 
 step() {  # step NAME TIMEOUT_S ARGS...: runs one program, logs it, prints a summary line
   local name=$1 limit=$2; shift 2
+  local log=$out/${LABEL:-$name}.log
   local start=$SECONDS
-  timeout "$limit" $(exe "$name") "$@" >"$out/$name.log" 2>&1
+  timeout "$limit" $(exe "$name") "$@" >"$log" 2>&1
   local rc=$?
   local summary
-  summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) |tests? ran|^verdict|^PASS|^FAIL' "$out/$name.log" | tr '\n' ' ' | cut -c1-300)
-  echo "$name: exit $rc in $((SECONDS - start)) s; $summary"
+  summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) |tests? ran|^verdict|^PASS|^FAIL|\[(PASS|FAIL)\]' "$log" | tr '\n' ' ' | cut -c1-400)
+  echo "${LABEL:-$name}: exit $rc in $((SECONDS - start)) s; $summary"
   [ $rc -eq 0 ] || status=1
 }
 
@@ -56,7 +57,11 @@ if [ $bench -eq 1 ]; then
   torch=()
   python3 -c 'import torch' 2>/dev/null && torch=(--torch python3 --torch_script bench/attention_decode_torch.py)
   step bench_attention_decode 300 "${torch[@]}"
-  step bench_cascade 300
-  step bench_gpu_decode_step 420
+  step bench_cascade 300 --calibration_out "$out/cascade_calibration.json"
+  step bench_gpu_decode_step 300
+  gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+  tps=1; [ "$gpus" -ge 2 ] && tps=1,2; [ "$gpus" -ge 4 ] && tps=1,2,4; [ "$gpus" -ge 8 ] && tps=1,2,4,8
+  LABEL=bench_gpu_decode_step_mixtral step bench_gpu_decode_step 420 --shape=mixtral-8x22b \
+    --tp=$tps --experts=none --steps=10
 fi
 exit $status

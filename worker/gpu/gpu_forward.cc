@@ -9,6 +9,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "kernels/cuda/attention_generic.h"
+#include "kernels/cuda/cascade.h"
 #include "kernels/cuda/layout_ops.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/ref/ops.h"
@@ -83,6 +84,15 @@ struct GpuForward::Buffers {
   int32_t* in;  // the step's integer inputs (layout in Step)
   void* decode_ws = nullptr;
   size_t decode_ws_bytes = 0;
+  // Cascade: the bounds every cascade step is launched with, its layout words, the members'
+  // prefix states and its scratch.
+  cuda::CascadeBounds cascade_bounds;
+  int64_t cascade_words = 0;
+  int32_t* cascade_layout = nullptr;
+  int32_t* h_cascade_layout = nullptr;
+  float *prefix_v = nullptr, *prefix_lse = nullptr;
+  void* cascade_ws = nullptr;
+  size_t cascade_ws_bytes = 0;
   // Pinned host side.
   int32_t* h_in;
   float *h_x, *h_w, *h_out, *h_logits, *h_err, *h_err_total;
@@ -101,6 +111,7 @@ struct GpuForward::Step {
   int32_t max_q = 0;        // bound on prefill query lengths
   int32_t logits = 0;       // logits rows (padded in graphs)
   int32_t logits_real = 0;
+  bool cascade = false;     // decode attention as cascade (layout in Buffers::h_cascade_layout)
   int64_t chunk = 0;        // MLP rows per rank
   int64_t mlp_begin = 0;    // this rank's first MLP row
   int64_t mlp_real = 0;     // its rows that are real tokens
@@ -215,6 +226,40 @@ absl::Status GpuForward::Init() {
                                                  c_.head_dim, cfg_.max_context);
   MM_ASSIGN_OR_RETURN(auto* ws, b.Device<char>(static_cast<int64_t>(b.decode_ws_bytes)));
   b.decode_ws = ws;
+  if (cfg_.max_cascade_levels > 0 && (c_.head_dim == 64 || c_.head_dim == 128)) {
+    cuda::CascadeBounds& cb = b.cascade_bounds;
+    cb.batch = static_cast<int32_t>(S);
+    cb.n_heads = layout_.num_heads();
+    cb.max_levels = cfg_.max_cascade_levels;
+    cb.max_members = static_cast<int32_t>(S);
+    cb.max_depth = std::min(cfg_.max_cascade_depth, cuda::kCascadeMaxDepth);
+    cb.max_shared_len = cfg_.max_context;
+    cb.max_suffix_len = cfg_.max_context;
+    b.cascade_words = cuda::CascadeLayoutWords(cb);
+    MM_ASSIGN_OR_RETURN(b.cascade_layout, b.Device<int32_t>(b.cascade_words));
+    MM_ASSIGN_OR_RETURN(b.h_cascade_layout, b.Pinned<int32_t>(b.cascade_words));
+    const int64_t slots = static_cast<int64_t>(cb.max_levels) * cb.max_members * cb.n_heads;
+    MM_ASSIGN_OR_RETURN(b.prefix_v, b.Device<float>(slots * d));
+    MM_ASSIGN_OR_RETURN(b.prefix_lse, b.Device<float>(slots));
+    cuda::PagedKv probe;
+    probe.block_size = cfg_.block_size;
+    probe.kv_heads = layout_.num_kv_heads();
+    probe.head_dim = c_.head_dim;
+    probe.num_blocks = 1;
+    cuda::CascadeParams cp;  // sizes only; the pointers are the real buffers
+    cp.q = b.q;
+    cp.out = b.attn;
+    cp.kv_lens = b.in;
+    cp.block_tables = b.in;
+    cp.layout = b.cascade_layout;
+    cp.prefix_v = b.prefix_v;
+    cp.prefix_lse = b.prefix_lse;
+    cp.bounds = cb;
+    cp.max_blocks_per_seq = b.max_blocks;
+    b.cascade_ws_bytes = cuda::CascadeWorkspaceBytes(probe, cp);
+    MM_ASSIGN_OR_RETURN(auto* cws, b.Device<char>(static_cast<int64_t>(b.cascade_ws_bytes)));
+    b.cascade_ws = cws;
+  }
   MM_ASSIGN_OR_RETURN(b.h_in, b.Pinned<int32_t>(in_capacity));
   MM_ASSIGN_OR_RETURN(b.h_x, b.Pinned<float>(b.chunk * H));
   MM_ASSIGN_OR_RETURN(b.h_ids, b.Pinned<int32_t>(b.chunk * K));
@@ -414,6 +459,11 @@ absl::Status GpuForward::Enqueue(const Step& s) {
   const int64_t H = c_.hidden_size;
   MM_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(b.in, b.h_in, s.in_count * sizeof(int32_t),
                                           cudaMemcpyHostToDevice, stream_), "input upload"));
+  if (s.cascade) {
+    MM_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(b.cascade_layout, b.h_cascade_layout,
+                                            b.cascade_words * sizeof(int32_t),
+                                            cudaMemcpyHostToDevice, stream_), "cascade layout"));
+  }
   cuda::Embedding(b.in + s.o_tokens, weights_.embed.data, layout_.vocab_begin,
                   weights_.embed.rows, b.x, s.n, H, stream_);
   MM_RETURN_IF_ERROR(AllReduce(b.x, static_cast<size_t>(s.n) * H));
@@ -475,7 +525,23 @@ absl::Status GpuForward::Attention(const Step& s, int layer) {
   cuda::AppendKv(kv_[layer], b.k, b.v, b.in + s.o_slots, s.n, stream_);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int32_t window = static_cast<int32_t>(c_.sliding_window);
-  if (s.decode > 0) {
+  if (s.decode > 0 && s.cascade) {
+    cuda::CascadeParams p;
+    p.q = b.q;
+    p.out = b.attn;
+    p.block_tables = b.in + s.o_d_tables;
+    p.kv_lens = b.in + s.o_d_lens;
+    p.layout = b.cascade_layout;
+    p.prefix_v = b.prefix_v;
+    p.prefix_lse = b.prefix_lse;
+    p.bounds = b.cascade_bounds;
+    p.bounds.batch = s.decode;
+    p.max_blocks_per_seq = s.max_blocks;
+    p.scale = scale;
+    p.window = window;
+    cuda::CascadeAttention(kv_[layer], p, cuda::CascadeForm::kFused, b.cascade_ws,
+                           b.cascade_ws_bytes, stream_);
+  } else if (s.decode > 0) {
     cuda::DecodeParams p;
     p.q = b.q;
     p.out = b.attn;
@@ -628,6 +694,53 @@ absl::Status GpuForward::CopyBlocks(absl::Span<const BlockCopy> copies) {
 }
 
 absl::StatusOr<std::vector<float>> GpuForward::Run(absl::Span<const ForwardSequence> batch) {
+  return Execute(batch, {});
+}
+
+absl::StatusOr<std::vector<float>> GpuForward::RunCascade(
+    absl::Span<const ForwardSequence> batch, absl::Span<const ForwardCascadeLevel> levels) {
+  return Execute(batch, levels);
+}
+
+absl::Status GpuForward::PrepareCascade(absl::Span<const ForwardCascadeLevel> levels, Step& s) {
+  const Buffers& b = *buf_;
+  s.cascade = false;
+  if (levels.empty() || b.cascade_layout == nullptr || s.prefill > 0 ||
+      static_cast<int32_t>(levels.size()) > b.cascade_bounds.max_levels) {
+    return absl::OkStatus();  // flat
+  }
+  // In an all-decode step the decode rows are the batch in order, so batch indices are rows.
+  std::vector<cuda::CascadeLevelSpec> specs;
+  std::vector<int32_t> depth(s.decode, 0);
+  for (const ForwardCascadeLevel& l : levels) {
+    cuda::CascadeLevelSpec spec;
+    spec.members = l.members;
+    spec.begin = l.block_begin * cfg_.block_size;
+    spec.end = l.block_end * cfg_.block_size;
+    for (int32_t m : l.members) {
+      if (m < 0 || m >= s.decode_real) return absl::OkStatus();
+      if (++depth[m] > b.cascade_bounds.max_depth) return absl::OkStatus();
+    }
+    specs.push_back(std::move(spec));
+  }
+  cuda::CascadeBounds bounds = b.cascade_bounds;
+  bounds.batch = s.decode;
+  std::vector<int32_t> words;
+  const std::string problem = cuda::BuildCascadeLayout(bounds, specs, b.h_in + s.o_d_lens, &words);
+  if (!problem.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU cascade levels: ", problem));
+  }
+  if (static_cast<int64_t>(words.size()) > b.cascade_words) {
+    return absl::InternalError("GPU cascade layout larger than its buffer");
+  }
+  std::copy(words.begin(), words.end(), b.h_cascade_layout);
+  std::fill(b.h_cascade_layout + words.size(), b.h_cascade_layout + b.cascade_words, 0);
+  s.cascade = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> GpuForward::Execute(absl::Span<const ForwardSequence> batch,
+                                                       absl::Span<const ForwardCascadeLevel> levels) {
   if (batch.empty()) return std::vector<float>{};
   MM_RETURN_IF_ERROR(Cuda(cudaSetDevice(cfg_.device), "set device"));
   bool all_decode = true;
@@ -636,13 +749,16 @@ absl::StatusOr<std::vector<float>> GpuForward::Run(absl::Span<const ForwardSeque
                      static_cast<int32_t>(batch.size()) <= cfg_.max_sequences;
   Step& s = *current_;
   MM_RETURN_IF_ERROR(PrepareStep(batch, graph, s));
+  MM_RETURN_IF_ERROR(PrepareCascade(levels, s));
   stats_ = GpuStepStats();
+  stats_.cascade = s.cascade;
   stats_.batch_bucket = s.decode;
   expert_status_ = absl::OkStatus();
   *buf_->h_err = 0.0f;
   *buf_->h_err_total = 0.0f;
   if (graph) {
-    const std::pair<int32_t, int32_t> key(s.decode, s.max_kv);
+    // Cascade steps have their own graphs (a negative context key).
+    const std::pair<int32_t, int32_t> key(s.decode, s.cascade ? -s.max_kv : s.max_kv);
     auto it = graphs_.find(key);
     if (it == graphs_.end() && warmed_.contains(key)) {
       cudaGraph_t g;

@@ -44,12 +44,16 @@ struct GpuForwardConfig {
   int32_t max_context = 4096;       // positions per sequence
   double kv_memory_fraction = 0.9;  // of the memory free after weights and buffers
   bool cuda_graphs = true;          // capture decode steps
+  int32_t max_cascade_levels = 0;   // levels per step the cascade path takes (0: always flat;
+                                    // off by default until the CUDA cascade kernels pass on GPUs)
+  int32_t max_cascade_depth = 4;    // levels holding any one sequence
   cuda::Precision precision = cuda::Precision::kSplit;
 };
 
 // Per-step timing of the last Run, for benchmarks.
 struct GpuStepStats {
   bool graph = false;      // replayed a captured graph
+  bool cascade = false;    // decode attention ran as cascade
   bool captured = false;   // captured one in this step
   int32_t batch_bucket = 0;
   double expert_seconds = 0;  // inside the host callbacks (expert calls)
@@ -68,6 +72,11 @@ class GpuForward final : public ForwardPass {
 
   // Logits are returned on rank 0 only (other ranks get an empty vector).
   absl::StatusOr<std::vector<float>> Run(absl::Span<const ForwardSequence> batch) override;
+  // Decode attention of the levels' members as cascade (kernels/cuda/cascade.h, the fused
+  // single-launch form, inside the decode graph). Steps with prefill chunks, or levels beyond
+  // the bounds below, run flat (the same result up to rounding).
+  absl::StatusOr<std::vector<float>> RunCascade(absl::Span<const ForwardSequence> batch,
+                                                absl::Span<const ForwardCascadeLevel> levels) override;
   // Copy-on-write of prefix-cached blocks: device-to-device copies of every layer's K and V.
   absl::Status CopyBlocks(absl::Span<const BlockCopy> copies) override;
 
@@ -87,7 +96,10 @@ class GpuForward final : public ForwardPass {
   GpuForward(const ModelConfig& config, TpLayout layout, DeviceWeights weights, NcclGroup* tp,
              ExpertClient* experts, GpuForwardConfig cfg);
   absl::Status Init();
+  absl::StatusOr<std::vector<float>> Execute(absl::Span<const ForwardSequence> batch,
+                                             absl::Span<const ForwardCascadeLevel> levels);
   absl::Status PrepareStep(absl::Span<const ForwardSequence> batch, bool graph, Step& step);
+  absl::Status PrepareCascade(absl::Span<const ForwardCascadeLevel> levels, Step& step);
   absl::Status Enqueue(const Step& step);
   absl::Status Attention(const Step& step, int layer);
   absl::Status Mlp(const Step& step, int layer);

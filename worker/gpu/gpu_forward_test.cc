@@ -212,6 +212,110 @@ TEST_P(GpuForwardTest, LogitsMatchTheReferenceThroughPrefillAndGraphDecode) {
   }
 }
 
+// Three sequences whose prompts start with the same 8 tokens (two blocks of 4, prefilled once by
+// the first sequence and shared by the others, as the prefix cache arranges), then decode steps
+// run through RunCascade with one level over the shared blocks: logits must match the reference
+// engine, which gives every sequence its own full prompt.
+class GpuCascadeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuCascadeTest, SharedPrefixDecodesThroughCascadeLevels) {
+  const std::string why = NoGpu();
+  if (!why.empty()) GTEST_SKIP() << why;
+  int d = 0, h = 0, kv = 0;
+  ASSERT_EQ(std::sscanf(GetParam().c_str(), "synthetic-d%d-h%d-kv%d", &d, &h, &kv), 3);
+  Synthetic s = MakeSynthetic(d, h, kv);
+  const ModelConfig config = s.config;
+  ModelWeights shard = s.weights;
+  for (LayerWeights& lw : shard.layers) {
+    lw.experts.clear();
+    lw.expert_ids.clear();
+  }
+  ReferenceModel reference(config, s.weights);
+  reference.set_bf16_kv_cache(true);
+  auto pool = ReferenceExpertPool::FromWeights(config, s.weights, {});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  LocalExpertClient experts(pool->get());
+  auto device_weights = DeviceWeights::Upload(config, shard);
+  ASSERT_TRUE(device_weights.ok()) << device_weights.status();
+  GpuForwardConfig cfg;
+  cfg.num_kv_blocks = 64;
+  cfg.block_size = 4;
+  cfg.max_step_tokens = 64;
+  cfg.max_sequences = 8;
+  cfg.max_context = 256;
+  cfg.max_cascade_levels = 4;
+  auto gpu = GpuForward::Create(config, MakeTpLayout(config, 0, 1), std::move(*device_weights), nullptr,
+                                &experts, cfg);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const std::vector<int32_t> shared = {5, 17, 3, 99, 42, 7, 61, 8};
+  const std::vector<std::vector<int32_t>> own = {{11, 12, 13}, {21, 22, 23, 24, 25}, {31, 32}};
+  const std::vector<std::vector<int32_t>> tables = {{40, 41, 9, 2, 33, 17, 5, 50, 60, 61},
+                                                    {40, 41, 1, 30, 7, 44, 12, 51, 62, 63},
+                                                    {40, 41, 0, 21, 19, 35, 6, 52, 53, 54}};
+  const int64_t vocab = config.vocab_size;
+  std::vector<SequenceCache> caches;
+  std::vector<std::vector<int32_t>> next(3);
+  std::vector<int64_t> start(3);
+  // Step 0: sequence 0's whole prompt; step 1: the others' own tokens after the shared blocks.
+  for (int step = 0; step < 2; ++step) {
+    std::vector<ForwardSequence> batch;
+    std::vector<BatchEntry> ref_batch;
+    std::vector<int> ids = step == 0 ? std::vector<int>{0} : std::vector<int>{1, 2};
+    std::vector<std::vector<int32_t>> tokens(3);
+    for (int i : ids) {
+      std::vector<int32_t> full = shared;
+      full.insert(full.end(), own[i].begin(), own[i].end());
+      caches.resize(3, reference.NewCache());
+      caches[i] = reference.NewCache();
+      tokens[i] = step == 0 ? full : own[i];
+      start[i] = step == 0 ? 0 : static_cast<int64_t>(shared.size());
+      batch.push_back({tokens[i], start[i], tables[i], true});
+      next[i] = full;  // the reference runs the full prompt
+    }
+    for (int i : ids) ref_batch.push_back({&caches[i], next[i], false});
+    auto got = (*gpu)->Run(batch);
+    ASSERT_TRUE(got.ok()) << got.status();
+    auto want = reference.Forward(absl::MakeSpan(ref_batch));
+    ASSERT_TRUE(want.ok()) << want.status();
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const float* w = (*want)[k].data();
+      EXPECT_LT(MaxError(got->data() + k * vocab, w, vocab), 2e-3) << "prefill step " << step;
+      const int i = ids[k];
+      start[i] += static_cast<int64_t>(tokens[i].size());
+      next[i] = {static_cast<int32_t>(std::max_element(w, w + vocab) - w)};
+    }
+  }
+  const std::vector<ForwardCascadeLevel> levels = {{{0, 1, 2}, 0, 2}};
+  for (int step = 0; step < 5; ++step) {
+    std::vector<ForwardSequence> batch;
+    std::vector<BatchEntry> ref_batch;
+    for (int i = 0; i < 3; ++i) {
+      batch.push_back({next[i], start[i], tables[i], true});
+      ref_batch.push_back({&caches[i], next[i], false});
+    }
+    auto got = (*gpu)->RunCascade(batch, levels);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE((*gpu)->last_step().cascade) << "decode step " << step;
+    if (step >= 2) EXPECT_TRUE((*gpu)->last_step().graph) << "decode step " << step;
+    auto want = reference.Forward(absl::MakeSpan(ref_batch));
+    ASSERT_TRUE(want.ok()) << want.status();
+    for (int i = 0; i < 3; ++i) {
+      const float* w = (*want)[i].data();
+      EXPECT_LT(MaxError(got->data() + i * vocab, w, vocab), 2e-3) << "decode step " << step << " sequence " << i;
+      start[i] += 1;
+      next[i] = {static_cast<int32_t>(std::max_element(w, w + vocab) - w)};
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GpuCascadeTest,
+                         ::testing::Values("synthetic-d128-h8-kv2", "synthetic-d64-h6-kv1"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) if (ch == '-') ch = '_';
+                           return n;
+                         });
+
 std::vector<std::string> Models() {
   std::vector<std::string> models = {"synthetic-d128-h8-kv2", "synthetic-d64-h6-kv1",
                                      "synthetic-d128-h4-kv4"};
