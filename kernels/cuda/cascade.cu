@@ -1,0 +1,919 @@
+// CUDA cascade attention of cascade.h. One kernel serves the prefix pass, the suffix pass and the
+// fused launch; a flat grid whose first plan.suf_ctas CTAs are suffix units and the rest prefix
+// units (cascade_plan.h says what each CTA does).
+//
+// Every CTA (4 warps) attends a tile of query rows against a range of positions of one KV head:
+//   - Rows are folded into mma.sync m16n8k16 tiles of 16 rows per warp. A 64-row tile gives each
+//     warp its own 16 rows over every position; a 16-row tile gives the 4 warps the same rows and
+//     a quarter of the positions each (merged in shared memory at the end).
+//   - fp32 queries (pre-scaled by scale * log2(e)) are split into three bf16 parts (hi, lo, lo2):
+//     bf16 K products are exact and the parts leave a 2^-24 relative residual, so scores are
+//     fp32-class; probabilities (in [0, 1]) are split in two for P.V. Each 16-position step's
+//     P.V starts from zero accumulators and is added in fp32 registers, so long ranges do not
+//     build up tensor-core rounding. Online softmax in base 2.
+//   - K/V stream through shared memory in 64-position stages (cp.async, several stages deep,
+//     XOR-swizzled so that ldmatrix is free of bank conflicts) loaded by the whole CTA; prefix
+//     loads keep the default L2 priority (the tiles of a level read the same positions at about
+//     the same time), suffix loads are evict-first.
+// Results: a prefix tile whose range is one split writes its members' prefix states; otherwise
+// each split writes a partial state and the last split of the tile to finish (atomic counter)
+// merges them (two levels of merges above 12 splits). A suffix split writes a partial state and
+// arrives at its (sequence, KV head) counter; the last arrival (suffix splits, and in the fused
+// launch also each level's prefix tile once merged) merges the partials with the prefix states
+// and writes the output. No CTA ever waits for another, so any grid is deadlock-free.
+#include "kernels/cuda/cascade.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/fast_div.h"
+#include "kernels/cuda/warp_mma.cuh"
+
+namespace moemesh::cuda {
+namespace {
+
+namespace cs = cascade;
+using warp_mma::CpAsyncCommit;
+using warp_mma::CpAsyncWait;
+using warp_mma::EvictFirstPolicy;
+using warp_mma::LdMatrixX4;
+using warp_mma::LdMatrixX4Trans;
+using warp_mma::Mma;
+using warp_mma::PrefetchL1;
+using warp_mma::SmemAddr;
+using warp_mma::SplitPair;
+using warp_mma::SplitPair3;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxTileRows = 64;
+constexpr int kMaxDevices = 64;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+struct Cfg {
+  static constexpr int kStages = D == 128 ? 3 : 4;
+  static constexpr int kRowBytes = D * 2;
+  static constexpr int kKvBytes = cs::kStageTokens * kRowBytes;  // K (or V) of one stage
+  static constexpr int kStageBytes = 2 * kKvBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes;
+  // After the main loop the stage buffers hold the tile's results ([64 rows][kResStride]
+  // floats), then the per-warp states of a 16-row tile ([4 warps][16 rows][kResStride]).
+  static constexpr int kResStride = D + 8;  // float2 stores of a half-warp hit 32 banks
+  static constexpr int kWarpBufFloats = kMaxTileRows * kResStride;
+  static_assert((kMaxTileRows + kWarps * 16) * kResStride * 4 <= kSmemBytes, "result buffers");
+  static_assert(cs::kMaxFinalInputs * kMaxTileRows * 4 <= kSmemBytes, "merge LSE cache");
+};
+
+struct Shared {
+  float m[kWarps][16];               // per-warp row maxima of a 16-row tile
+  float l[kWarps][16];               // and sums
+  float res_lse[kMaxTileRows];       // the tile's log2-sum-exps (-inf: nothing attended)
+  int32_t row_q[kMaxTileRows];       // q / output row (sequence * n_heads + head), -1: padding
+  int32_t row_state[kMaxTileRows];   // prefix tiles: prefix-state row (slot * n_heads + head)
+  int32_t slots[kCascadeMaxDepth];   // final merge: the sequence's member slots
+  int n_slots;
+  int flag;
+};
+
+struct KernelArgs {
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const float* q;
+  float* out;
+  float* lse;
+  const int32_t* block_tables;
+  const int32_t* kv_lens;
+  cs::LayoutView layout;
+  float* prefix_v;
+  float* prefix_lse;
+  float* pre_part_o;     // [slot rows, pre_splits, D]; log2 LSEs below
+  float* pre_part_lse;   // [slot rows, pre_splits]
+  float* pre_group_o;    // like pre_part_o (group slots)
+  float* pre_group_lse;
+  float* suf_part_o;     // [batch * n_heads, suf_splits, D]
+  float* suf_part_lse;   // [batch * n_heads, suf_splits]
+  uint32_t* pre_counters;  // [max_levels * kv_heads * pre_tiles][kCounterSlots]
+  uint32_t* seq_counters;  // [batch * kv_heads]
+  cs::Plan plan;
+  cs::Dims dims;
+  FastDivisor block_div;
+  int32_t block_size;
+  int32_t max_blocks_per_seq;
+  int32_t q_parts;
+  float q_scale;  // scale * log2(e)
+};
+
+// An L2 policy that keeps the default priority (the prefix tiles of a level share their reads).
+__device__ __forceinline__ uint64_t EvictNormalPolicy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// The shared-window address of a generic pointer into shared memory, 64 bits wide.
+__device__ __forceinline__ uint64_t SmemAddr64(const void* p) {
+  uint64_t addr;
+  asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(addr) : "l"(p));
+  return addr;
+}
+
+// warp_mma::CpAsync16 with a 64-bit shared destination. With the 32-bit form, ptxas (seen with
+// CUDA 13.0 for sm_90a) folds this kernel's CTA-uniform stage base into the copy's address as
+// LDGSTS [R + UR0], desc[UR1][..] while it stages the base and the L2 policy in UR4 / UR5: the
+// instruction reads its memory descriptor from a uniform register nothing writes, and the first
+// copy faults with cudaErrorIllegalInstruction (DecodeAttention escapes it only because its base
+// is per warp). A 64-bit address keeps the whole address in per-thread registers ([R]) and the
+// policy in the uniform pair it was written to.
+__device__ __forceinline__ void CpAsync16Wide(uint64_t dst, const void* src, bool valid,
+                                              uint64_t policy) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"l"(dst),
+               "l"(src), "r"(src_bytes), "l"(policy)
+               : "memory");
+}
+
+// Starts fetching the block-table entries of the first pipeline stages of [lo, hi) into L1, so
+// that the first K/V copies wait for one round trip less.
+template <int D>
+__device__ __forceinline__ void PrefetchTable(const KernelArgs& a, const int32_t* table, int lo,
+                                              int hi) {
+  const int p = lo + static_cast<int>(threadIdx.x) * (Cfg<D>::kStages - 1) * cs::kStageTokens /
+                         kThreads;
+  if (p < hi) PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
+}
+
+// Block-wide: this CTA's global writes are published, then it takes a ticket; true in the CTA
+// that arrives last of `count` (which resets the counter for the next launch). count <= 1: the
+// only arrival, no atomics.
+__device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_flag) {
+  __threadfence();
+  __syncthreads();
+  if (count <= 1) return true;
+  if (threadIdx.x == 0) {
+    const uint32_t prev = atomicAdd(counter, 1u);
+    const bool last = prev + 1 == static_cast<uint32_t>(count);
+    if (last) atomicExch(counter, 0u);
+    *s_flag = last ? 1 : 0;
+  }
+  __syncthreads();
+  const bool last = *s_flag != 0;
+  if (last) __threadfence();
+  return last;
+}
+
+// Merges `count` attention states of each of `rows` rows: input i of row r has log2-sum-exp
+// lse_of(r, i) and normalised output o_of(r, i) (D floats, 16-byte aligned, read through L2);
+// store(r, d4, value, lse2) writes dims 4 * d4 .. + 3 of the result (lse2 = -inf and value 0
+// when every input is empty). Whole CTA; s_lse holds count * rows floats.
+template <int D, class LseOf, class OOf, class Store>
+__device__ void MergeRows(int rows, int count, LseOf lse_of, OOf o_of, Store store, float* s_lse) {
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < count * rows; idx += kThreads) {
+    s_lse[idx] = lse_of(idx % rows, idx / rows);
+  }
+  __syncthreads();
+  constexpr int kQuads = D / 4;
+  for (int item = threadIdx.x; item < rows * kQuads; item += kThreads) {
+    const int r = item / kQuads, d4 = item % kQuads;
+    float m = -INFINITY;
+    for (int i = 0; i < count; ++i) m = fmaxf(m, s_lse[i * rows + r]);
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    float sum = 0.f;
+    if (m != -INFINITY) {
+#pragma unroll 4
+      for (int i = 0; i < count; ++i) {
+        const float li = s_lse[i * rows + r];
+        if (li == -INFINITY) continue;  // empty state: nothing to add (and nothing read)
+        const float w = exp2f(li - m);
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(o_of(r, i)) + d4);
+        sum += w;
+        acc.x = fmaf(w, x.x, acc.x);
+        acc.y = fmaf(w, x.y, acc.y);
+        acc.z = fmaf(w, x.z, acc.z);
+        acc.w = fmaf(w, x.w, acc.w);
+      }
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    store(r, d4, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv),
+          sum > 0.f ? m + log2f(sum) : -INFINITY);
+  }
+  __syncthreads();
+}
+
+// The tile's rows (sh.row_q; `rows` of them are real) against positions [lo, hi) of `table`, KV
+// head h. Leaves row r's normalised output in smem floats [r * kResStride, + D) and its
+// log2-sum-exp in sh.res_lse[r] (-inf, output 0, for an empty range). row_warps: 4 for a 64-row
+// tile, 1 for a 16-row tile.
+template <int D>
+__device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
+                             int rows, int row_warps, uint64_t policy, unsigned char* smem,
+                             Shared& sh) {
+  using C = Cfg<D>;
+  constexpr int kChunksPerRow = D / 8;                  // 16-byte chunks per position
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;  // positions one CTA-wide copy covers
+  constexpr int kPasses = cs::kStageTokens / kRowsPerPass;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane >> 2;  // fragment row
+  const int t = lane & 3;   // fragment column pair
+  const int rw = warp % row_warps, tw = warp / row_warps, tok_warps = kWarps / row_warps;
+  const bool has_rows = 16 * rw < rows;
+  const int chunk_col = tid % kChunksPerRow;
+  const int row_first = tid / kChunksPerRow;
+  const int n_stages = (hi - lo + cs::kStageTokens - 1) / cs::kStageTokens;
+
+  // Starts the copies of stage s (positions lo + 64 s ..) into buffer s % kStages.
+  auto issue = [&](int s) {
+    const int p0 = lo + s * cs::kStageTokens;
+    const int n_valid = min(cs::kStageTokens, hi - p0);
+    const uint64_t k_dst = SmemAddr64(smem + (s % C::kStages) * C::kStageBytes);
+    const uint64_t v_dst = k_dst + C::kKvBytes;
+#pragma unroll
+    for (int j = 0; j < kPasses; ++j) {
+      const int r = row_first + j * kRowsPerPass;
+      const bool valid = r < n_valid;
+      int64_t src = 0;
+      if (valid) {
+        const int p = p0 + r;
+        const uint32_t blk = a.block_div.Div(static_cast<uint32_t>(p));
+        const int in_block = p - static_cast<int>(blk) * a.block_size;
+        src = ((static_cast<int64_t>(table[blk]) * a.dims.kv_heads + h) * a.block_size + in_block) *
+                  D +
+              chunk_col * 8;
+      }
+      const uint32_t dst = r * C::kRowBytes + ((chunk_col ^ (r & 7)) << 4);
+      CpAsync16Wide(k_dst + dst, a.k + src, valid, policy);
+      CpAsync16Wide(v_dst + dst, a.v + src, valid, policy);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < n_stages) issue(s);
+    CpAsyncCommit();
+  }
+
+  // Query fragments (A operands of S = Q K^T) of rows 16 rw + g (registers 0, 2) and + 8
+  // (registers 1, 3), in three bf16 parts.
+  uint32_t qh[D / 16][4], ql[D / 16][4], ql2[D / 16][4];
+  {
+    const int r0 = 16 * rw + g;
+    const int32_t i0 = sh.row_q[r0], i1 = sh.row_q[r0 + 8];
+    const float* q0 = i0 >= 0 ? a.q + static_cast<int64_t>(i0) * D : nullptr;
+    const float* q1 = i1 >= 0 ? a.q + static_cast<int64_t>(i1) * D : nullptr;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int d = kk * 16 + half * 8 + 2 * t;
+        const float2 x0 =
+            q0 != nullptr ? __ldg(reinterpret_cast<const float2*>(q0 + d)) : make_float2(0.f, 0.f);
+        const float2 x1 =
+            q1 != nullptr ? __ldg(reinterpret_cast<const float2*>(q1 + d)) : make_float2(0.f, 0.f);
+        SplitPair3(x0.x * a.q_scale, x0.y * a.q_scale, qh[kk][half * 2], ql[kk][half * 2],
+                   ql2[kk][half * 2]);
+        SplitPair3(x1.x * a.q_scale, x1.y * a.q_scale, qh[kk][half * 2 + 1], ql[kk][half * 2 + 1],
+                   ql2[kk][half * 2 + 1]);
+      }
+    }
+  }
+  const bool lo2 = a.q_parts >= 3;
+
+  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
+  float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
+  float o[D / 8][4];  // dims n * 8 + 2t + (e & 1) of row g (e < 2) and row g + 8 (e >= 2)
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+
+  for (int it = 0; it < n_stages; ++it) {
+    CpAsyncWait<C::kStages - 2>();  // this thread's copies of stage it have landed
+    __syncthreads();                // everyone's have; everyone is done with stage it - 1
+    if (it + C::kStages - 1 < n_stages) issue(it + C::kStages - 1);
+    CpAsyncCommit();
+    if (!has_rows) continue;
+    const uint32_t k_stage = SmemAddr(smem + (it % C::kStages) * C::kStageBytes);
+    const uint32_t v_stage = k_stage + C::kKvBytes;
+    const int p_stage = lo + it * cs::kStageTokens;
+    for (int j = tw; j < cs::kStageTokens / cs::kTileTokens; j += tok_warps) {
+      const int n_valid = min(cs::kTileTokens, hi - (p_stage + j * cs::kTileTokens));
+      if (n_valid <= 0) break;
+      const uint32_t k_tile = k_stage + j * cs::kTileTokens * C::kRowBytes;
+      const uint32_t v_tile = v_stage + j * cs::kTileTokens * C::kRowBytes;
+
+      // S = Q K^T for positions j8 * 8 + (0..7): two accumulators per octet (even, odd k-step).
+      float sacc[2][2][4];
+#pragma unroll
+      for (int j8 = 0; j8 < 2; ++j8) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[j8][0][e] = sacc[j8][1][e] = 0.f;
+      }
+#pragma unroll
+      for (int kk2 = 0; kk2 < D / 32; ++kk2) {
+#pragma unroll
+        for (int j8 = 0; j8 < 2; ++j8) {
+          // Matrix lane / 8 of the x4 load: positions j8 * 8 .. + 7, chunk 4 * kk2 + lane / 8.
+          const int tok = j8 * 8 + (lane & 7);
+          const int chunk = kk2 * 4 + (lane >> 3);
+          uint32_t kb[4];
+          LdMatrixX4(k_tile + tok * C::kRowBytes + ((chunk ^ (tok & 7)) << 4), kb);
+          Mma(sacc[j8][0], qh[2 * kk2], kb[0], kb[1], sacc[j8][0]);
+          Mma(sacc[j8][1], qh[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
+          Mma(sacc[j8][0], ql[2 * kk2], kb[0], kb[1], sacc[j8][0]);
+          Mma(sacc[j8][1], ql[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
+          if (lo2) {
+            Mma(sacc[j8][0], ql2[2 * kk2], kb[0], kb[1], sacc[j8][0]);
+            Mma(sacc[j8][1], ql2[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
+          }
+        }
+      }
+
+      // Online softmax: lane holds positions j8 * 8 + 2t + (e & 1) of row g (e < 2) and g + 8.
+      float sv[2][4];
+      float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j8 = 0; j8 < 2; ++j8) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float x = sacc[j8][0][e] + sacc[j8][1][e];
+          sv[j8][e] = j8 * 8 + 2 * t + (e & 1) < n_valid ? x : -INFINITY;
+          tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sv[j8][e]);
+        }
+      }
+      float alpha[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+        const float m_new = fmaxf(m_run[i], tile_max[i]);  // finite: position 0 is valid
+        alpha[i] = exp2f(m_run[i] - m_new);                // 0 on the first step
+        m_run[i] = m_new;
+      }
+      float pv[2][4];
+      float psum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int j8 = 0; j8 < 2; ++j8) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          pv[j8][e] = exp2f(sv[j8][e] - m_run[e >> 1]);
+          psum[e >> 1] += pv[j8][e];
+        }
+      }
+      l_run[0] = fmaf(l_run[0], alpha[0], psum[0]);
+      l_run[1] = fmaf(l_run[1], alpha[1], psum[1]);
+      // A operand of P.V (rows g / g + 8, positions 2t.. / 2t + 8..), hi and lo parts.
+      uint32_t pa_hi[4], pa_lo[4];
+      SplitPair(pv[0][0], pv[0][1], pa_hi[0], pa_lo[0]);
+      SplitPair(pv[0][2], pv[0][3], pa_hi[1], pa_lo[1]);
+      SplitPair(pv[1][0], pv[1][1], pa_hi[2], pa_lo[2]);
+      SplitPair(pv[1][2], pv[1][3], pa_hi[3], pa_lo[3]);
+
+      // O = O * alpha + P V for dims dn2 * 16 .. + 15.
+#pragma unroll
+      for (int dn2 = 0; dn2 < D / 16; ++dn2) {
+        // Matrix lane / 8: positions ((lane / 8) & 1) * 8 .. + 7, chunk 2 * dn2 + lane / 16.
+        const int tok = ((lane >> 3) & 1) * 8 + (lane & 7);
+        const int chunk = dn2 * 2 + (lane >> 4);
+        uint32_t vb[4];
+        LdMatrixX4Trans(v_tile + tok * C::kRowBytes + ((chunk ^ (tok & 7)) << 4), vb);
+        float c0[4], c1[4];
+        Mma(c0, pa_hi, vb[0], vb[1], zero);
+        Mma(c0, pa_lo, vb[0], vb[1], c0);
+        Mma(c1, pa_hi, vb[2], vb[3], zero);
+        Mma(c1, pa_lo, vb[2], vb[3], c1);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          o[2 * dn2][e] = fmaf(o[2 * dn2][e], alpha[e >> 1], c0[e]);
+          o[2 * dn2 + 1][e] = fmaf(o[2 * dn2 + 1][e], alpha[e >> 1], c1[e]);
+        }
+      }
+    }
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // every warp is done with the stage buffers: they hold the results below
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+  }
+
+  float* res = reinterpret_cast<float*>(smem);
+  if (tok_warps == 1) {  // 64-row tile: each warp finalises its own rows
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = 16 * warp + g + 8 * i;
+      const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<float2*>(res + r * C::kResStride + n * 8 + 2 * t) =
+            make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+      }
+      if (t == 0) sh.res_lse[r] = l_run[i] > 0.f ? m_run[i] + log2f(l_run[i]) : -INFINITY;
+    }
+  } else {  // 16-row tile: the warps' states of the same rows over different positions
+    float* wbuf = res + C::kWarpBufFloats;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = g + 8 * i;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<float2*>(wbuf + (warp * 16 + r) * C::kResStride + n * 8 + 2 * t) =
+            make_float2(o[n][2 * i], o[n][2 * i + 1]);
+      }
+      if (t == 0) {
+        sh.m[warp][r] = m_run[i];
+        sh.l[warp][r] = l_run[i];
+      }
+    }
+    __syncthreads();
+    constexpr int kQuads = D / 4;
+    for (int item = tid; item < 16 * kQuads; item += kThreads) {
+      const int r = item / kQuads, d4 = item % kQuads;
+      float m = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, sh.m[w][r]);
+      float sum = 0.f;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (m != -INFINITY) {
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+          const float wt = exp2f(sh.m[w][r] - m);  // 0 for a warp without positions
+          const float4 x =
+              *reinterpret_cast<const float4*>(wbuf + (w * 16 + r) * C::kResStride + d4 * 4);
+          sum = fmaf(wt, sh.l[w][r], sum);
+          acc.x = fmaf(wt, x.x, acc.x);
+          acc.y = fmaf(wt, x.y, acc.y);
+          acc.z = fmaf(wt, x.z, acc.z);
+          acc.w = fmaf(wt, x.w, acc.w);
+        }
+      }
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      *reinterpret_cast<float4*>(res + r * C::kResStride + d4 * 4) =
+          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+      if (d4 == 0) sh.res_lse[r] = sum > 0.f ? m + log2f(sum) : -INFINITY;
+    }
+  }
+  __syncthreads();
+}
+
+// Copies the tile's first `rows` results to out_o(r) ([D], 16-byte aligned) and, scaled by
+// lse_scale, to *out_lse(r).
+template <int D, class OutO, class OutLse>
+__device__ void StoreResults(int rows, OutO out_o, OutLse out_lse, float lse_scale,
+                             const unsigned char* smem, const Shared& sh) {
+  using C = Cfg<D>;
+  constexpr int kQuads = D / 4;
+  const float* res = reinterpret_cast<const float*>(smem);
+  for (int item = threadIdx.x; item < rows * kQuads; item += kThreads) {
+    const int r = item / kQuads, d4 = item % kQuads;
+    *reinterpret_cast<float4*>(out_o(r) + d4 * 4) =
+        *reinterpret_cast<const float4*>(res + r * C::kResStride + d4 * 4);
+  }
+  for (int r = threadIdx.x; r < rows; r += kThreads) *out_lse(r) = sh.res_lse[r] * lse_scale;
+}
+
+// Final merge of (sequence, KV head): its suffix splits' partial states and its prefix states.
+template <int D>
+__device__ void FinalMerge(const KernelArgs& a, int seq, int h, unsigned char* smem, Shared& sh) {
+  const int group = a.dims.group, nh = a.dims.n_heads;
+  int start = 0, len = 0, n_act = 1, chunk = 0;
+  cs::SuffixRange(seq, a.plan, a.dims, a.layout, a.kv_lens, &start, &len, &n_act, &chunk);
+  if (threadIdx.x == 0) {
+    int n = 0;
+    for (int j = 0; j < a.layout.max_depth; ++j) {
+      const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + j];
+      if (slot >= 0) sh.slots[n++] = slot;
+    }
+    sh.n_slots = n;
+  }
+  __syncthreads();
+  const int count = n_act + sh.n_slots;
+  const int64_t splits = a.plan.suf_splits;
+  const int64_t row0 = static_cast<int64_t>(seq) * nh + h * group;
+  auto lse_of = [&](int r, int i) -> float {
+    if (i < n_act) return __ldcg(a.suf_part_lse + (row0 + r) * splits + i);
+    const int64_t prow = static_cast<int64_t>(sh.slots[i - n_act]) * nh + h * group + r;
+    return __ldcg(a.prefix_lse + prow) * kLog2e;
+  };
+  auto o_of = [&](int r, int i) -> const float* {
+    if (i < n_act) return a.suf_part_o + ((row0 + r) * splits + i) * D;
+    const int64_t prow = static_cast<int64_t>(sh.slots[i - n_act]) * nh + h * group + r;
+    return a.prefix_v + prow * D;
+  };
+  auto store = [&](int r, int d4, float4 x, float lse2) {
+    *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) = x;
+    if (d4 == 0 && a.lse != nullptr) a.lse[row0 + r] = lse2 * kLn2;
+  };
+  MergeRows<D>(group, count, lse_of, o_of, store, reinterpret_cast<float*>(smem));
+}
+
+// The splits of a prefix tile: true in the CTA that merged them into the prefix states.
+template <int D>
+__device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
+                                  unsigned char* smem, Shared& sh) {
+  uint32_t* counters =
+      a.pre_counters +
+      ((static_cast<int64_t>(w.level) * a.dims.kv_heads + w.head) * a.plan.pre_tiles + w.tile) *
+          cs::kCounterSlots;
+  const int64_t splits = a.plan.pre_splits;
+  const int mg = a.plan.pre_merge_group;
+  const int grp = w.split / mg;
+  const int grp_first = grp * mg;
+  const int grp_count = min(mg, w.n_active - grp_first);
+  const int n_groups = (w.n_active + mg - 1) / mg;
+  if (!ArriveLast(&counters[grp], grp_count, &sh.flag)) return false;
+  float* s_lse = reinterpret_cast<float*>(smem);
+  auto part_lse = [&](int r, int i) -> float {
+    return __ldcg(a.pre_part_lse + sh.row_state[r] * splits + grp_first + i);
+  };
+  auto part_o = [&](int r, int i) -> const float* {
+    return a.pre_part_o + (sh.row_state[r] * splits + grp_first + i) * D;
+  };
+  auto store_final = [&](int r, int d4, float4 x, float lse2) {
+    *reinterpret_cast<float4*>(a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D + d4 * 4) =
+        x;
+    if (d4 == 0) a.prefix_lse[sh.row_state[r]] = lse2 * kLn2;
+  };
+  if (n_groups == 1) {
+    MergeRows<D>(w.rows, grp_count, part_lse, part_o, store_final, s_lse);
+    return true;
+  }
+  auto store_group = [&](int r, int d4, float4 x, float lse2) {
+    const int64_t slot = sh.row_state[r] * splits + grp;
+    *reinterpret_cast<float4*>(a.pre_group_o + slot * D + d4 * 4) = x;
+    if (d4 == 0) a.pre_group_lse[slot] = lse2;
+  };
+  MergeRows<D>(w.rows, grp_count, part_lse, part_o, store_group, s_lse);
+  if (!ArriveLast(&counters[cs::kMaxMergeInputs], n_groups, &sh.flag)) return false;
+  auto group_lse = [&](int r, int i) -> float {
+    return __ldcg(a.pre_group_lse + sh.row_state[r] * splits + i);
+  };
+  auto group_o = [&](int r, int i) -> const float* {
+    return a.pre_group_o + (sh.row_state[r] * splits + i) * D;
+  };
+  MergeRows<D>(w.rows, n_groups, group_lse, group_o, store_final, s_lse);
+  return true;
+}
+
+template <int D>
+__device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Shared& sh) {
+  const cs::PrefixWork w = cs::ResolvePrefix(cta, a.plan, a.dims, a.layout);
+  if (!w.active) return;
+  const int32_t* table = a.block_tables + static_cast<int64_t>(w.table_seq) * a.max_blocks_per_seq;
+  PrefetchTable<D>(a, table, w.lo, w.hi);
+  const int group = a.dims.group, nh = a.dims.n_heads;
+  for (int r = threadIdx.x; r < kMaxTileRows; r += kThreads) {
+    int32_t q_row = -1, state_row = -1;
+    if (r < w.rows) {
+      const int slot = w.first_slot + r / group;
+      const int head = w.head * group + r % group;
+      q_row = a.layout.member_seq[slot] * nh + head;
+      state_row = slot * nh + head;
+    }
+    sh.row_q[r] = q_row;
+    sh.row_state[r] = state_row;
+  }
+  __syncthreads();
+  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16,
+                  EvictNormalPolicy(), smem, sh);
+  if (w.n_active == 1) {  // the only split: its result is the members' prefix state
+    StoreResults<D>(
+        w.rows, [&](int r) { return a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D; },
+        [&](int r) { return a.prefix_lse + sh.row_state[r]; }, kLn2, smem, sh);
+  } else {
+    const int64_t splits = a.plan.pre_splits;
+    StoreResults<D>(
+        w.rows, [&](int r) { return a.pre_part_o + (sh.row_state[r] * splits + w.split) * D; },
+        [&](int r) { return a.pre_part_lse + sh.row_state[r] * splits + w.split; }, 1.f, smem,
+        sh);
+    if (!MergePrefixSplits<D>(a, w, smem, sh)) return;
+  }
+  if (!a.plan.fused) return;
+  // The tile's prefix states are complete: one arrival for each member's (sequence, KV head).
+  for (int m = 0; m < w.members; ++m) {
+    const int seq = a.layout.member_seq[w.first_slot + m];
+    const int expected = cs::SequenceArrivals(seq, a.plan, a.dims, a.layout, a.kv_lens);
+    if (ArriveLast(a.seq_counters + static_cast<int64_t>(seq) * a.dims.kv_heads + w.head, expected,
+                   &sh.flag)) {
+      FinalMerge<D>(a, seq, w.head, smem, sh);
+    }
+  }
+}
+
+template <int D>
+__device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shared& sh) {
+  const cs::SuffixWork w = cs::ResolveSuffix(id, a.plan, a.dims, a.layout, a.kv_lens);
+  if (!w.active) return;
+  const int32_t* table = a.block_tables + static_cast<int64_t>(w.seq) * a.max_blocks_per_seq;
+  PrefetchTable<D>(a, table, w.lo, w.hi);
+  const int group = a.dims.group;
+  const int32_t row0 = w.seq * a.dims.n_heads + w.head * group;
+  for (int r = threadIdx.x; r < kMaxTileRows; r += kThreads) {
+    sh.row_q[r] = r < group ? row0 + r : -1;
+  }
+  __syncthreads();
+  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16,
+                  EvictFirstPolicy(), smem, sh);
+  const int64_t splits = a.plan.suf_splits;
+  StoreResults<D>(
+      group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
+      [&](int r) { return a.suf_part_lse + (row0 + r) * splits + w.split; }, 1.f, smem, sh);
+  const int expected = cs::SequenceArrivals(w.seq, a.plan, a.dims, a.layout, a.kv_lens);
+  if (ArriveLast(a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head, expected,
+                 &sh.flag)) {
+    FinalMerge<D>(a, w.seq, w.head, smem, sh);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ Shared sh;
+  const int cta = static_cast<int>(blockIdx.x);
+  if (cta < a.plan.suf_ctas) {
+    RunSuffix<D>(a, cta, smem, sh);
+  } else {
+    RunPrefix<D>(a, cta - a.plan.suf_ctas, smem, sh);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+[[noreturn]] __attribute__((format(printf, 2, 3))) void Fail(const char* op, const char* fmt, ...) {
+  std::fprintf(stderr, "moemesh::cuda::%s: ", op);
+  va_list args;
+  va_start(args, fmt);
+  std::vfprintf(stderr, fmt, args);
+  va_end(args);
+  std::fprintf(stderr, "\n");
+  std::abort();
+}
+
+bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+template <int D>
+int ComputeSlots() {
+  MM_CUDA_CHECK(cudaFuncSetAttribute(CascadeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     Cfg<D>::kSmemBytes));
+  int device = 0, sms = 0, per_sm = 0;
+  MM_CUDA_CHECK(cudaGetDevice(&device));
+  MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  MM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, CascadeKernel<D>, kThreads,
+                                                              Cfg<D>::kSmemBytes));
+  if (per_sm < 1) Fail("CascadeAttention", "kernel for head_dim %d does not fit on an SM", D);
+  return sms * per_sm;
+}
+
+// CTAs of CascadeKernel<head_dim> resident on the current GPU at once; the first call per device
+// also raises the kernel's dynamic shared-memory limit.
+int ResidentSlots(int head_dim) {
+  static std::atomic<int> cache[2][kMaxDevices];
+  int device = 0;
+  MM_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kMaxDevices) Fail("CascadeAttention", "device %d", device);
+  const int which = head_dim == 128 ? 1 : 0;
+  int slots = cache[which][device].load(std::memory_order_acquire);
+  if (slots == 0) {
+    slots = head_dim == 128 ? ComputeSlots<128>() : ComputeSlots<64>();
+    cache[which][device].store(slots, std::memory_order_release);
+  }
+  return slots;
+}
+
+cs::PlanKnobs Knobs(const CascadeParams& p) {
+  cs::PlanKnobs k;
+  k.prefix_tile_rows = p.prefix_tile_rows;
+  k.max_prefix_splits = p.max_prefix_splits;
+  k.max_suffix_splits = p.max_suffix_splits;
+  return k;
+}
+
+// Shapes and bounds; with `pointers`, also the pointers and alignments a launch needs.
+void Validate(const PagedKv& cache, const CascadeParams& p, const char* op, bool pointers) {
+  const CascadeBounds& b = p.bounds;
+  if (cache.head_dim != 64 && cache.head_dim != 128) {
+    Fail(op, "head_dim %d (64 or 128)", cache.head_dim);
+  }
+  if (b.batch < 0 || b.max_levels < 0 || b.max_members < 0 || b.max_depth < 0 ||
+      b.max_shared_len < 0 || b.max_suffix_len < 0) {
+    Fail(op, "negative bound (batch %d, max_levels %d, max_members %d, max_depth %d, "
+             "max_shared_len %d, max_suffix_len %d)",
+         b.batch, b.max_levels, b.max_members, b.max_depth, b.max_shared_len, b.max_suffix_len);
+  }
+  if (cache.kv_heads <= 0 || b.n_heads <= 0 || b.n_heads % cache.kv_heads != 0) {
+    Fail(op, "n_heads %d is not a multiple of kv_heads %d", b.n_heads, cache.kv_heads);
+  }
+  const int group = b.n_heads / cache.kv_heads;
+  if (group > kCascadeMaxGroup) {
+    Fail(op, "%d query heads per KV head (at most %d)", group, kCascadeMaxGroup);
+  }
+  if (b.max_levels > 0 &&
+      (b.max_members < 1 || b.max_depth < 1 || b.max_depth > kCascadeMaxDepth)) {
+    Fail(op, "with levels, max_members (%d) must be >= 1 and max_depth (%d) in 1..%d",
+         b.max_members, b.max_depth, kCascadeMaxDepth);
+  }
+  if (p.prefix_tile_rows != 0 && p.prefix_tile_rows != 16 && p.prefix_tile_rows != 64) {
+    Fail(op, "prefix_tile_rows %d (0, 16 or 64)", p.prefix_tile_rows);
+  }
+  if (p.q_parts != 2 && p.q_parts != 3) Fail(op, "q_parts %d (2 or 3)", p.q_parts);
+  if (cache.block_size <= 0 || p.max_blocks_per_seq < 0) {
+    Fail(op, "block_size %d, max_blocks_per_seq %d", cache.block_size, p.max_blocks_per_seq);
+  }
+  if (static_cast<int64_t>(p.max_blocks_per_seq) * cache.block_size >= (int64_t{1} << 31)) {
+    Fail(op, "max_blocks_per_seq * block_size must be < 2^31");
+  }
+  // Index products computed in 32 bits on the device.
+  const int64_t slot_rows = static_cast<int64_t>(b.max_levels) * b.max_members * b.n_heads;
+  const int64_t seq_rows = static_cast<int64_t>(b.batch) * b.n_heads;
+  const int64_t pre_ctas = static_cast<int64_t>(b.max_levels) * cache.kv_heads *
+                           std::max(b.max_members, 1) * cs::kMaxPrefixSplits;
+  const int64_t suf_ctas = static_cast<int64_t>(b.batch) * cache.kv_heads * cs::kMaxSuffixSplits;
+  if (slot_rows >= (int64_t{1} << 31) || seq_rows >= (int64_t{1} << 31) ||
+      pre_ctas + suf_ctas >= (int64_t{1} << 31)) {
+    Fail(op, "bounds too large (batch %d, max_levels %d, max_members %d, n_heads %d)", b.batch,
+         b.max_levels, b.max_members, b.n_heads);
+  }
+  if (b.batch == 0 || !pointers) return;
+  if (cache.k == nullptr || cache.v == nullptr || p.q == nullptr || p.out == nullptr ||
+      p.kv_lens == nullptr || p.layout == nullptr ||
+      (p.block_tables == nullptr && p.max_blocks_per_seq > 0) ||
+      (b.max_levels > 0 && (p.prefix_v == nullptr || p.prefix_lse == nullptr))) {
+    Fail(op, "null pointer (q, out, kv_lens, layout, block_tables, or prefix states with levels)");
+  }
+  if (!Aligned(cache.k, 16) || !Aligned(cache.v, 16) || !Aligned(p.q, 8) || !Aligned(p.out, 16) ||
+      (p.prefix_v != nullptr && !Aligned(p.prefix_v, 16))) {
+    Fail(op, "alignment: pools, out and prefix_v need 16 bytes, q 8");
+  }
+}
+
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+// Byte offsets of the workspace regions, the same for every form of a call with these bounds.
+struct WorkspaceLayout {
+  size_t pre_counters = 0, seq_counters = 0, pre_part_o = 0, pre_part_lse = 0, pre_group_o = 0,
+         pre_group_lse = 0, suf_part_o = 0, suf_part_lse = 0, total = 0;
+};
+
+WorkspaceLayout ComputeWorkspace(const PagedKv& cache, const CascadeParams& p, int slots) {
+  const CascadeBounds& b = p.bounds;
+  const cs::PlanKnobs knobs = Knobs(p);
+  int pre_splits = 1, suf_splits = 1, pre_tiles = 0;
+  for (cs::Form form : {cs::Form::kPrefixPass, cs::Form::kSuffixPass, cs::Form::kFused}) {
+    const cs::Plan plan = cs::MakePlan(b, cache.kv_heads, cache.head_dim, slots, form, knobs);
+    pre_splits = std::max(pre_splits, plan.pre_splits);
+    suf_splits = std::max(suf_splits, plan.suf_splits);
+    pre_tiles = std::max(pre_tiles, plan.pre_tiles);
+  }
+  const size_t d = static_cast<size_t>(cache.head_dim);
+  const size_t slot_rows = static_cast<size_t>(b.max_levels) * b.max_members * b.n_heads;
+  const size_t seq_rows = static_cast<size_t>(b.batch) * b.n_heads;
+  const size_t pre_parts = pre_splits > 1 ? slot_rows * pre_splits : 0;
+  const size_t pre_groups = pre_splits > cs::kSingleLevelMaxSplits ? pre_parts : 0;
+  const size_t suf_parts = seq_rows * suf_splits;
+  WorkspaceLayout w;
+  size_t at = 0;
+  w.pre_counters = at;
+  at += AlignUp(static_cast<size_t>(b.max_levels) * cache.kv_heads * pre_tiles *
+                cs::kCounterSlots * sizeof(uint32_t));
+  w.seq_counters = at;
+  at += AlignUp(static_cast<size_t>(b.batch) * cache.kv_heads * sizeof(uint32_t));
+  w.pre_part_o = at;
+  at += AlignUp(pre_parts * d * sizeof(float));
+  w.pre_part_lse = at;
+  at += AlignUp(pre_parts * sizeof(float));
+  w.pre_group_o = at;
+  at += AlignUp(pre_groups * d * sizeof(float));
+  w.pre_group_lse = at;
+  at += AlignUp(pre_groups * sizeof(float));
+  w.suf_part_o = at;
+  at += AlignUp(suf_parts * d * sizeof(float));
+  w.suf_part_lse = at;
+  at += AlignUp(suf_parts * sizeof(float));
+  w.total = at + kAlign;  // room to align the caller's pointer
+  return w;
+}
+
+void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* workspace,
+            size_t workspace_bytes, cudaStream_t stream, const char* op) {
+  Validate(cache, p, op, /*pointers=*/true);
+  const CascadeBounds& b = p.bounds;
+  if (b.batch == 0) return;
+  const int slots = ResidentSlots(cache.head_dim);
+  const cs::Plan plan = cs::MakePlan(b, cache.kv_heads, cache.head_dim, slots, form, Knobs(p));
+  const int64_t ctas = static_cast<int64_t>(plan.pre_ctas) + plan.suf_ctas;
+  if (ctas == 0) return;
+  const WorkspaceLayout wl = ComputeWorkspace(cache, p, slots);
+  if (workspace == nullptr || workspace_bytes < wl.total) {
+    Fail(op,
+         "workspace of %zu bytes is too small: these bounds need %zu (size it with "
+         "CascadeWorkspaceBytes)",
+         workspace_bytes, wl.total);
+  }
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(workspace) + kAlign - 1) / kAlign * kAlign;
+  auto at = [&](size_t offset) { return reinterpret_cast<void*>(base + offset); };
+
+  KernelArgs a{};
+  a.k = cache.k;
+  a.v = cache.v;
+  a.q = p.q;
+  a.out = p.out;
+  a.lse = p.lse;
+  a.block_tables = p.block_tables;
+  a.kv_lens = p.kv_lens;
+  a.layout = cs::MakeLayoutView(p.layout, b);
+  a.prefix_v = p.prefix_v;
+  a.prefix_lse = p.prefix_lse;
+  a.pre_counters = static_cast<uint32_t*>(at(wl.pre_counters));
+  a.seq_counters = static_cast<uint32_t*>(at(wl.seq_counters));
+  a.pre_part_o = static_cast<float*>(at(wl.pre_part_o));
+  a.pre_part_lse = static_cast<float*>(at(wl.pre_part_lse));
+  a.pre_group_o = static_cast<float*>(at(wl.pre_group_o));
+  a.pre_group_lse = static_cast<float*>(at(wl.pre_group_lse));
+  a.suf_part_o = static_cast<float*>(at(wl.suf_part_o));
+  a.suf_part_lse = static_cast<float*>(at(wl.suf_part_lse));
+  a.plan = plan;
+  a.dims.kv_heads = cache.kv_heads;
+  a.dims.n_heads = b.n_heads;
+  a.dims.group = b.n_heads / cache.kv_heads;
+  a.dims.batch = b.batch;
+  a.dims.max_levels = b.max_levels;
+  a.dims.capacity = p.max_blocks_per_seq * cache.block_size;
+  a.dims.window = p.window;
+  a.block_div = FastDivisor(static_cast<uint32_t>(cache.block_size));
+  a.block_size = cache.block_size;
+  a.max_blocks_per_seq = p.max_blocks_per_seq;
+  a.q_parts = p.q_parts;
+  a.q_scale = p.scale * kLog2e;
+  const unsigned grid = static_cast<unsigned>(ctas);
+  if (cache.head_dim == 128) {
+    CascadeKernel<128><<<grid, kThreads, Cfg<128>::kSmemBytes, stream>>>(a);
+  } else {
+    CascadeKernel<64><<<grid, kThreads, Cfg<64>::kSmemBytes, stream>>>(a);
+  }
+  MM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+int64_t CascadeLayoutWords(const CascadeBounds& bounds) { return cs::LayoutWords(bounds); }
+
+std::string BuildCascadeLayout(const CascadeBounds& bounds,
+                               const std::vector<CascadeLevelSpec>& levels,
+                               const int32_t* kv_lens, std::vector<int32_t>* words) {
+  return cs::BuildLayout(bounds, levels, kv_lens, words);
+}
+
+size_t CascadeWorkspaceBytes(const PagedKv& cache, const CascadeParams& p) {
+  Validate(cache, p, "CascadeWorkspaceBytes", /*pointers=*/false);
+  return ComputeWorkspace(cache, p, ResidentSlots(cache.head_dim)).total;
+}
+
+void CascadePrefixPass(const PagedKv& cache, const CascadeParams& p, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream) {
+  Launch(cache, p, cs::Form::kPrefixPass, workspace, workspace_bytes, stream, "CascadePrefixPass");
+}
+
+void CascadeSuffixPass(const PagedKv& cache, const CascadeParams& p, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream) {
+  Launch(cache, p, cs::Form::kSuffixPass, workspace, workspace_bytes, stream, "CascadeSuffixPass");
+}
+
+void CascadeFused(const PagedKv& cache, const CascadeParams& p, void* workspace,
+                  size_t workspace_bytes, cudaStream_t stream) {
+  Launch(cache, p, cs::Form::kFused, workspace, workspace_bytes, stream, "CascadeFused");
+}
+
+void CascadeAttention(const PagedKv& cache, const CascadeParams& p, CascadeForm form,
+                      void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (form == CascadeForm::kFused) {
+    CascadeFused(cache, p, workspace, workspace_bytes, stream);
+    return;
+  }
+  CascadePrefixPass(cache, p, workspace, workspace_bytes, stream);
+  CascadeSuffixPass(cache, p, workspace, workspace_bytes, stream);
+}
+
+CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p,
+                                    cascade::Form form) {
+  Validate(cache, p, "DescribeCascadePlan", /*pointers=*/false);
+  const cs::Plan plan = cs::MakePlan(p.bounds, cache.kv_heads, cache.head_dim,
+                                     ResidentSlots(cache.head_dim), form, Knobs(p));
+  CascadePlanInfo info;
+  info.prefix_tile_rows = plan.pre_tile_rows;
+  info.prefix_tiles = plan.pre_tiles;
+  info.prefix_splits = plan.pre_splits;
+  info.suffix_splits = plan.suf_splits;
+  info.ctas = plan.pre_ctas + plan.suf_ctas;
+  return info;
+}
+
+}  // namespace moemesh::cuda

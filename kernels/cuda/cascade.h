@@ -1,0 +1,104 @@
+// CUDA cascade (shared-prefix) decode attention over the paged bf16 KV cache of attention.h: the
+// scalar twin is kernels/ref/cascade.h (CascadePrefix, CascadeSuffix, MergeStates), the result
+// equals flat DecodeAttention up to rounding. A step's levels (sequences whose block tables hold
+// the same physical blocks over [begin, end)) are described by a small int32 "layout" on the
+// device (cascade_plan.h builds it), so the launches can be captured in a CUDA graph once per set
+// of host bounds and replayed with new lengths and levels.
+//   - Prefix pass: for each level and KV head, the rows (member x query head of the group) are
+//     folded into MMA tiles of 16 or 64 rows, so each shared KV byte is read once per tile; the
+//     shared range is split across CTAs to fill the GPU and the splits are merged exactly (the
+//     last CTA of a tile to finish merges). Writes each member's prefix state (output and
+//     natural-log LSE, as ref::CascadePrefix).
+//   - Suffix pass: each sequence (member or not) over its own positions [suffix begin, kv_len),
+//     split when long; the last CTA of (sequence, KV head) merges the splits with the sequence's
+//     prefix states and writes the final output. Prefix + suffix = the two-launch form.
+//   - Fused: one launch whose first CTAs run suffix units and the rest prefix units; a prefix
+//     tile, once merged, arrives at each member's (sequence, KV head) counter, and whichever CTA
+//     arrives last merges that sequence. Supports the same levels as the two-launch form (nested
+//     levels too), so it needs no fallback.
+// Accuracy is DecodeAttention's (fp32 q split into three bf16 parts, P into two): ~1e-5 relative
+// to fp32 math on the same bf16 K/V. Launch shapes depend only on host values; every length,
+// table and level is read on the device. Thread-safe (stateless launches).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cascade_plan.h"
+
+namespace moemesh::cuda {
+
+struct CascadeParams {
+  const float* q = nullptr;       // [batch, n_heads, head_dim], 8-byte aligned
+  float* out = nullptr;           // [batch, n_heads, head_dim], 16-byte aligned
+  float* lse = nullptr;           // optional [batch, n_heads]: ln sum_j exp(scale q.k_j)
+  const int32_t* block_tables = nullptr;  // [batch, max_blocks_per_seq]
+  const int32_t* kv_lens = nullptr;       // [batch] positions attended (incl. the new token);
+                                          // 0 with no level = a padding row (out 0, lse -inf)
+  const int32_t* layout = nullptr;        // device copy of the words BuildCascadeLayout fills
+  // Prefix states, one row per member slot (level l's member i is slot l * max_members + i):
+  // v [max_levels * max_members, n_heads, head_dim] (16-byte aligned) and natural-log lse
+  // [max_levels * max_members, n_heads]. Written by the prefix pass (and the fused launch), read
+  // by the suffix pass. Unused with max_levels == 0.
+  float* prefix_v = nullptr;
+  float* prefix_lse = nullptr;
+  CascadeBounds bounds;           // batch and n_heads are the call's; the rest are bounds
+  int32_t max_blocks_per_seq = 0;
+  float scale = 1.0f;
+  int32_t window = 0;  // > 0: sliding window, applied to sequences' own positions only (members
+                       // must have kv_len <= window, so that the window sees all their levels)
+  // Tuning and testing (0 = automatic): prefix row tile (16 or 64; 16 needs group <= 16), caps on
+  // the splits of a prefix tile and of a (sequence, KV head), and the bf16 parts of q (3: fp32
+  // class; 2: faster, ~1e-5 typical but ~1e-4 on sharp softmaxes).
+  int32_t prefix_tile_rows = 0;
+  int32_t max_prefix_splits = 0;
+  int32_t max_suffix_splits = 0;
+  int32_t q_parts = 3;
+};
+
+enum class CascadeForm { kTwoLaunch, kFused };
+
+// Words of the layout for these bounds (int32; copy BuildCascadeLayout's result to the device).
+int64_t CascadeLayoutWords(const CascadeBounds& bounds);
+
+// Host: the layout of `levels` (see cascade_plan.h BuildLayout for the checks; kv_lens is an
+// optional host copy of the lengths). Returns "" or what is wrong.
+std::string BuildCascadeLayout(const CascadeBounds& bounds,
+                               const std::vector<CascadeLevelSpec>& levels,
+                               const int32_t* kv_lens, std::vector<int32_t>* words);
+
+// Device scratch for calls with these bounds and knobs (all forms; p's pointers may still be
+// null): partial states of splits and the arrival counters of the in-kernel merges. Contract as DecodeWorkspaceBytes: zero-fill it once
+// after allocation; every call leaves its counters at zero; calls sharing it run in order on one
+// stream. A call aborts when the workspace is smaller than its own bounds need. The first call
+// on a device also sets the kernel's shared-memory limit: make it before any graph capture.
+size_t CascadeWorkspaceBytes(const PagedKv& cache, const CascadeParams& p);
+
+// The two-launch form, in this order on one stream (or CascadeAttention(kTwoLaunch)).
+void CascadePrefixPass(const PagedKv& cache, const CascadeParams& p, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream);
+void CascadeSuffixPass(const PagedKv& cache, const CascadeParams& p, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream);
+// The single-launch form (also writes the prefix states).
+void CascadeFused(const PagedKv& cache, const CascadeParams& p, void* workspace,
+                  size_t workspace_bytes, cudaStream_t stream);
+void CascadeAttention(const PagedKv& cache, const CascadeParams& p, CascadeForm form,
+                      void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// The launch plan these parameters get on the current GPU (for benchmarks and tests).
+struct CascadePlanInfo {
+  int prefix_tile_rows = 0;
+  int prefix_tiles = 0;   // per (level, KV head)
+  int prefix_splits = 0;  // per tile
+  int suffix_splits = 0;  // per (sequence, KV head)
+  int ctas = 0;           // of the launch (a pass, or the fused launch)
+};
+CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p,
+                                    cascade::Form form);
+
+}  // namespace moemesh::cuda

@@ -1,0 +1,461 @@
+// The work decomposition of the CUDA cascade attention kernels (cascade.h) as plain functions that
+// compile for the host and the device: the host bounds and the device image ("layout") of a
+// step's cascade levels, the launch plan (row tiles, splits, CTA counts), and what each CTA of a
+// launch does (which rows, which positions, how many arrivals complete a merge). The kernels call
+// these functions, and the conformance test runs them on the CPU over every CTA of a launch to
+// check coverage and arrival counts without a GPU. No tensor math here. Pure functions and value
+// types; thread-safe.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#if defined(__CUDACC__)
+#define MM_CASCADE_HD __host__ __device__ __forceinline__
+#else
+#define MM_CASCADE_HD inline
+#endif
+
+namespace moemesh::cuda {
+
+// Host bounds of a cascade call: they size the launch and the workspace (so a CUDA graph captured
+// with them can be replayed with any lengths and levels within them).
+struct CascadeBounds {
+  int32_t batch = 0;           // sequences (one query token each)
+  int32_t n_heads = 0;         // query heads
+  int32_t max_levels = 0;      // cascade levels per call (0: none, the call is flat decode)
+  int32_t max_members = 0;     // members of any one level
+  int32_t max_depth = 0;       // levels containing any one sequence (<= kCascadeMaxDepth)
+  int32_t max_shared_len = 0;  // positions of any one level (end - begin); longer still works
+  int32_t max_suffix_len = 0;  // positions a sequence attends itself (kv_len - its suffix begin,
+                               // or its window); longer still works, only less evenly spread
+};
+
+// One cascade level on the host: its members (batch indices) share the KV of positions
+// [begin, end) through the same physical blocks; the prefix pass reads them through the block
+// table of members[0].
+struct CascadeLevelSpec {
+  std::vector<int32_t> members;
+  int32_t begin = 0;
+  int32_t end = 0;
+};
+
+constexpr int kCascadeMaxDepth = 16;
+constexpr int kCascadeMaxGroup = 64;  // query heads per KV head
+
+namespace cascade {
+
+constexpr int kTileTokens = 16;               // tokens of one warp step (one mma k-step of P.V)
+constexpr int kStageTokens = 64;              // tokens of one pipeline stage (4 warp steps)
+constexpr int kMinChunk = kStageTokens;       // fewest positions a split is given
+constexpr int kMaxPrefixSplits = 256;
+constexpr int kMaxSuffixSplits = 32;
+constexpr int kSingleLevelMaxSplits = 12;     // above: splits merge in groups of ~sqrt, then groups
+constexpr int kMaxMergeInputs = 16;           // max(group size, groups) of a two-level merge
+constexpr int kCounterSlots = kMaxMergeInputs + 1;  // per prefix tile: groups, then the top
+constexpr int kMaxFinalInputs = kMaxSuffixSplits + kCascadeMaxDepth;
+
+// Which launch a plan is for.
+enum class Form { kPrefixPass, kSuffixPass, kFused };
+
+// Positions per split when a range of `range` positions is spread over `splits` CTAs: whole warp
+// steps, at least kMinChunk.
+MM_CASCADE_HD int ChunkTokens(int64_t range, int splits) {
+  const int64_t even = (range + splits - 1) / splits;
+  const int64_t steps = (even + kTileTokens - 1) / kTileTokens * kTileTokens;
+  return static_cast<int>(steps > kMinChunk ? steps : kMinChunk);
+}
+
+// Splits that have positions to attend (1 for an empty range: split 0 writes the empty state).
+MM_CASCADE_HD int ActiveSplits(int range, int chunk) {
+  return range <= 0 ? 1 : (range + chunk - 1) / chunk;
+}
+
+MM_CASCADE_HD int MinInt(int a, int b) { return a < b ? a : b; }
+MM_CASCADE_HD int MaxInt(int a, int b) { return a > b ? a : b; }
+MM_CASCADE_HD int ClampInt(int x, int lo, int hi) { return MinInt(MaxInt(x, lo), hi); }
+
+// ---------------------------------------------------------------------------------------------
+// The layout: one int32 array (copied to the device once per step) holding, at offsets that
+// depend only on the bounds:
+//   level_begin[max_levels], level_end[max_levels], level_members[max_levels] (0: unused level),
+//   member_seq[max_levels * max_members]: batch index of member i of level l at l * max_members + i
+//     (its "member slot": the row of the prefix states that member's prefix result goes to),
+//   seq_suffix_begin[batch]: the first position the sequence attends itself (0: in no level),
+//   seq_slots[batch * max_depth]: member slots of the sequence in its levels, -1 padded.
+
+struct LayoutOffsets {
+  int64_t level_begin = 0, level_end = 0, level_members = 0, member_seq = 0, seq_suffix_begin = 0,
+          seq_slots = 0, words = 0;
+};
+
+MM_CASCADE_HD LayoutOffsets ComputeLayoutOffsets(int batch, int max_levels, int max_members,
+                                                 int max_depth) {
+  LayoutOffsets o;
+  const int64_t levels = max_levels > 0 ? max_levels : 0;
+  o.level_begin = 0;
+  o.level_end = o.level_begin + levels;
+  o.level_members = o.level_end + levels;
+  o.member_seq = o.level_members + levels;
+  o.seq_suffix_begin = o.member_seq + levels * (max_members > 0 ? max_members : 0);
+  o.seq_slots = o.seq_suffix_begin + (batch > 0 ? batch : 0);
+  o.words = o.seq_slots + static_cast<int64_t>(batch > 0 ? batch : 0) *
+                              (levels > 0 && max_depth > 0 ? max_depth : 0);
+  return o;
+}
+
+// Pointers into a layout (host or device memory).
+struct LayoutView {
+  const int32_t* level_begin = nullptr;
+  const int32_t* level_end = nullptr;
+  const int32_t* level_members = nullptr;
+  const int32_t* member_seq = nullptr;
+  const int32_t* seq_suffix_begin = nullptr;
+  const int32_t* seq_slots = nullptr;
+  int max_members = 0;
+  int max_depth = 0;  // 0 when there are no levels
+};
+
+MM_CASCADE_HD LayoutView MakeLayoutView(const int32_t* words, const CascadeBounds& b) {
+  const LayoutOffsets o = ComputeLayoutOffsets(b.batch, b.max_levels, b.max_members, b.max_depth);
+  LayoutView v;
+  v.level_begin = words + o.level_begin;
+  v.level_end = words + o.level_end;
+  v.level_members = words + o.level_members;
+  v.member_seq = words + o.member_seq;
+  v.seq_suffix_begin = words + o.seq_suffix_begin;
+  v.seq_slots = words + o.seq_slots;
+  v.max_members = b.max_members;
+  v.max_depth = b.max_levels > 0 ? b.max_depth : 0;
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The launch plan. A prefix unit is (level, KV head, row tile, split): the rows of up to
+// members_per_tile members x the group's query heads against one split of the level's range. A
+// suffix unit is (sequence, KV head, split): the group's rows against one split of the sequence's
+// own positions. The grid is flat: CTAs [0, suf_ctas) are suffix units (short: they start first
+// and free their slots early), the rest prefix units (row tile fastest, so the tiles reading the
+// same positions run together).
+
+struct Dims {
+  int kv_heads = 0;
+  int n_heads = 0;
+  int group = 0;  // n_heads / kv_heads
+  int batch = 0;
+  int max_levels = 0;
+  int capacity = 0;  // positions a block table row addresses (max_blocks_per_seq * block_size)
+  int window = 0;    // > 0: a sequence attends at most its last `window` positions itself
+};
+
+struct Plan {
+  int pre_tile_rows = 16;      // 16 (one row-warp, the 4 warps split the positions) or 64
+  int members_per_tile = 1;    // pre_tile_rows / group
+  int pre_tiles = 0;           // row tiles per (level, KV head) at the bound
+  int pre_splits = 1;
+  int pre_chunk = kMinChunk;   // positions per split at the bound
+  int pre_merge_group = 1;     // splits per first-level merge
+  int pre_ctas = 0;            // 0 when the form runs no prefix units
+  int suf_tile_rows = 16;      // 16 when group <= 16, else 64
+  int suf_splits = 1;
+  int suf_chunk = kMinChunk;
+  int suf_ctas = 0;            // 0 when the form runs no suffix units
+  bool fused = false;          // prefix tiles arrive at their members' sequence merges
+};
+
+// Tuning and testing knobs (0 = automatic).
+struct PlanKnobs {
+  int prefix_tile_rows = 0;   // 16 or 64
+  int max_prefix_splits = 0;  // caps splits per prefix tile
+  int max_suffix_splits = 0;  // caps splits per (sequence, KV head)
+};
+
+inline int MergeGroupSize(int splits) {
+  if (splits <= kSingleLevelMaxSplits) return splits;
+  int g = 1;
+  while (g * g < splits) ++g;  // ceil(sqrt(splits)) <= 16
+  return g;
+}
+
+// Bytes one prefix CTA moves on the critical path with `tile_rows`-row tiles when the prefix
+// pass has the GPU (`slots` CTAs) to itself: its share of the shared KV, plus what the merger of
+// its tile reads (splits x rows x head_dim floats, in two levels above 12 splits).
+inline int64_t PrefixCtaBytes(const CascadeBounds& b, int kv_heads, int head_dim, int group,
+                              int slots, int tile_rows, int max_splits) {
+  const int mpt = std::max(1, tile_rows / group);
+  const int64_t members = std::max(b.max_members, 1);
+  const int64_t tiles = (members + mpt - 1) / mpt;
+  const int64_t units = std::max<int64_t>(1, static_cast<int64_t>(b.max_levels) * kv_heads * tiles);
+  const int64_t cap = std::min<int64_t>(
+      max_splits, std::max<int64_t>(1, (static_cast<int64_t>(b.max_shared_len) + kMinChunk - 1) /
+                                           kMinChunk));
+  const int splits = static_cast<int>(std::clamp<int64_t>(slots / units, 1, cap));
+  const int64_t chunk = ChunkTokens(std::max(b.max_shared_len, 1), splits);
+  const int64_t rows = std::min<int64_t>(tile_rows, members * group);
+  const int64_t state = rows * head_dim * 4;
+  const int mg = MergeGroupSize(splits);
+  const int64_t merge = splits == 1 ? 0 : splits == mg ? splits * state
+                                                         : (mg + (splits + mg - 1) / mg) * state;
+  return chunk * head_dim * 4 + merge;  // K and V bf16 per position
+}
+
+// The 16-or-64 choice, the same for every form of a call (so they share counters and
+// workspace): 16-row tiles re-read the shared KV once per tile (from L2) but need fewer splits
+// per tile and merge smaller states; the smaller critical path wins (16 on a tie).
+inline int PrefixTileRows(const CascadeBounds& b, int kv_heads, int head_dim, int group,
+                          int slots, const PlanKnobs& k) {
+  if (group > 16) return 64;
+  if (k.prefix_tile_rows == 16 || k.prefix_tile_rows == 64) return k.prefix_tile_rows;
+  if (static_cast<int64_t>(std::max(b.max_members, 1)) * group <= 16) return 16;
+  const int max_splits = k.max_prefix_splits > 0 ? std::min(k.max_prefix_splits, kMaxPrefixSplits)
+                                                 : kMaxPrefixSplits;
+  const int64_t small = PrefixCtaBytes(b, kv_heads, head_dim, group, slots, 16, max_splits);
+  const int64_t large = PrefixCtaBytes(b, kv_heads, head_dim, group, slots, 64, max_splits);
+  return small <= large ? 16 : 64;
+}
+
+// `slots`: CTAs of the kernel resident on the GPU at once (the plan fills it about once).
+inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slots, Form form,
+                     const PlanKnobs& k) {
+  Plan p;
+  const int group = b.n_heads / kv_heads;
+  slots = std::max(slots, 1);
+  p.fused = form == Form::kFused;
+  p.pre_tile_rows = PrefixTileRows(b, kv_heads, head_dim, group, slots, k);
+  p.members_per_tile = std::max(1, p.pre_tile_rows / group);
+  p.pre_tiles = b.max_levels > 0 ? (std::max(b.max_members, 1) + p.members_per_tile - 1) /
+                                       p.members_per_tile
+                                 : 0;
+  p.suf_tile_rows = group <= 16 ? 16 : 64;
+
+  const int64_t suf_units = static_cast<int64_t>(b.batch) * kv_heads;
+  int64_t suf_cap = std::min<int64_t>(
+      kMaxSuffixSplits, std::max<int64_t>(1, (static_cast<int64_t>(b.max_suffix_len) +
+                                              kMinChunk - 1) / kMinChunk));
+  if (k.max_suffix_splits > 0) suf_cap = std::min<int64_t>(suf_cap, k.max_suffix_splits);
+  p.suf_splits = static_cast<int>(
+      std::clamp<int64_t>(suf_units > 0 ? slots / suf_units : 1, 1, suf_cap));
+  p.suf_chunk = ChunkTokens(std::max(b.max_suffix_len, 1), p.suf_splits);
+
+  const int64_t pre_units = static_cast<int64_t>(b.max_levels) * kv_heads * p.pre_tiles;
+  int64_t pre_cap = std::min<int64_t>(
+      kMaxPrefixSplits, std::max<int64_t>(1, (static_cast<int64_t>(b.max_shared_len) +
+                                              kMinChunk - 1) / kMinChunk));
+  if (k.max_prefix_splits > 0) pre_cap = std::min<int64_t>(pre_cap, k.max_prefix_splits);
+  int64_t pre_slots = slots;
+  if (form == Form::kFused && suf_units > 0) {
+    // One wave (the suffix units' CTAs beside the prefix units'), unless that leaves the prefix
+    // well below its share of the work (MMA rows x positions): then the prefix takes that share
+    // and the suffix CTAs, first in the grid and short, free their slots for the rest.
+    const int64_t rows_pre = std::min<int64_t>(
+        p.pre_tile_rows, (static_cast<int64_t>(std::max(b.max_members, 1)) * group + 15) / 16 * 16);
+    const double work_pre = static_cast<double>(pre_units) * rows_pre *
+                            std::max(b.max_shared_len, 1);
+    const double work_suf = static_cast<double>(suf_units) * ((group + 15) / 16 * 16) *
+                            std::max(b.max_suffix_len, 1);
+    const int64_t share = static_cast<int64_t>(slots * work_pre / (work_pre + work_suf));
+    const int64_t one_wave = slots - suf_units * p.suf_splits;
+    pre_slots = std::max<int64_t>(1, 8 * one_wave >= 7 * share ? one_wave : share);
+  }
+  p.pre_splits = static_cast<int>(
+      std::clamp<int64_t>(pre_units > 0 ? pre_slots / pre_units : 1, 1, pre_cap));
+  p.pre_chunk = ChunkTokens(std::max(b.max_shared_len, 1), p.pre_splits);
+  p.pre_merge_group = MergeGroupSize(p.pre_splits);
+
+  if (form != Form::kSuffixPass) p.pre_ctas = static_cast<int>(pre_units * p.pre_splits);
+  if (form != Form::kPrefixPass) p.suf_ctas = static_cast<int>(suf_units * p.suf_splits);
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What one CTA does.
+
+struct PrefixWork {
+  bool active = false;
+  int level = 0, head = 0, tile = 0, split = 0;
+  int first_slot = 0;  // member slot of the tile's first member
+  int members = 0;     // members in this tile
+  int rows = 0;        // members * group
+  int table_seq = 0;   // whose block table the level is read through (its first member)
+  int lo = 0, hi = 0;  // this split's positions
+  int n_active = 1;    // splits of the tile that have positions (all of them agree)
+};
+
+// Prefix unit `cta` (< plan.pre_ctas; CTA suf_ctas + cta of the launch).
+MM_CASCADE_HD PrefixWork ResolvePrefix(int cta, const Plan& p, const Dims& d, const LayoutView& l) {
+  PrefixWork w;
+  w.tile = cta % p.pre_tiles;
+  int r = cta / p.pre_tiles;
+  w.split = r % p.pre_splits;
+  r /= p.pre_splits;
+  w.head = r % d.kv_heads;
+  w.level = r / d.kv_heads;
+  const int count = MinInt(l.level_members[w.level], l.max_members);
+  const int m0 = w.tile * p.members_per_tile;
+  if (count <= 0 || m0 >= count) return w;
+  w.first_slot = w.level * l.max_members + m0;
+  w.members = MinInt(p.members_per_tile, count - m0);
+  w.rows = w.members * d.group;
+  w.table_seq = l.member_seq[w.level * l.max_members];
+  const int begin = ClampInt(l.level_begin[w.level], 0, d.capacity);
+  const int end = ClampInt(l.level_end[w.level], begin, d.capacity);
+  const int range = end - begin;
+  const int chunk = MaxInt(p.pre_chunk, ChunkTokens(range, p.pre_splits));
+  w.n_active = ActiveSplits(range, chunk);
+  if (w.split >= w.n_active) return w;
+  w.lo = begin + w.split * chunk;
+  w.hi = MinInt(w.lo + chunk, end);
+  if (w.hi < w.lo) w.hi = w.lo;  // empty range: split 0 writes the empty state
+  w.active = true;
+  return w;
+}
+
+struct SuffixWork {
+  bool active = false;
+  int seq = 0, head = 0, split = 0;
+  int lo = 0, hi = 0;
+  int n_active = 1;
+};
+
+// The positions sequence `seq` attends itself, [start, len), and its active splits.
+MM_CASCADE_HD void SuffixRange(int seq, const Plan& p, const Dims& d, const LayoutView& l,
+                               const int32_t* kv_lens, int* start, int* len, int* n_active,
+                               int* chunk) {
+  *len = ClampInt(kv_lens[seq], 0, d.capacity);
+  int s = ClampInt(l.seq_suffix_begin[seq], 0, *len);
+  if (d.window > 0) s = MaxInt(s, *len - d.window);
+  *start = s;
+  const int range = *len - s;
+  *chunk = MaxInt(p.suf_chunk, ChunkTokens(range, p.suf_splits));
+  *n_active = ActiveSplits(range, *chunk);
+}
+
+// Suffix unit `id` (< plan.suf_ctas; CTA id of the launch).
+MM_CASCADE_HD SuffixWork ResolveSuffix(int id, const Plan& p, const Dims& d, const LayoutView& l,
+                                       const int32_t* kv_lens) {
+  SuffixWork w;
+  w.split = id % p.suf_splits;
+  const int r = id / p.suf_splits;
+  w.head = r % d.kv_heads;
+  w.seq = r / d.kv_heads;
+  int start = 0, len = 0, chunk = 0;
+  SuffixRange(w.seq, p, d, l, kv_lens, &start, &len, &w.n_active, &chunk);
+  if (w.split >= w.n_active) return w;
+  w.lo = start + w.split * chunk;
+  w.hi = MinInt(w.lo + chunk, len);
+  if (w.hi < w.lo) w.hi = w.lo;
+  w.active = true;
+  return w;
+}
+
+// Levels containing `seq` (valid entries of its seq_slots row).
+MM_CASCADE_HD int Depth(int seq, const LayoutView& l) {
+  int n = 0;
+  for (int j = 0; j < l.max_depth; ++j) n += l.seq_slots[seq * l.max_depth + j] >= 0 ? 1 : 0;
+  return n;
+}
+
+// Arrivals that complete the merge of (seq, KV head): its active suffix splits, plus (fused) one
+// per level containing it (from the prefix tile holding its rows, once that tile is merged).
+MM_CASCADE_HD int SequenceArrivals(int seq, const Plan& p, const Dims& d, const LayoutView& l,
+                                   const int32_t* kv_lens) {
+  int start = 0, len = 0, n_active = 1, chunk = 0;
+  SuffixRange(seq, p, d, l, kv_lens, &start, &len, &n_active, &chunk);
+  return n_active + (p.fused ? Depth(seq, l) : 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host: building a layout.
+
+inline int64_t LayoutWords(const CascadeBounds& b) {
+  return ComputeLayoutOffsets(b.batch, b.max_levels, b.max_members, b.max_depth).words;
+}
+
+// Fills *words (resized to LayoutWords(bounds)) with the layout of `levels`. Checks that the
+// levels fit the bounds (count, members, depth), that members are batch indices without repeats
+// within a level, that 0 <= begin <= end, and that each member's levels, ordered by begin, tile
+// [0, its deepest end) without gaps or overlaps (that end is where its own positions start).
+// kv_lens (optional, host copy of the lengths) adds: every level ends at or before each member's
+// kv_len. Returns "" or what is wrong, naming the level and member.
+inline std::string BuildLayout(const CascadeBounds& b, const std::vector<CascadeLevelSpec>& levels,
+                               const int32_t* kv_lens, std::vector<int32_t>* words) {
+  auto text = [](const char* what, int64_t x) { return std::string(what) + std::to_string(x); };
+  if (b.batch < 0 || b.max_levels < 0 || b.max_members < 0 || b.max_depth < 0) {
+    return "negative bound";
+  }
+  if (b.max_levels > 0 && (b.max_members < 1 || b.max_depth < 1 ||
+                           b.max_depth > kCascadeMaxDepth)) {
+    return text("with levels, need max_members >= 1 and 1 <= max_depth <= ", kCascadeMaxDepth);
+  }
+  if (static_cast<int64_t>(levels.size()) > b.max_levels) {
+    return text("levels: ", static_cast<int64_t>(levels.size())) +
+           text(" > max_levels ", b.max_levels);
+  }
+  const LayoutOffsets o = ComputeLayoutOffsets(b.batch, b.max_levels, b.max_members, b.max_depth);
+  words->assign(static_cast<size_t>(o.words), 0);
+  int32_t* w = words->data();
+  std::fill(w + o.member_seq, w + o.seq_suffix_begin, -1);
+  std::fill(w + o.seq_slots, w + o.words, -1);
+  std::vector<std::vector<int>> of_seq(std::max(b.batch, 0));  // levels of each sequence
+  for (size_t li = 0; li < levels.size(); ++li) {
+    const CascadeLevelSpec& lv = levels[li];
+    const std::string name = text("level ", static_cast<int64_t>(li));
+    if (lv.members.empty()) return name + ": no members";
+    if (static_cast<int64_t>(lv.members.size()) > b.max_members) {
+      return name + text(": members ", static_cast<int64_t>(lv.members.size())) +
+             text(" > max_members ", b.max_members);
+    }
+    if (lv.begin < 0 || lv.end < lv.begin) {
+      return name + text(": bad range begin ", lv.begin) + text(" end ", lv.end);
+    }
+    w[o.level_begin + li] = lv.begin;
+    w[o.level_end + li] = lv.end;
+    w[o.level_members + li] = static_cast<int32_t>(lv.members.size());
+    for (size_t i = 0; i < lv.members.size(); ++i) {
+      const int32_t m = lv.members[i];
+      if (m < 0 || m >= b.batch) return name + text(": member ", m) + " is not a batch index";
+      for (size_t j = 0; j < i; ++j) {
+        if (lv.members[j] == m) return name + text(": member ", m) + " repeated";
+      }
+      if (kv_lens != nullptr && lv.end > kv_lens[m]) {
+        return name + text(": end ", lv.end) + text(" beyond kv_len ", kv_lens[m]) +
+               text(" of member ", m);
+      }
+      w[o.member_seq + static_cast<int64_t>(li) * b.max_members + i] = m;
+      of_seq[m].push_back(static_cast<int>(li));
+    }
+  }
+  for (int s = 0; s < b.batch; ++s) {
+    std::vector<int>& mine = of_seq[s];
+    if (static_cast<int>(mine.size()) > b.max_depth) {
+      return text("sequence ", s) + text(" is in ", static_cast<int64_t>(mine.size())) +
+             text(" levels > max_depth ", b.max_depth);
+    }
+    std::sort(mine.begin(), mine.end(), [&](int x, int y) {
+      return levels[x].begin != levels[y].begin ? levels[x].begin < levels[y].begin
+                                                : levels[x].end < levels[y].end;
+    });
+    int32_t covered = 0;
+    for (size_t j = 0; j < mine.size(); ++j) {
+      const CascadeLevelSpec& lv = levels[mine[j]];
+      if (lv.begin != covered) {
+        return text("sequence ", s) + text(": its levels do not tile [0, end): level ", mine[j]) +
+               text(" begins at ", lv.begin) + text(" where the previous ones end at ", covered);
+      }
+      covered = lv.end;
+      int slot = -1;
+      const std::vector<int32_t>& mem = lv.members;
+      for (size_t i = 0; i < mem.size(); ++i) {
+        if (mem[i] == s) slot = mine[j] * b.max_members + static_cast<int>(i);
+      }
+      w[o.seq_slots + static_cast<int64_t>(s) * b.max_depth + j] = slot;
+    }
+    w[o.seq_suffix_begin + s] = covered;
+  }
+  return "";
+}
+
+}  // namespace cascade
+}  // namespace moemesh::cuda
