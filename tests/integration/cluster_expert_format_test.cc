@@ -16,6 +16,7 @@
 #include "tests/golden/fixtures.h"
 #include "tests/integration/client_util.h"
 #include "tests/integration/local_cluster.h"
+#include "tests/integration/reference_tokens.h"
 
 namespace moemesh {
 namespace {
@@ -24,30 +25,16 @@ namespace {
 std::vector<std::vector<int32_t>> ReferenceWithBf16Experts(const std::filesystem::path& model,
                                                            const std::vector<std::vector<int32_t>>& prompts,
                                                            int max_tokens) {
-  auto config = LoadModelConfig(model.string());
-  MM_CHECK(config.ok());
-  auto source = OpenSafetensorsDir(model.string());
-  MM_CHECK(source.ok());
-  auto weights = LoadModelWeights(*config, **source, ShardSpec{});
-  MM_CHECK(weights.ok());
-  for (LayerWeights& lw : weights->layers) {
-    for (FfnWeights& f : lw.experts) {
-      for (Matrix* m : {&f.gate, &f.up, &f.down}) {
-        for (float& v : m->data) v = Bf16ToF32(F32ToBf16(v));
+  auto round_experts = [](ModelWeights& w) {
+    for (LayerWeights& lw : w.layers) {
+      for (FfnWeights& f : lw.experts) {
+        for (Matrix* m : {&f.gate, &f.up, &f.down}) {
+          for (float& v : m->data) v = Bf16ToF32(F32ToBf16(v));
+        }
       }
     }
-  }
-  ReferenceModel reference(*config, std::move(*weights));
-  ReferenceEngine engine(reference, nullptr, {});
-  GenerationParams params;
-  params.sampling.temperature = 0;
-  params.max_tokens = max_tokens;
-  params.ignore_eos = true;
-  auto results = GenerateAll(engine, prompts, std::vector<GenerationParams>(prompts.size(), params));
-  MM_CHECK(results.ok());
-  std::vector<std::vector<int32_t>> tokens;
-  for (const GenerationResult& r : *results) tokens.push_back(r.tokens);
-  return tokens;
+  };
+  return testing::ReferenceGreedy(model, prompts, max_tokens, round_experts, /*bf16_kv_cache=*/false);
 }
 
 class Bf16Experts : public ::testing::TestWithParam<std::filesystem::path> {};

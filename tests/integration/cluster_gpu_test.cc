@@ -19,6 +19,7 @@
 #include "tests/golden/fixtures.h"
 #include "tests/integration/client_util.h"
 #include "tests/integration/local_cluster.h"
+#include "tests/integration/reference_tokens.h"
 
 namespace moemesh {
 namespace {
@@ -42,25 +43,7 @@ int GpuCount(std::string* why) {
 std::vector<std::vector<int32_t>> GpuPrecisionReference(const std::filesystem::path& model,
                                                         const std::vector<std::vector<int32_t>>& prompts,
                                                         int max_tokens) {
-  auto config = LoadModelConfig(model.string());
-  MM_CHECK(config.ok());
-  auto source = OpenSafetensorsDir(model.string());
-  MM_CHECK(source.ok());
-  auto weights = LoadModelWeights(*config, **source, ShardSpec{});
-  MM_CHECK(weights.ok());
-  RoundMatricesToBf16(*weights);
-  ReferenceModel reference(*config, std::move(*weights));
-  reference.set_bf16_kv_cache(true);
-  ReferenceEngine engine(reference, nullptr, {});
-  GenerationParams params;
-  params.sampling.temperature = 0;
-  params.max_tokens = max_tokens;
-  params.ignore_eos = true;
-  auto results = GenerateAll(engine, prompts, std::vector<GenerationParams>(prompts.size(), params));
-  MM_CHECK(results.ok());
-  std::vector<std::vector<int32_t>> tokens;
-  for (const GenerationResult& r : *results) tokens.push_back(r.tokens);
-  return tokens;
+  return testing::ReferenceGreedy(model, prompts, max_tokens, RoundMatricesToBf16, /*bf16_kv_cache=*/true);
 }
 
 struct GpuCase {
