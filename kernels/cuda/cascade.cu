@@ -12,9 +12,8 @@
 //     P.V starts from zero accumulators and is added in fp32 registers, so long ranges do not
 //     build up tensor-core rounding. Online softmax in base 2.
 //   - K/V stream through shared memory in 64-position stages (cp.async, several stages deep,
-//     XOR-swizzled so that ldmatrix is free of bank conflicts) loaded by the whole CTA; prefix
-//     loads keep the default L2 priority (the tiles of a level read the same positions at about
-//     the same time), suffix loads are evict-first.
+//     XOR-swizzled so that ldmatrix is free of bank conflicts) loaded by the whole CTA, at the
+//     default L2 priority (no cache-hint policy: see CpAsync16NoHint).
 // Results: a prefix tile whose range is one split writes its members' prefix states; otherwise
 // each split writes a partial state and the last split of the tile to finish (atomic counter)
 // merges them (two levels of merges above 12 splits). A suffix split writes a partial state and
@@ -41,7 +40,6 @@ namespace {
 namespace cs = cascade;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
-using warp_mma::EvictFirstPolicy;
 using warp_mma::LdMatrixX4;
 using warp_mma::LdMatrixX4Trans;
 using warp_mma::Mma;
@@ -111,32 +109,18 @@ struct KernelArgs {
   float q_scale;  // scale * log2(e)
 };
 
-// An L2 policy that keeps the default priority (the prefix tiles of a level share their reads).
-__device__ __forceinline__ uint64_t EvictNormalPolicy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-
-// The shared-window address of a generic pointer into shared memory, 64 bits wide.
-__device__ __forceinline__ uint64_t SmemAddr64(const void* p) {
-  uint64_t addr;
-  asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(addr) : "l"(p));
-  return addr;
-}
-
-// warp_mma::CpAsync16 with a 64-bit shared destination. With the 32-bit form, ptxas (seen with
-// CUDA 13.0 for sm_90a) folds this kernel's CTA-uniform stage base into the copy's address as
-// LDGSTS [R + UR0], desc[UR1][..] while it stages the base and the L2 policy in UR4 / UR5: the
-// instruction reads its memory descriptor from a uniform register nothing writes, and the first
-// copy faults with cudaErrorIllegalInstruction (DecodeAttention escapes it only because its base
-// is per warp). A 64-bit address keeps the whole address in per-thread registers ([R]) and the
-// policy in the uniform pair it was written to.
-__device__ __forceinline__ void CpAsync16Wide(uint64_t dst, const void* src, bool valid,
-                                              uint64_t policy) {
+// 16-byte global -> shared copy that zero-fills (reads nothing) when !valid; no L2 cache hint.
+// warp_mma::CpAsync16 (with an L2::cache_hint policy) must not be used here: ptxas (CUDA 13.0,
+// sm_90a) folds this kernel's CTA-uniform stage base into such a copy's address as
+// LDGSTS [R + UR0], desc[UR1][R.64] while it stages the base and the policy in UR4 / UR5, so the
+// copy reads its memory descriptor from a uniform register nothing writes and the first one
+// faults with cudaErrorIllegalInstruction. (DecodeAttention escapes it because its stage base is
+// per warp; a 64-bit shared address fixes only some of the copies.) Without a policy every copy
+// is LDGSTS [R(+imm)], desc[UR12][R.64], the form of the ordinary global loads.
+__device__ __forceinline__ void CpAsync16NoHint(uint32_t dst, const void* src, bool valid) {
   const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"l"(dst),
-               "l"(src), "r"(src_bytes), "l"(policy)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes)
                : "memory");
 }
 
@@ -214,8 +198,7 @@ __device__ void MergeRows(int rows, int count, LseOf lse_of, OOf o_of, Store sto
 // tile, 1 for a 16-row tile.
 template <int D>
 __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
-                             int rows, int row_warps, uint64_t policy, unsigned char* smem,
-                             Shared& sh) {
+                             int rows, int row_warps, unsigned char* smem, Shared& sh) {
   using C = Cfg<D>;
   constexpr int kChunksPerRow = D / 8;                  // 16-byte chunks per position
   constexpr int kRowsPerPass = kThreads / kChunksPerRow;  // positions one CTA-wide copy covers
@@ -233,8 +216,8 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
   auto issue = [&](int s) {
     const int p0 = lo + s * cs::kStageTokens;
     const int n_valid = min(cs::kStageTokens, hi - p0);
-    const uint64_t k_dst = SmemAddr64(smem + (s % C::kStages) * C::kStageBytes);
-    const uint64_t v_dst = k_dst + C::kKvBytes;
+    const uint32_t k_dst = SmemAddr(smem + (s % C::kStages) * C::kStageBytes);
+    const uint32_t v_dst = k_dst + C::kKvBytes;
 #pragma unroll
     for (int j = 0; j < kPasses; ++j) {
       const int r = row_first + j * kRowsPerPass;
@@ -249,8 +232,8 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
               chunk_col * 8;
       }
       const uint32_t dst = r * C::kRowBytes + ((chunk_col ^ (r & 7)) << 4);
-      CpAsync16Wide(k_dst + dst, a.k + src, valid, policy);
-      CpAsync16Wide(v_dst + dst, a.v + src, valid, policy);
+      CpAsync16NoHint(k_dst + dst, a.k + src, valid);
+      CpAsync16NoHint(v_dst + dst, a.v + src, valid);
     }
   };
 
@@ -581,8 +564,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
     sh.row_state[r] = state_row;
   }
   __syncthreads();
-  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16,
-                  EvictNormalPolicy(), smem, sh);
+  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16, smem, sh);
   if (w.n_active == 1) {  // the only split: its result is the members' prefix state
     StoreResults<D>(
         w.rows, [&](int r) { return a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D; },
@@ -619,8 +601,7 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
     sh.row_q[r] = r < group ? row0 + r : -1;
   }
   __syncthreads();
-  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16,
-                  EvictFirstPolicy(), smem, sh);
+  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16, smem, sh);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
       group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
