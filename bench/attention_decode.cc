@@ -32,6 +32,7 @@
 
 #include <unistd.h>
 
+#include "kernels/cuda/graph_timing.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "nlohmann/json.hpp"
@@ -125,29 +126,9 @@ Options ParseArgs(int argc, char** argv) {
   return o;
 }
 
-// Median of `reps` timed replays of `exec` (after one warm-up), in milliseconds.
+// Median of timed replays of `exec` (after one warm-up), in milliseconds.
 double TimeGraphMs(cudaGraphExec_t exec, cudaStream_t stream, double min_ms) {
-  cudaEvent_t start, stop;
-  MM_CUDA_CHECK(cudaEventCreate(&start));
-  MM_CUDA_CHECK(cudaEventCreate(&stop));
-  auto once = [&] {
-    MM_CUDA_CHECK(cudaEventRecord(start, stream));
-    MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    MM_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MM_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    MM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    return static_cast<double>(ms);
-  };
-  once();
-  const double first = once();
-  const int reps = std::clamp(static_cast<int>(std::ceil(min_ms / std::max(first, 1e-3))), 3, 50);
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) times.push_back(once());
-  std::sort(times.begin(), times.end());
-  MM_CUDA_CHECK(cudaEventDestroy(start));
-  MM_CUDA_CHECK(cudaEventDestroy(stop));
-  return times[times.size() / 2];
+  return cuda::MedianGraphMs(exec, stream, min_ms, 3, 50);
 }
 
 // Device-to-device copy bandwidth, (read + write bytes) / time, over buffers far beyond L2.

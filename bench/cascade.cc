@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "coordinator/cascade_cost.h"
+#include "kernels/cuda/graph_timing.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cascade.h"
 #include "kernels/cuda/cascade_calibration.h"
@@ -117,27 +118,7 @@ Options ParseArgs(int argc, char** argv) {
 
 // Median of timed replays of `exec` (after one warm-up), in milliseconds.
 double TimeGraphMs(cudaGraphExec_t exec, cudaStream_t stream, double min_ms) {
-  cudaEvent_t start, stop;
-  MM_CUDA_CHECK(cudaEventCreate(&start));
-  MM_CUDA_CHECK(cudaEventCreate(&stop));
-  auto once = [&] {
-    MM_CUDA_CHECK(cudaEventRecord(start, stream));
-    MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    MM_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MM_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    MM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    return static_cast<double>(ms);
-  };
-  once();
-  const double first = once();
-  const int reps = std::clamp(static_cast<int>(std::ceil(min_ms / std::max(first, 1e-3))), 5, 100);
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) times.push_back(once());
-  std::sort(times.begin(), times.end());
-  MM_CUDA_CHECK(cudaEventDestroy(start));
-  MM_CUDA_CHECK(cudaEventDestroy(stop));
-  return times[times.size() / 2];
+  return cuda::MedianGraphMs(exec, stream, min_ms, 5, 100);
 }
 
 // Microseconds per call: `launch(i)` enqueues call i (rotating over the replicas).

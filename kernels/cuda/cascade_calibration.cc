@@ -1,6 +1,7 @@
 // MeasureCascadeCosts of cascade_calibration.h. Every measurement captures N launches into one
 // CUDA graph, replays it several times and takes the median time / N (so launch costs are what a
 // captured decode step pays).
+#include "kernels/cuda/graph_timing.h"
 #include "kernels/cuda/cascade_calibration.h"
 
 #include <cuda_bf16.h>
@@ -55,26 +56,10 @@ double TimeCalls(cudaStream_t stream, const std::function<void()>& launch) {
   for (int i = 0; i < kLaunches; ++i) launch();
   MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
   MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  MM_CUDA_CHECK(cudaEventCreate(&start));
-  MM_CUDA_CHECK(cudaEventCreate(&stop));
-  MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));  // warm-up
-  std::vector<double> times;
-  for (int rep = 0; rep < kReps; ++rep) {
-    MM_CUDA_CHECK(cudaEventRecord(start, stream));
-    MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    MM_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MM_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    MM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms * 1e-3 / kLaunches);
-  }
-  MM_CUDA_CHECK(cudaEventDestroy(start));
-  MM_CUDA_CHECK(cudaEventDestroy(stop));
+  const double ms = MedianGraphMs(exec, stream, /*min_ms=*/0.0, kReps, kReps);
   MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
   MM_CUDA_CHECK(cudaGraphDestroy(graph));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return ms * 1e-3 / kLaunches;
 }
 
 // Device buffers of one synthetic batch: `batch` sequences with the given tables and lengths,
