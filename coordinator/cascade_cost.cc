@@ -48,6 +48,10 @@ absl::Status CascadeCalibration::Validate() const {
   MM_RETURN_IF_ERROR(Positive("prefix_flops_per_second", prefix_flops_per_second));
   MM_RETURN_IF_ERROR(NonNegative("level_seconds", level_seconds));
   MM_RETURN_IF_ERROR(NonNegative("merge_seconds_per_row", merge_seconds_per_row));
+  if (!(min_speedup >= 1.0) || !std::isfinite(min_speedup)) {
+    return absl::InvalidArgumentError(absl::StrCat("cascade calibration: min_speedup = ",
+                                                   min_speedup, " must be finite and >= 1"));
+  }
   return absl::OkStatus();
 }
 
@@ -74,6 +78,9 @@ absl::StatusOr<CascadeCalibration> ParseCascadeCalibration(const std::string& js
   MM_ASSIGN_OR_RETURN(c.prefix_flops_per_second, Number(j, "prefix_flops_per_second"));
   MM_ASSIGN_OR_RETURN(c.level_seconds, Number(j, "level_seconds"));
   MM_ASSIGN_OR_RETURN(c.merge_seconds_per_row, Number(j, "merge_seconds_per_row"));
+  if (j.contains("min_speedup")) {
+    MM_ASSIGN_OR_RETURN(c.min_speedup, Number(j, "min_speedup"));
+  }
   MM_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -87,6 +94,7 @@ std::string CascadeCalibrationToJson(const CascadeCalibration& c) {
   j["prefix_flops_per_second"] = c.prefix_flops_per_second;
   j["level_seconds"] = c.level_seconds;
   j["merge_seconds_per_row"] = c.merge_seconds_per_row;
+  j["min_speedup"] = c.min_speedup;
   return j.dump(2) + "\n";
 }
 
@@ -126,7 +134,8 @@ CascadeEstimate EstimateCascade(const CascadeShape& s, const CascadeCalibration&
   e.cascade_seconds =
       std::max(shared_bytes / c.prefix_bytes_per_second, flops / c.prefix_flops_per_second) +
       c.level_seconds + rows * c.merge_seconds_per_row;
-  e.cascade = s.members >= 2 && s.shared_tokens > 0 && e.cascade_seconds < e.flat_seconds;
+  e.cascade = s.members >= 2 && s.shared_tokens > 0 &&
+              e.flat_seconds >= c.min_speedup * e.cascade_seconds;
   return e;
 }
 

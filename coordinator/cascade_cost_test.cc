@@ -30,6 +30,7 @@ CascadeCalibration H100Like() {
   c.prefix_flops_per_second = 5.0e14;
   c.level_seconds = 7e-6;
   c.merge_seconds_per_row = 2e-9;
+  c.min_speedup = 1.0;  // the raw model; the margin has its own test
   return c;
 }
 
@@ -154,6 +155,28 @@ TEST(CascadeCalibration, BadFilesNameTheProblem) {
           .status()
           .message(),
       HasSubstr("\"decode_bytes_per_second\" is not a number"));
+}
+
+// The margin: a predicted win smaller than min_speedup stays flat. The H200 calibration of
+// bench_cascade (docs/perf.md) predicted flat 34.2 us against cascade 26.5 us on shape (b), where
+// cascade measured 2x slower; with the default margin the pick is flat.
+TEST(CascadeCost, MarginKeepsMarginalWinsFlat) {
+  CascadeCalibration h200;
+  h200.device = "H200 (bench_cascade, 2026-11-21)";
+  h200.decode_bytes_per_second = 3.828e12;
+  h200.prefix_bytes_per_second = 1.148e12;
+  h200.prefix_flops_per_second = 9.22e13;
+  h200.level_seconds = 1.026e-5;
+  h200.merge_seconds_per_row = 3.77e-9;
+  ASSERT_DOUBLE_EQ(h200.min_speedup, 1.5);  // the default
+  const CascadeEstimate e = EstimateCascade(Shape(8, 4000, 64, 8), h200);
+  EXPECT_GT(e.flat_seconds, e.cascade_seconds);
+  EXPECT_LT(e.flat_seconds, 1.5 * e.cascade_seconds);
+  EXPECT_FALSE(e.cascade);
+  h200.min_speedup = 1.0;
+  EXPECT_TRUE(EstimateCascade(Shape(8, 4000, 64, 8), h200).cascade);
+  h200.min_speedup = 0.5;
+  EXPECT_THAT(h200.Validate().message(), ::testing::HasSubstr("min_speedup"));
 }
 
 }  // namespace
