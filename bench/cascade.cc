@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "coordinator/cascade_cost.h"
+#include "bench/gpu_info.h"
 #include "kernels/cuda/graph_timing.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cascade.h"
@@ -400,24 +401,9 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
 
 int Main(int argc, char** argv) {
   const Options o = ParseArgs(argc, argv);
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    std::printf("bench_cascade: no CUDA device (%s)\n", cudaGetErrorString(err));
-    return 1;
-  }
-  int device = 0, driver = 0, runtime = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop;
-  MM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  MM_CUDA_CHECK(cudaDriverGetVersion(&driver));
-  MM_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
-  char host[256] = "unknown";
-  gethostname(host, sizeof(host) - 1);
-  const size_t l2 = static_cast<size_t>(prop.l2CacheSize);
-  std::printf("bench_cascade on %s: %s, %d SMs, L2 %.0f MiB, %.1f GiB HBM, driver %d, runtime %d\n",
-              host, prop.name, prop.multiProcessorCount, l2 / 1048576.0,
-              prop.totalGlobalMem / 1073741824.0, driver, runtime);
+  const std::optional<bench::GpuInfo> gpu = bench::DescribeGpu("bench_cascade");
+  if (!gpu) return 1;
+  const size_t l2 = gpu->l2;
   std::printf(
       "head_dim %d, block %d, %d own positions per sequence after the shared ones; fp32 q, bf16 "
       "paged KV; q_parts %d; times: CUDA graph of N calls / N (median of replays); calls "

@@ -40,6 +40,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fast_div.h"
+#include "kernels/cuda/launch_util.h"
 #include "kernels/cuda/warp_mma.cuh"
 
 namespace moemesh::cuda {
@@ -68,7 +69,6 @@ constexpr int kMaxMergeInputs = 16;                     // states one merge comb
 constexpr int kSingleLevelMaxSplits = kMaxMergeInputs;  // above: two levels, groups of ~sqrt
 constexpr int kShortSplitTokens = 512;                  // see PlanSplits
 constexpr int kCounterSlots = kMaxMergeInputs + 1;      // per (sequence, KV head, row tile)
-constexpr int kMaxDevices = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -84,16 +84,6 @@ struct DecodeConfig {
   static_assert(kMaxMergeInputs * kRowsPerTile * D * 4 <= kSmemBytes, "split-merge staging");
 };
 
-// Aborts with the op named: a violated contract is a caller bug.
-[[noreturn]] __attribute__((format(printf, 2, 3))) void Fail(const char* op, const char* fmt, ...) {
-  std::fprintf(stderr, "moemesh::cuda::%s: ", op);
-  va_list args;
-  va_start(args, fmt);
-  std::vfprintf(stderr, fmt, args);
-  va_end(args);
-  std::fprintf(stderr, "\n");
-  std::abort();
-}
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -594,36 +584,12 @@ __global__ void AppendKvKernel(__nv_bfloat16* k_pool, __nv_bfloat16* v_pool, con
 // ---------------------------------------------------------------------------------------------
 // Host side: per-device kernel setup, the split plan and the workspace layout.
 
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-template <int D>
-int ComputeSlots() {
-  MM_CUDA_CHECK(cudaFuncSetAttribute(DecodeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     DecodeConfig<D>::kSmemBytes));
-  int device = 0, sms = 0, per_sm = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  MM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, DecodeKernel<D>, kThreads,
-                                                              DecodeConfig<D>::kSmemBytes));
-  if (per_sm < 1) Fail("DecodeAttention", "kernel for head_dim %d does not fit on an SM", D);
-  return sms * per_sm;
-}
-
-// CTAs of DecodeKernel<head_dim> that fit on the current GPU at once. The first call per device
-// also raises the kernel's dynamic shared-memory limit (done before any graph capture when the
-// caller sizes its workspace with DecodeWorkspaceBytes first).
+// CTAs of DecodeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
-  static std::atomic<int> cache[2][kMaxDevices];
-  int device = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 0 || device >= kMaxDevices) Fail("DecodeAttention", "device %d", device);
-  const int which = head_dim == 128 ? 1 : 0;
-  int slots = cache[which][device].load(std::memory_order_acquire);
-  if (slots == 0) {
-    slots = head_dim == 128 ? ComputeSlots<128>() : ComputeSlots<64>();
-    cache[which][device].store(slots, std::memory_order_release);
-  }
-  return slots;
+  static ResidentCtas ctas("DecodeAttention", reinterpret_cast<const void*>(DecodeKernel<64>), DecodeConfig<64>::kSmemBytes,
+                           reinterpret_cast<const void*>(DecodeKernel<128>), DecodeConfig<128>::kSmemBytes, kThreads);
+  return ctas.For(head_dim);
 }
 
 struct SplitPlan {

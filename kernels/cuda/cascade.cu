@@ -32,6 +32,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fast_div.h"
+#include "kernels/cuda/launch_util.h"
 #include "kernels/cuda/warp_mma.cuh"
 
 namespace moemesh::cuda {
@@ -51,7 +52,6 @@ using warp_mma::SplitPair3;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxTileRows = 64;
-constexpr int kMaxDevices = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -628,45 +628,13 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-[[noreturn]] __attribute__((format(printf, 2, 3))) void Fail(const char* op, const char* fmt, ...) {
-  std::fprintf(stderr, "moemesh::cuda::%s: ", op);
-  va_list args;
-  va_start(args, fmt);
-  std::vfprintf(stderr, fmt, args);
-  va_end(args);
-  std::fprintf(stderr, "\n");
-  std::abort();
-}
 
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-template <int D>
-int ComputeSlots() {
-  MM_CUDA_CHECK(cudaFuncSetAttribute(CascadeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     Cfg<D>::kSmemBytes));
-  int device = 0, sms = 0, per_sm = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  MM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, CascadeKernel<D>, kThreads,
-                                                              Cfg<D>::kSmemBytes));
-  if (per_sm < 1) Fail("CascadeAttention", "kernel for head_dim %d does not fit on an SM", D);
-  return sms * per_sm;
-}
-
-// CTAs of CascadeKernel<head_dim> resident on the current GPU at once; the first call per device
-// also raises the kernel's dynamic shared-memory limit.
+// CTAs of CascadeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
-  static std::atomic<int> cache[2][kMaxDevices];
-  int device = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 0 || device >= kMaxDevices) Fail("CascadeAttention", "device %d", device);
-  const int which = head_dim == 128 ? 1 : 0;
-  int slots = cache[which][device].load(std::memory_order_acquire);
-  if (slots == 0) {
-    slots = head_dim == 128 ? ComputeSlots<128>() : ComputeSlots<64>();
-    cache[which][device].store(slots, std::memory_order_release);
-  }
-  return slots;
+  static ResidentCtas ctas("CascadeAttention", reinterpret_cast<const void*>(CascadeKernel<64>), Cfg<64>::kSmemBytes,
+                           reinterpret_cast<const void*>(CascadeKernel<128>), Cfg<128>::kSmemBytes, kThreads);
+  return ctas.For(head_dim);
 }
 
 cs::PlanKnobs Knobs(const CascadeParams& p) {
