@@ -220,6 +220,9 @@ struct Measured {
   bool ran = false;
   std::string skip;
   double us = 0;
+  double global_us = -1;  // the same with the splits merged through global memory (when the
+                          // default merges them in a thread-block cluster)
+  bool cluster = false;
   int splits = 0, replicas = 0, launches = 0;
 };
 
@@ -305,16 +308,26 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   p.block_tables = tables;
   moemesh::cuda::DecodeAttention(cache, p, ws, ws_bytes, stream);
   MM_CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < m.launches; ++i) {
-    p.block_tables = tables + static_cast<int64_t>(i % m.replicas) * s.batch * blocks_per_seq;
-    moemesh::cuda::DecodeAttention(cache, p, ws, ws_bytes, stream);
-  }
-  MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  m.us = TimeGraphMs(exec, stream, o.min_ms) * 1000.0 / m.launches;
+  m.cluster = moemesh::cuda::DecodeClusterMerge(cache, p);
+  // N launches in one graph, timed per launch.
+  auto time_launches = [&](moemesh::cuda::DecodeParams::SplitMerge merge) {
+    p.split_merge = merge;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < m.launches; ++i) {
+      p.block_tables = tables + static_cast<int64_t>(i % m.replicas) * s.batch * blocks_per_seq;
+      moemesh::cuda::DecodeAttention(cache, p, ws, ws_bytes, stream);
+    }
+    MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const double us = TimeGraphMs(exec, stream, o.min_ms) * 1000.0 / m.launches;
+    MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    MM_CUDA_CHECK(cudaGraphDestroy(graph));
+    return us;
+  };
+  if (m.cluster) m.global_us = time_launches(moemesh::cuda::DecodeParams::SplitMerge::kGlobal);
+  m.us = time_launches(moemesh::cuda::DecodeParams::SplitMerge::kAuto);
   m.ran = true;
 
   // The output must be finite (padding-free batch): a cheap guard against a broken build.
@@ -327,8 +340,6 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
       break;
     }
   }
-  MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  MM_CUDA_CHECK(cudaGraphDestroy(graph));
   MM_CUDA_CHECK(cudaStreamDestroy(stream));
   for (void* ptr : {static_cast<void*>(k_pool), static_cast<void*>(v_pool),
                     static_cast<void*>(tables), static_cast<void*>(lens), static_cast<void*>(q),
@@ -364,9 +375,9 @@ int Main(int argc, char** argv) {
   }
   std::printf("PyTorch SDPA(enable_gqa=True), dense bf16: %s\n\n", torch_info.c_str());
 
-  std::printf("%5s %6s %4s %3s | %9s %6s %5s | %9s %8s %7s | %9s %10s  %s\n", "batch", "ctx", "kvh",
-              "G", "KV MiB", "splits", "N", "us", "GB/s", "of copy", "torch us", "torch/ours",
-              "note");
+  std::printf("%5s %6s %4s %3s | %9s %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s  %s\n", "batch",
+              "ctx", "kvh", "G", "KV MiB", "splits", "N", "us", "GB/s", "of copy", "torch us",
+              "torch/ours", "global us", "glob/ours", "note");
   double worst_big_frac = 2.0, worst_vs_torch = 0.0, key_speedup = -1.0;
   std::string worst_big, worst_torch;
   int big_count = 0, torch_count = 0;
@@ -381,9 +392,9 @@ int Main(int argc, char** argv) {
     std::snprintf(shape_text, sizeof(shape_text), "%d x %d x %d kvh x G%d", s.batch, s.ctx,
                   s.kv_heads, s.group);
     if (!m.ran) {
-      std::printf("%5d %6d %4d %3d | %9.1f %6s %5s | %9s %8s %7s | %9s %10s  %s\n", s.batch, s.ctx,
-                  s.kv_heads, s.group, s.KvBytes() / 1048576.0, "-", "-", "-", "-", "-", "-", "-",
-                  note.c_str());
+      std::printf("%5d %6d %4d %3d | %9.1f %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s  %s\n",
+                  s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, "-", "-", "-", "-",
+                  "-", "-", "-", "-", "-", note.c_str());
       continue;
     }
     const double bw = s.KvBytes() / (m.us * 1e-6);
@@ -393,9 +404,16 @@ int Main(int argc, char** argv) {
       std::snprintf(torch_us_text, sizeof(torch_us_text), "%.2f", torch_us);
       std::snprintf(ratio_text, sizeof(ratio_text), "%.2fx", torch_us / m.us);
     }
-    std::printf("%5d %6d %4d %3d | %9.1f %6d %5d | %9.2f %8.0f %6.1f%% | %9s %10s  %s\n", s.batch,
-                s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, m.splits, m.launches, m.us,
-                bw / 1e9, 100 * frac, torch_us_text, ratio_text, note.c_str());
+    char global_text[32] = "-", global_ratio[32] = "-";
+    if (m.global_us > 0) {
+      std::snprintf(global_text, sizeof(global_text), "%.2f", m.global_us);
+      std::snprintf(global_ratio, sizeof(global_ratio), "%.2fx", m.global_us / m.us);
+    }
+    if (m.cluster) note = "cluster merge" + (note.empty() ? "" : "; " + note);
+    std::printf("%5d %6d %4d %3d | %9.1f %6d %5d | %9.2f %8.0f %6.1f%% | %9s %10s | %9s %8s  %s\n",
+                s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, m.splits,
+                m.launches, m.us, bw / 1e9, 100 * frac, torch_us_text, ratio_text, global_text,
+                global_ratio, note.c_str());
     std::fflush(stdout);
     if (s.KvBytes() >= (int64_t{64} << 20)) {
       ++big_count;

@@ -48,6 +48,11 @@ struct DecodeParams {
   int32_t window = 0;                  // > 0: only the last `window` positions are attended
   int32_t max_splits = 0;              // tuning/testing: > 0 caps the CTAs per (sequence, KV
                                        // head); 0 = automatic (fill the GPU once)
+  // Tuning/testing: how the splits of a (sequence, KV head) are merged. kAuto: in a thread-block
+  // cluster (distributed shared memory, no global round trip) when the splits fit in one cluster
+  // on this GPU (up to 16 on Hopper), else through global memory by the last CTA to finish.
+  enum class SplitMerge : int32_t { kAuto = 0, kGlobal = 1, kCluster = 2 };
+  SplitMerge split_merge = SplitMerge::kAuto;  // kCluster falls back to kGlobal where unsupported
 };
 
 // Device scratch DecodeAttention needs for these bounds (partial outputs and LSEs of splits, and
@@ -70,6 +75,8 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
 // How many CTAs per (sequence, KV head) DecodeAttention launches for these parameters (for
 // benchmarks and tests; the plan depends only on host values and the current GPU's size).
 int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p);
+// Whether that launch merges its splits in thread-block clusters (see DecodeParams::split_merge).
+bool DecodeClusterMerge(const PagedKv& cache, const DecodeParams& p);
 
 // Causal attention of packed query rows: sequence b's q_lens[b] queries are rows
 // q_start[b] .. + q_lens[b] of q ([rows, n_heads, head_dim]) and sit at the last q_lens[b] of

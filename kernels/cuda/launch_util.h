@@ -38,10 +38,17 @@ class ResidentCtas {
  public:
   static constexpr int kMaxDevices = 64;
 
-  // `op` names the family in errors. `kernel64` / `kernel128` and their dynamic shared memory.
+  // `op` names the family in errors. `kernel64` / `kernel128` and their dynamic shared memory;
+  // `twin64` / `twin128` (optional): variants with the same shared memory and launch bounds,
+  // which get the same shared-memory limit (the count is the first kernel's).
   ResidentCtas(const char* op, const void* kernel64, size_t smem64, const void* kernel128,
-               size_t smem128, int threads)
-      : op_(op), kernels_{kernel64, kernel128}, smem_{smem64, smem128}, threads_(threads) {}
+               size_t smem128, int threads, const void* twin64 = nullptr,
+               const void* twin128 = nullptr)
+      : op_(op),
+        kernels_{kernel64, kernel128},
+        twins_{twin64, twin128},
+        smem_{smem64, smem128},
+        threads_(threads) {}
 
   int For(int head_dim) {
     int device = 0;
@@ -52,6 +59,11 @@ class ResidentCtas {
     if (slots == 0) {
       MM_CUDA_CHECK(cudaFuncSetAttribute(kernels_[which], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem_[which])));
+      if (twins_[which] != nullptr) {
+        MM_CUDA_CHECK(cudaFuncSetAttribute(twins_[which],
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem_[which])));
+      }
       int sms = 0, per_sm = 0;
       MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
       MM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernels_[which], threads_,
@@ -66,6 +78,7 @@ class ResidentCtas {
  private:
   const char* op_;
   const void* kernels_[2];
+  const void* twins_[2];
   size_t smem_[2];
   int threads_;
   std::atomic<int> cache_[2][kMaxDevices] = {};

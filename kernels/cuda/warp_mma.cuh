@@ -32,6 +32,12 @@ __device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool va
                : "memory");
 }
 
+// 16-byte global -> shared copy through L2 only (cp.async.cg, no L1, no cache hint): for data
+// other CTAs wrote, which their fences and an arrival atomic order before the copy.
+__device__ __forceinline__ void CpAsync16L2(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void PrefetchL1(const void* p) {
   asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
 }

@@ -130,6 +130,7 @@ struct DecodeCase {
   int window = 0;
   int max_kv_len = 0;  // host bound; 0 = the largest kv_len
   int max_splits = 0;
+  cuda::DecodeParams::SplitMerge split_merge = cuda::DecodeParams::SplitMerge::kAuto;
   float scale = 0.0f;  // 0 = 1 / sqrt(head_dim)
   float q_stddev = 1.0f;
   bool graph = false;  // also capture into a CUDA graph and replay with new q and lengths
@@ -236,11 +237,14 @@ TEST_P(CudaDecodeAttention, MatchesReference) {
   p.scale = scale;
   p.window = c.window;
   p.max_splits = c.max_splits;
+  p.split_merge = c.split_merge;
 
   const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, n_heads, d, max_kv_len);
   DeviceBuffer<unsigned char> ws(std::max<size_t>(ws_bytes, 1));  // zero-filled
-  std::printf("  %s: %d split(s) per (sequence, KV head), workspace %zu bytes\n", c.name.c_str(),
-              cuda::DecodeSplits(cache, p), ws_bytes);
+  std::printf("  %s: %d split(s) per (sequence, KV head) merged %s, workspace %zu bytes\n",
+              c.name.c_str(), cuda::DecodeSplits(cache, p),
+              cuda::DecodeClusterMerge(cache, p) ? "in a cluster" : "through global memory",
+              ws_bytes);
 
   // Twice on one workspace: the second call proves the merge counters were reset.
   for (int pass = 0; pass < 2; ++pass) {
@@ -356,6 +360,24 @@ std::vector<DecodeCase> DecodeCases() {
   {
     DecodeCase c =
         Case("b8_ctx4096_kv1_g8_d128_bs16_graph", std::vector<int>(8, 4096), 1, 8, 128, 16);
+    c.graph = true;
+    cases.push_back(c);
+  }
+  {  // the same two with the merge through global memory (the others merge in clusters where
+     // their splits fit in one)
+    DecodeCase c = Case("b8_ctx4096_kv1_g8_d128_bs16_graph_global_merge",
+                        std::vector<int>(8, 4096), 1, 8, 128, 16);
+    c.graph = true;
+    c.split_merge = cuda::DecodeParams::SplitMerge::kGlobal;
+    cases.push_back(c);
+    c = Case("b17_ctx1to4099_kv2_g8_d128_bs16_padding_global_merge", MixedLens(17, 4099, 5, 5), 2,
+             8, 128, 16);
+    c.split_merge = cuda::DecodeParams::SplitMerge::kGlobal;
+    cases.push_back(c);
+  }
+  {  // 5 splits: a cluster whose size does not divide the head dims evenly
+    DecodeCase c = Case("b2_ctx300_290_kv1_g3_d64_bs16_five_splits_graph", {300, 290}, 1, 3, 64, 16);
+    c.max_splits = 5;
     c.graph = true;
     cases.push_back(c);
   }
