@@ -16,7 +16,7 @@
 //     default L2 priority (no cache-hint policy: see CpAsync16NoHint).
 // Results: a prefix tile whose range is one split writes its members' prefix states; otherwise
 // each split writes a partial state and the last split of the tile to finish (atomic counter)
-// merges them (two levels of merges above 12 splits). A suffix split writes a partial state and
+// merges them (two levels of merges above 16 splits). A suffix split writes a partial state and
 // arrives at its (sequence, KV head) counter; the last arrival (suffix splits, and in the fused
 // launch also each level's prefix tile once merged) merges the partials with the prefix states
 // and writes the output. No CTA ever waits for another, so any grid is deadlock-free.
@@ -39,6 +39,7 @@ namespace moemesh::cuda {
 namespace {
 
 namespace cs = cascade;
+using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
 using warp_mma::LdMatrixX4;
@@ -67,7 +68,8 @@ struct Cfg {
   static constexpr int kResStride = D + 8;  // float2 stores of a half-warp hit 32 banks
   static constexpr int kWarpBufFloats = kMaxTileRows * kResStride;
   static_assert((kMaxTileRows + kWarps * 16) * kResStride * 4 <= kSmemBytes, "result buffers");
-  static_assert(cs::kMaxFinalInputs * kMaxTileRows * 4 <= kSmemBytes, "merge LSE cache");
+  // MergeRows: the LSEs of up to kMaxTileRows rows and the staged outputs of at least one row.
+  static_assert((kMaxTileRows + D) * cs::kMaxFinalInputs * 4 <= kSmemBytes, "merge staging");
 };
 
 struct Shared {
@@ -76,8 +78,13 @@ struct Shared {
   float res_lse[kMaxTileRows];       // the tile's log2-sum-exps (-inf: nothing attended)
   int32_t row_q[kMaxTileRows];       // q / output row (sequence * n_heads + head), -1: padding
   int32_t row_state[kMaxTileRows];   // prefix tiles: prefix-state row (slot * n_heads + head)
-  int32_t slots[kCascadeMaxDepth];   // final merge: the sequence's member slots
-  int n_slots;
+  // The (sequence, KV head) merges this CTA completes (FinalMerges): per sequence, its suffix
+  // splits, its inputs (suffix splits + levels) and the member slots of its levels.
+  int32_t fm_seq[kMaxTileRows];
+  int32_t fm_suffix[kMaxTileRows];
+  int32_t fm_count[kMaxTileRows];
+  int32_t fm_slots[kMaxTileRows][kCascadeMaxDepth];
+  int n_final;
   int flag;
 };
 
@@ -105,7 +112,6 @@ struct KernelArgs {
   FastDivisor block_div;
   int32_t block_size;
   int32_t max_blocks_per_seq;
-  int32_t q_parts;
   float q_scale;  // scale * log2(e)
 };
 
@@ -153,50 +159,79 @@ __device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_
   return last;
 }
 
-// Merges `count` attention states of each of `rows` rows: input i of row r has log2-sum-exp
-// lse_of(r, i) and normalised output o_of(r, i) (D floats, 16-byte aligned, read through L2);
-// store(r, d4, value, lse2) writes dims 4 * d4 .. + 3 of the result (lse2 = -inf and value 0
-// when every input is empty). Whole CTA; s_lse holds count * rows floats.
-template <int D, class LseOf, class OOf, class Store>
-__device__ void MergeRows(int rows, int count, LseOf lse_of, OOf o_of, Store store, float* s_lse) {
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < count * rows; idx += kThreads) {
-    s_lse[idx] = lse_of(idx % rows, idx / rows);
-  }
-  __syncthreads();
+// Merges attention states row by row: row r has count_of(r) <= cmax inputs, input i with
+// log2-sum-exp lse_of(r, i) and normalised output o_of(r, i) (D floats, 16-byte aligned, read
+// through L2); store(r, d4, value, lse2) writes dims 4 * d4 .. + 3 of the result (lse2 = -inf
+// and value 0 when every input is empty). Whole CTA; uses all of the dynamic shared memory. The
+// outputs are staged in shared memory a chunk of rows at a time with every copy of the chunk in
+// flight at once (the LSEs are read in the first chunk's round trip), so a merge costs one L2
+// round trip per chunk whatever the number of inputs (loads consumed one input at a time would
+// each wait for the previous one).
+template <int D, class CountOf, class LseOf, class OOf, class Store>
+__device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OOf o_of,
+                          Store store, unsigned char* smem) {
   constexpr int kQuads = D / 4;
-  for (int item = threadIdx.x; item < rows * kQuads; item += kThreads) {
-    const int r = item / kQuads, d4 = item % kQuads;
-    float m = -INFINITY;
-    for (int i = 0; i < count; ++i) m = fmaxf(m, s_lse[i * rows + r]);
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float sum = 0.f;
-    if (m != -INFINITY) {
-#pragma unroll 4
-      for (int i = 0; i < count; ++i) {
-        const float li = s_lse[i * rows + r];
-        if (li == -INFINITY) continue;  // empty state: nothing to add (and nothing read)
-        const float w = exp2f(li - m);
-        const float4 x = __ldcg(reinterpret_cast<const float4*>(o_of(r, i)) + d4);
-        sum += w;
-        acc.x = fmaf(w, x.x, acc.x);
-        acc.y = fmaf(w, x.y, acc.y);
-        acc.z = fmaf(w, x.z, acc.z);
-        acc.w = fmaf(w, x.w, acc.w);
+  float* s_lse = reinterpret_cast<float*>(smem);
+  const int lse_floats = (rows * cmax + 3) & ~3;
+  float* s_o = s_lse + lse_floats;
+  const int chunk_rows =
+      max(1, (Cfg<D>::kSmemBytes / 4 - lse_floats) / max(1, cmax * D));  // static_assert: >= 1
+  const int row_quads = cmax * kQuads;
+  auto issue = [&](int r0) {
+    const int nr = min(chunk_rows, rows - r0);
+    for (int c = threadIdx.x; c < nr * row_quads; c += kThreads) {
+      const int rr = c / row_quads;
+      const int i = (c - rr * row_quads) / kQuads;
+      const int d4 = c % kQuads;
+      if (i < count_of(r0 + rr)) {
+        CpAsync16L2(SmemAddr(s_o + (rr * cmax + i) * D + d4 * 4), o_of(r0 + rr, i) + d4 * 4);
       }
     }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    store(r, d4, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv),
-          sum > 0.f ? m + log2f(sum) : -INFINITY);
+    CpAsyncCommit();
+  };
+  __syncthreads();  // the caller's last use of shared memory is over
+  issue(0);
+  for (int idx = threadIdx.x; idx < rows * cmax; idx += kThreads) {
+    const int r = idx / cmax, i = idx % cmax;
+    s_lse[idx] = i < count_of(r) ? lse_of(r, i) : -INFINITY;
   }
-  __syncthreads();
+  for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
+    CpAsyncWait<0>();
+    __syncthreads();
+    const int nr = min(chunk_rows, rows - r0);
+    for (int item = threadIdx.x; item < nr * kQuads; item += kThreads) {
+      const int rr = item / kQuads, d4 = item % kQuads;
+      const float* lse = s_lse + (r0 + rr) * cmax;
+      float m = -INFINITY;
+      for (int i = 0; i < cmax; ++i) m = fmaxf(m, lse[i]);
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      float sum = 0.f;
+      if (m != -INFINITY) {
+        for (int i = 0; i < cmax; ++i) {
+          if (lse[i] == -INFINITY) continue;  // empty (or absent) input: its copy may be stale
+          const float w = exp2f(lse[i] - m);
+          const float4 x = *reinterpret_cast<const float4*>(s_o + (rr * cmax + i) * D + d4 * 4);
+          sum += w;
+          acc.x = fmaf(w, x.x, acc.x);
+          acc.y = fmaf(w, x.y, acc.y);
+          acc.z = fmaf(w, x.z, acc.z);
+          acc.w = fmaf(w, x.w, acc.w);
+        }
+      }
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      store(r0 + rr, d4, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv),
+            sum > 0.f ? m + log2f(sum) : -INFINITY);
+    }
+    __syncthreads();  // the chunk's staging is free again
+    if (r0 + chunk_rows < rows) issue(r0 + chunk_rows);
+  }
 }
 
 // The tile's rows (sh.row_q; `rows` of them are real) against positions [lo, hi) of `table`, KV
 // head h. Leaves row r's normalised output in smem floats [r * kResStride, + D) and its
 // log2-sum-exp in sh.res_lse[r] (-inf, output 0, for an empty range). row_warps: 4 for a 64-row
 // tile, 1 for a 16-row tile.
-template <int D>
+template <int D, int QP>
 __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
                              int rows, int row_warps, unsigned char* smem, Shared& sh) {
   using C = Cfg<D>;
@@ -267,7 +302,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       }
     }
   }
-  const bool lo2 = a.q_parts >= 3;
+  constexpr bool lo2 = QP >= 3;
 
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
   float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
@@ -462,39 +497,52 @@ __device__ void StoreResults(int rows, OutO out_o, OutLse out_lse, float lse_sca
   for (int r = threadIdx.x; r < rows; r += kThreads) *out_lse(r) = sh.res_lse[r] * lse_scale;
 }
 
-// Final merge of (sequence, KV head): its suffix splits' partial states and its prefix states.
-template <int D>
-__device__ void FinalMerge(const KernelArgs& a, int seq, int h, unsigned char* smem, Shared& sh) {
-  const int group = a.dims.group, nh = a.dims.n_heads;
-  int start = 0, len = 0, n_act = 1, chunk = 0;
-  cs::SuffixRange(seq, a.plan, a.dims, a.layout, a.kv_lens, &start, &len, &n_act, &chunk);
-  if (threadIdx.x == 0) {
-    int n = 0;
-    for (int j = 0; j < a.layout.max_depth; ++j) {
-      const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + j];
-      if (slot >= 0) sh.slots[n++] = slot;
-    }
-    sh.n_slots = n;
+// Records entry j of the final merges this CTA runs: sequence `seq` with `n_suffix` active
+// suffix splits (one thread per entry).
+__device__ __forceinline__ void NoteFinal(const KernelArgs& a, int j, int seq, int n_suffix,
+                                          Shared& sh) {
+  int n = 0;
+  for (int d = 0; d < a.layout.max_depth; ++d) {
+    const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + d];
+    if (slot >= 0) sh.fm_slots[j][n++] = slot;
   }
-  __syncthreads();
-  const int count = n_act + sh.n_slots;
+  sh.fm_seq[j] = seq;
+  sh.fm_suffix[j] = n_suffix;
+  sh.fm_count[j] = n_suffix + n;
+}
+
+// Final merges of (sh.fm_seq[j], KV head h) for j < sh.n_final, all in one MergeRows: each
+// sequence's suffix splits' partial states and its prefix states, written to out / lse. Whole
+// CTA, after a __syncthreads that follows the NoteFinal calls.
+template <int D>
+__device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, const Shared& sh) {
+  const int group = a.dims.group, nh = a.dims.n_heads;
+  const int n = sh.n_final;
+  int cmax = 1;
+  for (int j = 0; j < n; ++j) cmax = max(cmax, sh.fm_count[j]);
   const int64_t splits = a.plan.suf_splits;
-  const int64_t row0 = static_cast<int64_t>(seq) * nh + h * group;
+  auto out_row = [&](int r) -> int64_t {
+    return static_cast<int64_t>(sh.fm_seq[r / group]) * nh + h * group + r % group;
+  };
+  auto state_row = [&](int r, int i) -> int64_t {
+    const int j = r / group;
+    return static_cast<int64_t>(sh.fm_slots[j][i - sh.fm_suffix[j]]) * nh + h * group + r % group;
+  };
+  auto count_of = [&](int r) { return sh.fm_count[r / group]; };
   auto lse_of = [&](int r, int i) -> float {
-    if (i < n_act) return __ldcg(a.suf_part_lse + (row0 + r) * splits + i);
-    const int64_t prow = static_cast<int64_t>(sh.slots[i - n_act]) * nh + h * group + r;
-    return __ldcg(a.prefix_lse + prow) * kLog2e;
+    if (i < sh.fm_suffix[r / group]) return __ldcg(a.suf_part_lse + out_row(r) * splits + i);
+    return __ldcg(a.prefix_lse + state_row(r, i)) * kLog2e;
   };
   auto o_of = [&](int r, int i) -> const float* {
-    if (i < n_act) return a.suf_part_o + ((row0 + r) * splits + i) * D;
-    const int64_t prow = static_cast<int64_t>(sh.slots[i - n_act]) * nh + h * group + r;
-    return a.prefix_v + prow * D;
+    if (i < sh.fm_suffix[r / group]) return a.suf_part_o + (out_row(r) * splits + i) * D;
+    return a.prefix_v + state_row(r, i) * D;
   };
   auto store = [&](int r, int d4, float4 x, float lse2) {
-    *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) = x;
-    if (d4 == 0 && a.lse != nullptr) a.lse[row0 + r] = lse2 * kLn2;
+    const int64_t row = out_row(r);
+    *reinterpret_cast<float4*>(a.out + row * D + d4 * 4) = x;
+    if (d4 == 0 && a.lse != nullptr) a.lse[row] = lse2 * kLn2;
   };
-  MergeRows<D>(group, count, lse_of, o_of, store, reinterpret_cast<float*>(smem));
+  MergeRows<D>(n * group, cmax, count_of, lse_of, o_of, store, smem);
 }
 
 // The splits of a prefix tile: true in the CTA that merged them into the prefix states.
@@ -512,7 +560,7 @@ __device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
   const int grp_count = min(mg, w.n_active - grp_first);
   const int n_groups = (w.n_active + mg - 1) / mg;
   if (!ArriveLast(&counters[grp], grp_count, &sh.flag)) return false;
-  float* s_lse = reinterpret_cast<float*>(smem);
+  auto all_of = [](int) { return 0x7fffffff; };  // every row has all inputs (count <= cmax)
   auto part_lse = [&](int r, int i) -> float {
     return __ldcg(a.pre_part_lse + sh.row_state[r] * splits + grp_first + i);
   };
@@ -525,7 +573,7 @@ __device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
     if (d4 == 0) a.prefix_lse[sh.row_state[r]] = lse2 * kLn2;
   };
   if (n_groups == 1) {
-    MergeRows<D>(w.rows, grp_count, part_lse, part_o, store_final, s_lse);
+    MergeRows<D>(w.rows, grp_count, all_of, part_lse, part_o, store_final, smem);
     return true;
   }
   auto store_group = [&](int r, int d4, float4 x, float lse2) {
@@ -533,7 +581,7 @@ __device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
     *reinterpret_cast<float4*>(a.pre_group_o + slot * D + d4 * 4) = x;
     if (d4 == 0) a.pre_group_lse[slot] = lse2;
   };
-  MergeRows<D>(w.rows, grp_count, part_lse, part_o, store_group, s_lse);
+  MergeRows<D>(w.rows, grp_count, all_of, part_lse, part_o, store_group, smem);
   if (!ArriveLast(&counters[cs::kMaxMergeInputs], n_groups, &sh.flag)) return false;
   auto group_lse = [&](int r, int i) -> float {
     return __ldcg(a.pre_group_lse + sh.row_state[r] * splits + i);
@@ -541,11 +589,11 @@ __device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
   auto group_o = [&](int r, int i) -> const float* {
     return a.pre_group_o + (sh.row_state[r] * splits + i) * D;
   };
-  MergeRows<D>(w.rows, n_groups, group_lse, group_o, store_final, s_lse);
+  MergeRows<D>(w.rows, n_groups, all_of, group_lse, group_o, store_final, smem);
   return true;
 }
 
-template <int D>
+template <int D, int QP>
 __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Shared& sh) {
   const cs::PrefixWork w = cs::ResolvePrefix(cta, a.plan, a.dims, a.layout);
   if (!w.active) return;
@@ -564,7 +612,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
     sh.row_state[r] = state_row;
   }
   __syncthreads();
-  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16, smem, sh);
+  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16, smem, sh);
   if (w.n_active == 1) {  // the only split: its result is the members' prefix state
     StoreResults<D>(
         w.rows, [&](int r) { return a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D; },
@@ -578,18 +626,30 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
     if (!MergePrefixSplits<D>(a, w, smem, sh)) return;
   }
   if (!a.plan.fused) return;
-  // The tile's prefix states are complete: one arrival for each member's (sequence, KV head).
-  for (int m = 0; m < w.members; ++m) {
+  // The tile's prefix states are complete: one arrival at each member's (sequence, KV head)
+  // counter, all members at once (a thread each); this CTA then merges, in one MergeRows, the
+  // sequences whose last arrival it was.
+  __threadfence();
+  if (threadIdx.x == 0) sh.n_final = 0;
+  __syncthreads();
+  for (int m = threadIdx.x; m < w.members; m += kThreads) {
     const int seq = a.layout.member_seq[w.first_slot + m];
-    const int expected = cs::SequenceArrivals(seq, a.plan, a.dims, a.layout, a.kv_lens);
-    if (ArriveLast(a.seq_counters + static_cast<int64_t>(seq) * a.dims.kv_heads + w.head, expected,
-                   &sh.flag)) {
-      FinalMerge<D>(a, seq, w.head, smem, sh);
+    int n_act = 1;
+    const int expected = cs::SequenceArrivals(seq, a.plan, a.dims, a.layout, a.kv_lens, &n_act);
+    uint32_t* counter = a.seq_counters + static_cast<int64_t>(seq) * a.dims.kv_heads + w.head;
+    const uint32_t prev = atomicAdd(counter, 1u);
+    if (prev + 1 == static_cast<uint32_t>(expected)) {
+      atomicExch(counter, 0u);
+      NoteFinal(a, atomicAdd(&sh.n_final, 1), seq, n_act, sh);
     }
   }
+  __syncthreads();
+  if (sh.n_final == 0) return;
+  __threadfence();
+  FinalMerges<D>(a, w.head, smem, sh);
 }
 
-template <int D>
+template <int D, int QP>
 __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shared& sh) {
   const cs::SuffixWork w = cs::ResolveSuffix(id, a.plan, a.dims, a.layout, a.kv_lens);
   if (!w.active) return;
@@ -601,7 +661,7 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
     sh.row_q[r] = r < group ? row0 + r : -1;
   }
   __syncthreads();
-  ComputeChunk<D>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16, smem, sh);
+  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16, smem, sh);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
       group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
@@ -609,19 +669,24 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   const int expected = cs::SequenceArrivals(w.seq, a.plan, a.dims, a.layout, a.kv_lens);
   if (ArriveLast(a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head, expected,
                  &sh.flag)) {
-    FinalMerge<D>(a, w.seq, w.head, smem, sh);
+    if (threadIdx.x == 0) {
+      sh.n_final = 1;
+      NoteFinal(a, 0, w.seq, w.n_active, sh);
+    }
+    __syncthreads();
+    FinalMerges<D>(a, w.head, smem, sh);
   }
 }
 
-template <int D>
+template <int D, int QP>
 __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ Shared sh;
   const int cta = static_cast<int>(blockIdx.x);
   if (cta < a.plan.suf_ctas) {
-    RunSuffix<D>(a, cta, smem, sh);
+    RunSuffix<D, QP>(a, cta, smem, sh);
   } else {
-    RunPrefix<D>(a, cta - a.plan.suf_ctas, smem, sh);
+    RunPrefix<D, QP>(a, cta - a.plan.suf_ctas, smem, sh);
   }
 }
 
@@ -632,8 +697,13 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a)
 
 // CTAs of CascadeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
-  static ResidentCtas ctas("CascadeAttention", reinterpret_cast<const void*>(CascadeKernel<64>), Cfg<64>::kSmemBytes,
-                           reinterpret_cast<const void*>(CascadeKernel<128>), Cfg<128>::kSmemBytes, kThreads);
+  // The 2-part variants have the same shared memory and launch bounds as the 3-part ones.
+  static ResidentCtas ctas("CascadeAttention",
+                           reinterpret_cast<const void*>(CascadeKernel<64, 3>), Cfg<64>::kSmemBytes,
+                           reinterpret_cast<const void*>(CascadeKernel<128, 3>),
+                           Cfg<128>::kSmemBytes, kThreads,
+                           reinterpret_cast<const void*>(CascadeKernel<64, 2>),
+                           reinterpret_cast<const void*>(CascadeKernel<128, 2>));
   return ctas.For(head_dim);
 }
 
@@ -800,13 +870,18 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   a.block_div = FastDivisor(static_cast<uint32_t>(cache.block_size));
   a.block_size = cache.block_size;
   a.max_blocks_per_seq = p.max_blocks_per_seq;
-  a.q_parts = p.q_parts;
   a.q_scale = p.scale * kLog2e;
   const unsigned grid = static_cast<unsigned>(ctas);
   if (cache.head_dim == 128) {
-    CascadeKernel<128><<<grid, kThreads, Cfg<128>::kSmemBytes, stream>>>(a);
+    if (p.q_parts == 2) {
+      CascadeKernel<128, 2><<<grid, kThreads, Cfg<128>::kSmemBytes, stream>>>(a);
+    } else {
+      CascadeKernel<128, 3><<<grid, kThreads, Cfg<128>::kSmemBytes, stream>>>(a);
+    }
+  } else if (p.q_parts == 2) {
+    CascadeKernel<64, 2><<<grid, kThreads, Cfg<64>::kSmemBytes, stream>>>(a);
   } else {
-    CascadeKernel<64><<<grid, kThreads, Cfg<64>::kSmemBytes, stream>>>(a);
+    CascadeKernel<64, 3><<<grid, kThreads, Cfg<64>::kSmemBytes, stream>>>(a);
   }
   MM_CUDA_CHECK(cudaGetLastError());
 }

@@ -52,7 +52,8 @@ constexpr int kStageTokens = 64;              // tokens of one pipeline stage (4
 constexpr int kMinChunk = kStageTokens;       // fewest positions a split is given
 constexpr int kMaxPrefixSplits = 256;
 constexpr int kMaxSuffixSplits = 32;
-constexpr int kSingleLevelMaxSplits = 12;     // above: splits merge in groups of ~sqrt, then groups
+constexpr int kSingleLevelMaxSplits = 16;     // above: splits merge in groups of ~sqrt, then groups
+constexpr int kShortSplitTokens = 512;        // see MakePlan
 constexpr int kMaxMergeInputs = 16;           // max(group size, groups) of a two-level merge
 constexpr int kCounterSlots = kMaxMergeInputs + 1;  // per prefix tile: groups, then the top
 constexpr int kMaxFinalInputs = kMaxSuffixSplits + kCascadeMaxDepth;
@@ -261,6 +262,13 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
   }
   p.pre_splits = static_cast<int>(
       std::clamp<int64_t>(pre_units > 0 ? pre_slots / pre_units : 1, 1, pre_cap));
+  // A short range takes at most kSingleLevelMaxSplits splits while each gets at most
+  // kShortSplitTokens positions: the tile then merges in one level, which costs less than the
+  // shorter chunks of more splits save.
+  if (p.pre_splits > kSingleLevelMaxSplits &&
+      ChunkTokens(std::max(b.max_shared_len, 1), kSingleLevelMaxSplits) <= kShortSplitTokens) {
+    p.pre_splits = kSingleLevelMaxSplits;
+  }
   p.pre_chunk = ChunkTokens(std::max(b.max_shared_len, 1), p.pre_splits);
   p.pre_merge_group = MergeGroupSize(p.pre_splits);
 
@@ -357,12 +365,14 @@ MM_CASCADE_HD int Depth(int seq, const LayoutView& l) {
   return n;
 }
 
-// Arrivals that complete the merge of (seq, KV head): its active suffix splits, plus (fused) one
-// per level containing it (from the prefix tile holding its rows, once that tile is merged).
+// Arrivals that complete the merge of (seq, KV head): its active suffix splits (also stored in
+// *n_suffix when given), plus (fused) one per level containing it (from the prefix tile holding
+// its rows, once that tile is merged).
 MM_CASCADE_HD int SequenceArrivals(int seq, const Plan& p, const Dims& d, const LayoutView& l,
-                                   const int32_t* kv_lens) {
+                                   const int32_t* kv_lens, int* n_suffix = nullptr) {
   int start = 0, len = 0, n_active = 1, chunk = 0;
   SuffixRange(seq, p, d, l, kv_lens, &start, &len, &n_active, &chunk);
+  if (n_suffix != nullptr) *n_suffix = n_active;
   return n_active + (p.fused ? Depth(seq, l) : 0);
 }
 

@@ -263,7 +263,8 @@ TEST(CascadePlan, EveryRowAndPositionOnceAndEveryMergeCompletes) {
 
 TEST(CascadePlan, FlashInferShapePlans) {
   // 8 members x 8 query heads over 4000 shared positions, 1 KV head, on 264 resident CTAs: the
-  // single 64-row tile's work must still be spread (16-row tiles x splits) to fill the GPU.
+  // single 64-row tile's work must still be spread (16-row tiles x splits), with as many splits
+  // as one merge level takes while each split's share stays short.
   CascadeBounds b;
   b.batch = 8;
   b.n_heads = 8;
@@ -275,7 +276,9 @@ TEST(CascadePlan, FlashInferShapePlans) {
   const cs::Plan fused = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, {});
   EXPECT_EQ(fused.pre_tile_rows, 16);
   EXPECT_EQ(fused.pre_tiles, 4);
-  EXPECT_GE(fused.pre_ctas + fused.suf_ctas, 132);
+  EXPECT_EQ(fused.pre_splits, cs::kSingleLevelMaxSplits);
+  EXPECT_EQ(fused.pre_merge_group, fused.pre_splits);  // one merge level
+  EXPECT_LE(fused.pre_chunk, cs::kShortSplitTokens);
   EXPECT_LE(fused.pre_ctas + fused.suf_ctas, 264);
   // 64 members x 8 heads over 32K positions: 64-row tiles (the shared KV is re-read per tile).
   b.batch = b.max_members = 64;
