@@ -7,11 +7,14 @@
 //     bytes per second as a fraction of it (goal >= 80%);
 //   - oneDNN matmul (bf16, and int8 with per-channel scales) doing the same FFN on the same
 //     routing and the same kind of weight ring: time ratio ours / oneDNN (goal < 1 for decode);
-//   - AVX-512 vs AMX on one expert and one thread, for the AMX threshold (ChoosePath).
+//   - AVX-512 vs AMX on one expert and one thread per weight format: the AMX thresholds of
+//     ChoosePath, by the routine the expert pool runs at load (kernels/cpu/path_threshold.h).
 //
 //   build/bin/bench_expert_ffn [--quick] [--shapes qwen3-30b-a3b,...] [--formats bf16,...]
 //       [--tokens 1,8,64,512] [--threads N] [--max_gib 8] [--min_time 0.5] [--skew 0.8]
-//       [--amx_threshold N] [--no_onednn] [--no_pin]
+//       [--amx_threshold N] [--no_onednn] [--no_pin] [--phases]
+//   --phases: after each of our rows, the shares of step time in gather, GateUp, barrier wait,
+//   Down, weighted sum and the rest (bench/cpu_moe_step.h PhaseTimes), over the timed steps.
 #include <omp.h>
 
 #include <algorithm>
@@ -38,6 +41,7 @@
 #include "common/thread_pool.h"
 #include "common/topology.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/path_threshold.h"
 
 namespace moemesh::bench {
 namespace {
@@ -73,6 +77,7 @@ struct Flags {
   bool onednn = true;
   bool pin = true;
   bool quick = false;
+  bool phases = false;      // per row: shares of step time in gather, GateUp, wait, Down, sum
 };
 
 std::vector<std::string> SplitList(const char* s) {
@@ -96,6 +101,7 @@ std::optional<Flags> ParseFlags(int argc, char** argv) {
     if (a == "--quick") continue;
     if (a == "--no_onednn") { f.onednn = false; continue; }
     if (a == "--no_pin") { f.pin = false; continue; }
+    if (a == "--phases") { f.phases = true; continue; }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "flag %s: missing value (or unknown flag)\n", a.c_str());
       return std::nullopt;
@@ -145,72 +151,64 @@ std::vector<float> RandomUniform(size_t n, float bound, uint64_t seed) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// AMX threshold: AVX-512 vs AMX on one (4096, 1536) expert, one thread, cache-warm weights.
+// AMX thresholds, one per weight format of --formats: the expert pool's own measurement
+// (cpu::MeasurePathThreshold, AMX against AVX-512, one thread, weights in cache) on one
+// (4096, 1536) expert; the rows below run with them.
 
-double TimeExpert(const cpu::PackedExpert& e, const float* x, int64_t n, cpu::CpuPath path,
-                  double min_time) {
-  std::vector<float> y(static_cast<size_t>(n * e.hidden));
-  std::vector<float> w(n, 1.0f);
-  cpu::Scratch scratch;
-  cpu::ExpertFfn(e, x, n, w.data(), y.data(), path, scratch);  // warm
-  double best = 1e30, total = 0;
-  for (int r = 0; r < 3 || total < min_time; ++r) {
-    const auto start = Clock::now();
-    cpu::ExpertFfn(e, x, n, w.data(), y.data(), path, scratch);
-    const double s = Seconds(Clock::now() - start);
-    best = std::min(best, s);
-    total += s;
+void MeasureAmxThresholds(const Flags& flags) {
+  std::printf("\n== AMX thresholds: cpu::MeasurePathThreshold (AMX against AVX-512), "
+              "one (4096, 1536) expert, one thread ==\n");
+  std::vector<cpu::FormatSpec> kinds;  // the first format of each kind (group sizes share it)
+  for (const std::string& name : flags.formats) {
+    const cpu::FormatSpec spec = *cpu::ParseFormat(name);
+    bool seen = false;
+    for (const cpu::FormatSpec& k : kinds) seen |= k.format == spec.format;
+    if (!seen) kinds.push_back(spec);
   }
-  return best;
-}
-
-void MeasureAmxThreshold(const Flags& flags) {
-  std::printf("\n== AMX threshold: AVX-512 vs AMX, one (4096, 1536) expert, one thread, weights in cache ==\n");
   if (flags.amx_threshold > 0) {
-    cpu::SetAmxThreshold(flags.amx_threshold);
-    std::printf("set by --amx_threshold: AMX from %d tokens per expert\n", flags.amx_threshold);
+    for (const cpu::FormatSpec& k : kinds) cpu::SetAmxThreshold(k.format, flags.amx_threshold);
+    std::printf("set by --amx_threshold: AMX from %d tokens per expert for every format\n",
+                flags.amx_threshold);
     return;
   }
   if (!cpu::PathSupported(cpu::CpuPath::kAmx)) {
-    std::printf("skipped: this CPU (or its OS) has no AMX; ChoosePath never picks AMX here "
-                "(compiled-in threshold %lld tokens)\n",
-                static_cast<long long>(cpu::AmxThreshold()));
-    return;
-  }
-  if (!cpu::PathSupported(cpu::CpuPath::kAvx512)) {
-    std::printf("skipped: AMX without AVX-512?\n");
+    std::printf("skipped: this CPU (or its OS) has no AMX; ChoosePath picks %s for every "
+                "token count\n", cpu::PathName(cpu::ChoosePath(cpu::FormatSpec{}, 1)));
     return;
   }
   const int64_t h = 4096, inter = 1536;
   const std::vector<float> gate = RandomUniform(h * inter, 1.0f / std::sqrt(h), 11);
   const std::vector<float> up = RandomUniform(h * inter, 1.0f / std::sqrt(h), 12);
   const std::vector<float> down = RandomUniform(h * inter, 1.0f / std::sqrt(inter), 13);
-  const std::vector<float> x = RandomUniform(32 * h, 1.0f, 14);
-  const int counts[] = {1, 2, 4, 8, 16, 32};
-  int64_t threshold = 0;
-  for (const char* name : {"bf16", "int8-g128"}) {
-    const cpu::FormatSpec spec = *cpu::ParseFormat(name);
+  std::string summary;
+  for (const cpu::FormatSpec& spec : kinds) {
+    const std::string name = spec.Name();
     const cpu::PackedExpert e = cpu::PackExpert(gate.data(), up.data(), down.data(), h, inter, spec);
-    std::printf("%-10s %8s %14s %14s %12s\n", "format", "tokens", "avx512 us", "amx us", "amx/avx512");
-    int64_t crossover = 0;  // smallest count from which AMX stays faster
-    for (int n : counts) {
-      const double avx = TimeExpert(e, x.data(), n, cpu::CpuPath::kAvx512, 0.1);
-      const double amx = TimeExpert(e, x.data(), n, cpu::CpuPath::kAmx, 0.1);
-      std::printf("%-10s %8d %14.1f %14.1f %12.2f\n", name, n, avx * 1e6, amx * 1e6, amx / avx);
-      if (amx < avx && crossover == 0) crossover = n;
-      if (amx >= avx) crossover = 0;
+    const absl::StatusOr<cpu::PathThreshold> r =
+        cpu::MeasurePathThreshold(e, cpu::CpuPath::kAmx, cpu::CpuPath::kAvx512);
+    if (!r.ok()) {
+      std::printf("%s: %s (threshold stays %lld)\n", name.c_str(), r.status().ToString().c_str(),
+                  static_cast<long long>(cpu::AmxThreshold(spec.format)));
+      continue;
     }
-    if (crossover == 0) {
-      std::printf("%s: AMX is not faster up to 32 tokens per expert\n", name);
-      crossover = 64;
-    } else {
-      std::printf("%s: crossover at %lld tokens per expert\n", name, static_cast<long long>(crossover));
+    std::printf("%-10s %8s %14s %14s %12s\n", "format", "tokens", "avx512 us", "amx us",
+                "amx/avx512");
+    for (const cpu::PathTiming& t : r->timings) {
+      std::printf("%-10s %8lld %14.1f %14.1f %12.2f\n", name.c_str(),
+                  static_cast<long long>(t.tokens), t.seconds_b * 1e6, t.seconds_a * 1e6,
+                  t.seconds_a / t.seconds_b);
     }
-    threshold = std::max(threshold, crossover);
+    const std::string from = r->never() ? "never" : std::to_string(r->from_tokens);
+    std::printf("%s: AMX from %s tokens per expert (measured in %.0f ms on %.1f MiB: GateUp "
+                "rows [0, %lld), Down rows [0, %lld))\n",
+                cpu::WeightFormatName(spec.format), from.c_str(), r->seconds * 1e3,
+                Mib(r->weight_bytes), static_cast<long long>(r->gate_up_rows),
+                static_cast<long long>(r->down_rows));
+    cpu::SetAmxThreshold(spec.format, r->from_tokens);
+    summary += std::string(summary.empty() ? "" : ", ") + cpu::WeightFormatName(spec.format) +
+               " " + from;
   }
-  cpu::SetAmxThreshold(threshold);
-  std::printf("SetAmxThreshold(%lld): the larger crossover of the two formats (one threshold for all)\n",
-              static_cast<long long>(threshold));
+  std::printf("AMX thresholds (tokens per expert): %s\n", summary.c_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,6 +332,15 @@ uint64_t RingTarget(const Context& c, uint64_t budget) {
   return std::min(want, budget);
 }
 
+void PrintPhases(const PhaseTimes& p) {
+  if (p.steps == 0 || p.total <= 0) return;
+  auto pct = [&](double v) { return 100 * v / p.total; };
+  std::printf("%-10s phases over %lld steps: gather %.1f%%, GateUp %.1f%%, barrier wait %.1f%%, "
+              "Down %.1f%%, weighted sum %.1f%%, other %.1f%% (mean step %.3f ms)\n",
+              "", static_cast<long long>(p.steps), pct(p.gather), pct(p.gate_up), pct(p.wait),
+              pct(p.down), pct(p.sum), pct(p.other()), 1e3 * p.total / p.steps);
+}
+
 void RunShape(Context& c, const MoeShape& s) {
   const Flags& f = c.flags;
   const int max_tokens = *std::max_element(f.tokens.begin(), f.tokens.end());
@@ -408,9 +415,12 @@ void RunShape(Context& c, const MoeShape& s) {
                 static_cast<double>(experts.ring_bytes()) / c.llc.bytes_total, read_gbps,
                 experts.ring_bytes() < 2 * c.llc.bytes_total ? "  WARNING: < 2x LLC, some reads hit the cache" : "");
     CpuMoeStep step(*c.pool, s.hidden, s.intermediate);
+    step.set_phases(f.phases);
     std::vector<const cpu::PackedExpert*> slots;
     for (int tokens : f.tokens) {
+      int steps_prepared = 0;
       const Timing t = TimeSteps(data, tokens, f, [&](const Routed& r) {
+        if (++steps_prepared == 2) step.ResetPhases();  // count the timed steps only
         slots.clear();
         for (int64_t g = 0; g < r.groups.count(); ++g) slots.push_back(experts.Next());
       }, [&](const Routed& r, float* out) { step.Run(r.routing, r.groups, slots, data.x(tokens), out); });
@@ -432,6 +442,7 @@ void RunShape(Context& c, const MoeShape& s) {
         std::printf(" %-11s %9.3f %8.1f %9.1f %7.2f %9.2e\n", type == 0 ? "onednn-bf16" : "onednn-int8",
                     p.seconds_per_step * 1e3, pgbps, pflops / 1e9, ratio, RelativeDiff(t.first_out, p.first_out));
       }
+      if (f.phases) PrintPhases(step.phases());
       if (tokens <= 8) {
         c.decode_rows.push_back({std::string(s.name) + " " + name + " x" + std::to_string(tokens),
                                  gbps / read_gbps, ratio});
@@ -519,10 +530,11 @@ int main(int argc, char** argv) {
               Gib(MemAvailableBytes()), paths.c_str(), threads,
               options.cpusets.empty() ? "not pinned" : "background threads pinned one per core",
               omp_get_max_threads(), LoadAverage().c_str());
-  std::printf("flags: shapes %s; formats %s; tokens %s; max_gib %.1f; min_time %.2f s; skew %.2f; onednn %s\n",
+  std::printf("flags: shapes %s; formats %s; tokens %s; max_gib %.1f; min_time %.2f s; skew %.2f; "
+              "onednn %s; phases %s\n",
               absl::StrJoin(c.flags.shapes, ",").c_str(), absl::StrJoin(c.flags.formats, ",").c_str(),
               absl::StrJoin(c.flags.tokens, ",").c_str(), c.flags.max_gib, c.flags.min_time, c.flags.skew,
-              c.flags.onednn ? "on" : "off");
+              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off");
 
   const uint64_t bw_bytes = std::min<uint64_t>(std::max<uint64_t>(4 * c.llc.bytes_total, 1ull << 30),
                                                static_cast<uint64_t>(c.flags.max_gib * (1ull << 30)) / 2);
@@ -539,7 +551,7 @@ int main(int argc, char** argv) {
               threads, Gib(bw.buffer_bytes), static_cast<double>(bw.buffer_bytes) / c.llc.bytes_total, bw.loads,
               bw.best_gbps, bw.median_gbps, bw.passes);
 
-  MeasureAmxThreshold(c.flags);
+  MeasureAmxThresholds(c.flags);
 
   std::printf("\nEach row: one MoE layer step (gather, GateUp, Down, weighted sum) over `tok` tokens, skewed\n"
               "top-k routing (Zipf exponent %.2f, fixed seed), each routed expert's weights taken from the\n"

@@ -48,6 +48,9 @@ ABSL_FLAG(std::string, name, "", "workers: a name for logs");
 ABSL_FLAG(int64_t, memory_limit, 0, "expert workers: bytes of DRAM offered for experts (0: the host's)");
 ABSL_FLAG(int64_t, expert_memory_limit, 0, "serve: --memory_limit of each expert worker");
 ABSL_FLAG(int32_t, threads, 0, "expert workers: compute threads (0: the host's cores)");
+ABSL_FLAG(int64_t, amx_threshold, 0,
+          "expert workers (and serve's): tokens per expert from which the AMX path runs "
+          "(0: measured at load for the weight format)");
 ABSL_FLAG(int32_t, tp, 1, "tensor-parallel size: attention workers");
 ABSL_FLAG(int32_t, expert_workers, 1, "expert workers");
 ABSL_FLAG(int32_t, expert_replicas, 1, "expert workers holding each routed expert");
@@ -96,7 +99,8 @@ const char kUsage[] =
     "                    moemesh generate --server HOST:PORT --prompt TEXT [sampling flags]\n"
     "  coordinator       the coordinator alone (--model, --listen, --tp, --expert_workers)\n"
     "  attention-worker  one tensor-parallel rank (--coordinator HOST:PORT, --listen)\n"
-    "  expert-worker     an expert pool (--coordinator HOST:PORT, --listen, --threads)\n"
+    "  expert-worker     an expert pool (--coordinator HOST:PORT, --listen, --threads,\n"
+    "                    --amx_threshold N: AMX from N tokens per expert, 0: measure at load)\n"
     "  run   generate from a prompt in one process with the reference engine:\n"
     "        moemesh run --model DIR --prompt TEXT [--max_tokens N] [--temperature T]\n"
     "        [--top_k K] [--top_p P] [--min_p P] [--repetition_penalty R]\n"
@@ -224,6 +228,7 @@ int Serve() {
   c.expert_threads = absl::GetFlag(FLAGS_expert_threads);
   c.expert_memory_limit = absl::GetFlag(FLAGS_expert_memory_limit);
   c.expert_format = absl::GetFlag(FLAGS_expert_format);
+  c.expert_amx_threshold = absl::GetFlag(FLAGS_amx_threshold);
   c.gpus = absl::GetFlag(FLAGS_gpus);
   c.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   if (!c.gpus.empty() && static_cast<int>(c.gpus.size()) != c.tp_size) {
@@ -237,6 +242,11 @@ int Serve() {
   }
   if (!CheckExpertFormat("serve", c.expert_format) || !CheckCascade("serve")) return 2;
   if (!CheckPositive("tp", c.tp_size) || !CheckPositive("expert_workers", c.expert_workers)) return 2;
+  if (c.expert_amx_threshold < 0) {
+    std::fprintf(stderr, "moemesh serve: --amx_threshold = %lld must be >= 0 (0: measure)\n",
+                 static_cast<long long>(c.expert_amx_threshold));
+    return 2;
+  }
   const moemesh::SchedulerConfig s = SchedulerFromFlags();
   c.coordinator_flags = {"--kv_blocks=" + std::to_string(s.num_blocks),
                          "--block_size=" + std::to_string(s.block_size),
@@ -308,6 +318,12 @@ int main(int argc, char** argv) {
     w.name = absl::GetFlag(FLAGS_name);
     w.threads = absl::GetFlag(FLAGS_threads);
     w.memory_limit_bytes = static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_memory_limit)));
+    w.amx_threshold = absl::GetFlag(FLAGS_amx_threshold);
+    if (w.amx_threshold < 0) {
+      std::fprintf(stderr, "moemesh %s: --amx_threshold = %lld must be >= 0 (0: measure)\n",
+                   command.c_str(), static_cast<long long>(w.amx_threshold));
+      return 2;
+    }
     w.gpu = absl::GetFlag(FLAGS_gpu);
     w.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     if (w.coordinator.empty()) {

@@ -156,7 +156,8 @@ int ServeCommand(const ServeConfig& cfg) {
     cluster.Start(absl::StrCat("expert worker ", e),
                   {"expert-worker", "--coordinator=" + coordinator, absl::StrCat("--listen=", cfg.host, ":0"),
                    absl::StrCat("--name=expert-", e), absl::StrCat("--threads=", cfg.expert_threads),
-                   absl::StrCat("--memory_limit=", cfg.expert_memory_limit)});
+                   absl::StrCat("--memory_limit=", cfg.expert_memory_limit),
+                   absl::StrCat("--amx_threshold=", cfg.expert_amx_threshold)});
   }
 
   // Ready when the coordinator says so.

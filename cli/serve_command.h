@@ -20,6 +20,7 @@ struct ServeConfig {
   int expert_threads = 0;
   std::string expert_format = "bf16";  // routed experts' weight format (expert_format.h)
   int64_t expert_memory_limit = 0;  // bytes of DRAM each expert worker offers (0: the host's)
+  int64_t expert_amx_threshold = 0;  // each expert worker's --amx_threshold (0: it measures)
   std::vector<std::string> gpus;   // CUDA device of each attention rank (empty: CPU ranks)
   bool cuda_graphs = true;
   std::vector<std::string> coordinator_flags;  // passed through (scheduler and KV settings)

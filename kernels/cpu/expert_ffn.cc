@@ -12,7 +12,15 @@
 namespace moemesh::cpu {
 namespace {
 
-std::atomic<int64_t> amx_threshold{16};
+// Indexed by WeightFormat.
+std::atomic<int64_t> amx_threshold[3] = {kDefaultAmxThreshold, kDefaultAmxThreshold,
+                                         kDefaultAmxThreshold};
+
+std::atomic<int64_t>& ThresholdOf(WeightFormat format) {
+  const int i = static_cast<int>(format);
+  MM_CHECK(i >= 0 && i < 3);
+  return amx_threshold[i];
+}
 
 void CheckRange(int64_t begin, int64_t end, int64_t size) {
   MM_CHECK(0 <= begin && begin <= end && end <= size);
@@ -30,16 +38,33 @@ void CheckExpert(const PackedExpert& e, int64_t n, CpuPath path) {
 
 }  // namespace
 
-CpuPath ChoosePath(int64_t tokens) {
-  if (tokens >= AmxThreshold() && PathSupported(CpuPath::kAmx)) return CpuPath::kAmx;
+CpuPath ChoosePath(const FormatSpec& format, int64_t tokens) {
+  if (tokens >= AmxThreshold(format.format) && PathSupported(CpuPath::kAmx)) return CpuPath::kAmx;
   if (PathSupported(CpuPath::kAvx512)) return CpuPath::kAvx512;
   if (PathSupported(CpuPath::kAvx2)) return CpuPath::kAvx2;
   return CpuPath::kScalar;
 }
 
-void SetAmxThreshold(int64_t tokens) { amx_threshold.store(tokens, std::memory_order_relaxed); }
+void SetAmxThreshold(WeightFormat format, int64_t tokens) {
+  MM_CHECK(tokens >= 1);
+  ThresholdOf(format).store(tokens, std::memory_order_relaxed);
+}
 
-int64_t AmxThreshold() { return amx_threshold.load(std::memory_order_relaxed); }
+int64_t AmxThreshold(WeightFormat format) {
+  return ThresholdOf(format).load(std::memory_order_relaxed);
+}
+
+const char* WeightFormatName(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kBf16:
+      return "bf16";
+    case WeightFormat::kInt8:
+      return "int8";
+    case WeightFormat::kInt4:
+      return "int4";
+  }
+  return "unknown";
+}
 
 void GateUp(const PackedExpert& e, const float* x, int64_t n, int64_t i_begin, int64_t i_end,
             float* h, CpuPath path, Scratch& scratch) {

@@ -92,11 +92,19 @@ enum class CpuPath { kScalar, kAvx2, kAvx512, kAmx };
 const char* PathName(CpuPath path);
 bool PathSupported(CpuPath path);          // CPU features (and, for AMX, the OS granting tiles)
 std::vector<CpuPath> SupportedPaths();
-// The path for an expert with `tokens` tokens: AMX at or above the measured threshold, else
-// AVX-512, AVX2, scalar (the best supported).
-CpuPath ChoosePath(int64_t tokens);
-void SetAmxThreshold(int64_t tokens);      // from bench/expert_ffn's measurement
-int64_t AmxThreshold();
+
+// AMX thresholds: from how many tokens per expert the AMX path beats AVX-512, one per weight
+// format (bf16 splits activations in two, int4 unpacks its weights first, so they differ; the
+// group size shares its format's value). Process-wide, kDefaultAmxThreshold until set: the
+// expert pool measures its format's at load (path_threshold.h) or takes a configured value.
+inline constexpr int64_t kDefaultAmxThreshold = 16;
+inline constexpr int64_t kNeverTokens = INT64_MAX;  // a threshold that is never reached
+// The path for an expert of `format` with `tokens` tokens: AMX at or above the format's
+// threshold, else AVX-512, AVX2, scalar (the best supported).
+CpuPath ChoosePath(const FormatSpec& format, int64_t tokens);
+void SetAmxThreshold(WeightFormat format, int64_t tokens);  // tokens >= 1 (MM_CHECK)
+int64_t AmxThreshold(WeightFormat format);
+const char* WeightFormatName(WeightFormat format);  // "bf16", "int8", "int4"
 
 // Per-thread scratch (activations quantized to u8, intermediate activations, tile buffers).
 // `bytes` is what one GateUp/Down call uses; `h` holds ExpertFfn's intermediate activations.

@@ -1,12 +1,12 @@
 // AVX-512 path of the CPU expert FFN, the decode path: few tokens per expert, bounded by memory
-// bandwidth, so every 64-byte weight line is loaded once per tile of up to kTile tokens and the
-// 16 rows of a row block accumulate in one zmm per token.
+// bandwidth, so every 64-byte weight line is loaded once per tile of up to kTile tokens (and
+// prefetched kPrefetchBytes ahead) and the 16 rows of a row block accumulate in one zmm per token.
 //   bf16: weights widened to fp32 by shifts, FMA with the fp32 activations (no rounding of the
 //         activations: results equal the fp32 reference up to summation order).
 //   int8/int4: activations quantized per (token, group) to u8 with offset 128 (expert_ffn.h),
 //         u8 x s8 dot products with vpdpbusd in int32 per group, the offset removed with the
-//         group sums, then fp32 accumulation with scale_w * sx. int4 nibbles are widened to
-//         int8 in registers.
+//         group sums, then fp32 accumulation with scale_w * sx. int4 nibbles become q + 8 in
+//         [0, 15] in registers, the extra 8 * sum(xu) removed with the activations' group sums.
 // Compiled with AVX-512 flags: call only through expert_ffn.h's dispatch. Calls no C++ library
 // templates or inline functions (only intrinsics, C functions, MatrixView and its own internal
 // code), so no AVX-512 copy of shared inline code can leak into the portable files at link time.
@@ -26,7 +26,23 @@ namespace {
 
 constexpr int kTile = 8;  // tokens per weight pass
 
+// Software prefetch distance in the weight stream. A call reads its row blocks' lines in address
+// order, but with few tokens the kernels consume bytes too fast for the out-of-order window to
+// keep enough DRAM reads in flight: one core streaming experts from DRAM (Zen 4, 38-40 GB/s
+// plain read) reached 15-26 GB/s at 2-4 tokens without it, 30-34 GB/s with it (1 to 8 KiB: the
+// further the better, flat beyond). Only the first token tile of a row block prefetches (later
+// tiles find the next blocks already on their way), and a call prefetches up to this many bytes
+// past its last row block: its neighbour task's lines, read soon anyway. 0 turns it off.
+constexpr int64_t kPrefetchBytes = 8192;
+
 int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <bool kPrefetch>
+inline void PrefetchAhead(const uint8_t* line) {
+  if constexpr (kPrefetch && kPrefetchBytes > 0) {
+    _mm_prefetch(reinterpret_cast<const char*>(line + kPrefetchBytes), _MM_HINT_T0);
+  }
+}
 
 // Activations of one call, prepared for one packed matrix.
 struct Acts {
@@ -34,8 +50,26 @@ struct Acts {
   int64_t ldx = 0;
   const uint8_t* xu = nullptr;  // quantized: [n][cols_padded] u8
   const float* sx = nullptr;    // quantized: [n][groups]
+  const int32_t* xs8 = nullptr;  // int4: [n][groups] 8 * (sum of the group's xu)
   int64_t groups = 0;
 };
+
+// xs8[t][g] = 8 * sum of xu[t][g * group, (g + 1) * group) (group 32 or 128).
+void GroupSums8(const uint8_t* xu, int64_t n, int64_t cols_padded, int group, int32_t* xs8) {
+  const int64_t groups = cols_padded / group;
+  const __mmask64 k = group >= 64 ? ~__mmask64{0} : (__mmask64{1} << group) - 1;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* p = xu + t * cols_padded + g * group;
+      __m512i acc = _mm512_setzero_si512();
+      for (int c = 0; c < group; c += 64) {
+        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(k, p + c),
+                                                    _mm512_setzero_si512()));
+      }
+      xs8[t * groups + g] = static_cast<int32_t>(8 * _mm512_reduce_add_epi64(acc));
+    }
+  }
+}
 
 Acts Prepare(const MatrixView& m, const float* x, int64_t n, int64_t ld, Scratch& scratch) {
   Acts a;
@@ -57,11 +91,17 @@ Acts Prepare(const MatrixView& m, const float* x, int64_t n, int64_t ld, Scratch
   }
   a.groups = m.groups;
   const int64_t xu_bytes = (n * kp + 63) / 64 * 64;
-  uint8_t* xu = ScratchBytes(scratch, xu_bytes + n * a.groups * sizeof(float));
+  const int64_t per_group = n * a.groups * 4;  // sx (float) and xs8 (int32)
+  uint8_t* xu = ScratchBytes(scratch, xu_bytes + 2 * per_group);
   float* sx = reinterpret_cast<float*>(xu + xu_bytes);
   QuantizeActivationsAvx512(x, n, ld, m.cols, kp, m.group, xu, sx);
   a.xu = xu;
   a.sx = sx;
+  if (m.format == WeightFormat::kInt4) {
+    int32_t* xs8 = reinterpret_cast<int32_t*>(xu + xu_bytes + per_group);
+    GroupSums8(xu, n, kp, m.group, xs8);
+    a.xs8 = xs8;
+  }
   return a;
 }
 
@@ -72,7 +112,7 @@ int32_t Load32(const uint8_t* p) {
 }
 
 // out[t][0..15] = row block `lines` . x_t for T tokens, bf16 weights.
-template <int T>
+template <int T, bool kPrefetch>
 void BlockBf16(const uint8_t* lines, int64_t n_lines, const float* x, int64_t ldx, float* out) {
   __m512 even[T];
   __m512 odd[T];
@@ -80,6 +120,7 @@ void BlockBf16(const uint8_t* lines, int64_t n_lines, const float* x, int64_t ld
   for (int t = 0; t < T; ++t) even[t] = odd[t] = _mm512_setzero_ps();
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int64_t p = 0; p < n_lines; ++p) {
+    PrefetchAhead<kPrefetch>(lines + p * 64);
     const __m512i w = _mm512_load_si512(lines + p * 64);
     const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
     const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask));
@@ -95,7 +136,7 @@ void BlockBf16(const uint8_t* lines, int64_t n_lines, const float* x, int64_t ld
 }
 
 // int8 weights: `chains` int32 accumulators per token hide vpdpbusd's latency for few tokens.
-template <int T>
+template <int T, bool kPrefetch>
 void BlockInt8(const uint8_t* lines, const float* scales, const int32_t* sums, int64_t groups,
                int group, const uint8_t* xu, int64_t ldq, const float* sx, int64_t ld_sx,
                float* out) {
@@ -118,6 +159,7 @@ void BlockInt8(const uint8_t* lines, const float* scales, const int32_t* sums, i
     for (int l = 0; l < lines_per_group; l += kChains) {
 #pragma GCC unroll 2
       for (int c = 0; c < kChains; ++c) {
+        PrefetchAhead<kPrefetch>(gl + (l + c) * 64);
         const __m512i w = _mm512_load_si512(gl + (l + c) * 64);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
@@ -139,16 +181,18 @@ void BlockInt8(const uint8_t* lines, const float* scales, const int32_t* sums, i
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
 }
 
-// int4 weights: each line gives two int8 vectors (low nibbles: inputs 8o..8o+3, high nibbles:
-// 8o+4..8o+7), sign-extended as ((nibble ^ 8) - 8), each with its own accumulator.
-template <int T>
+// int4 weights: each line gives two vectors of u = q + 8 in [0, 15] (low nibbles: inputs
+// 8o..8o+3, high nibbles: 8o+4..8o+7), one vpternlog each ((nibble ^ 8) & 15), taken as s8 by
+// vpdpbusd. sum(xu * u) = sum(xu * q) + 8 * sum(xu), so each token's accumulator starts at
+// -128 * group_sum - 8 * sum(xu) (xs8): the same int32 as with sign-extended nibbles.
+template <int T, bool kPrefetch>
 void BlockInt4(const uint8_t* lines, const float* scales, const int32_t* sums, int64_t groups,
-               int group, const uint8_t* xu, int64_t ldq, const float* sx, int64_t ld_sx,
-               float* out) {
+               int group, const uint8_t* xu, int64_t ldq, const float* sx, const int32_t* xs8,
+               int64_t ld_sx, float* out) {
   const int lines_per_group = group / 8;
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+  const __m512i flip = _mm512_set1_epi8(0x08);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
-  const __m512i eight = _mm512_set1_epi8(8);
+  constexpr int kXorAnd = 0x28;  // ternlog imm8 of (a ^ b) & c with a = 0xf0, b = 0xcc, c = 0xaa
   __m512 acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -159,15 +203,16 @@ void BlockInt4(const uint8_t* lines, const float* scales, const int32_t* sums, i
     __m512i hi_acc[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      lo_acc[t] = offset;
+      lo_acc[t] = _mm512_sub_epi32(offset, _mm512_set1_epi32(xs8[t * ld_sx + g]));
       hi_acc[t] = _mm512_setzero_si512();
     }
     const uint8_t* gl = lines + g * lines_per_group * 64;
     const uint8_t* gx = xu + g * group;
     for (int l = 0; l < lines_per_group; ++l) {
-      const __m512i w = _mm512_xor_si512(_mm512_load_si512(gl + l * 64), flip);
-      const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(w, low4), eight);
-      const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(w, 4), low4), eight);
+      PrefetchAhead<kPrefetch>(gl + l * 64);
+      const __m512i w = _mm512_load_si512(gl + l * 64);
+      const __m512i lo = _mm512_ternarylogic_epi32(w, flip, low4, kXorAnd);
+      const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), flip, low4, kXorAnd);
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const uint8_t* xt = gx + t * ldq + 8 * l;
@@ -188,38 +233,46 @@ void BlockInt4(const uint8_t* lines, const float* scales, const int32_t* sums, i
 }
 
 // out[t][r] = row (16 b + r) of m . activation t0 + t, for T tokens.
-template <int T>
+template <int T, bool kPrefetch>
 void RowBlockT(const MatrixView& m, int64_t b, const Acts& a, int64_t t0, float* out) {
   const WeightFormat f = m.format;
   const uint8_t* lines = m.data + b * m.lines * 64;
   if (f == WeightFormat::kBf16) {
-    BlockBf16<T>(lines, m.lines, a.xf + t0 * a.ldx, a.ldx, out);
+    BlockBf16<T, kPrefetch>(lines, m.lines, a.xf + t0 * a.ldx, a.ldx, out);
     return;
   }
   const int64_t at = b * a.groups * kRowBlock;
   const uint8_t* xu = a.xu + t0 * m.cols_padded;
   const float* sx = a.sx + t0 * a.groups;
   if (f == WeightFormat::kInt8) {
-    BlockInt8<T>(lines, m.scales + at, m.sums + at, a.groups, m.group, xu,
-                 m.cols_padded, sx, a.groups, out);
+    BlockInt8<T, kPrefetch>(lines, m.scales + at, m.sums + at, a.groups, m.group, xu,
+                            m.cols_padded, sx, a.groups, out);
   } else {
-    BlockInt4<T>(lines, m.scales + at, m.sums + at, a.groups, m.group, xu,
-                 m.cols_padded, sx, a.groups, out);
+    BlockInt4<T, kPrefetch>(lines, m.scales + at, m.sums + at, a.groups, m.group, xu,
+                            m.cols_padded, sx, a.xs8 + t0 * a.groups, a.groups, out);
   }
 }
 
+template <bool kPrefetch>
+void RowBlockP(const MatrixView& m, int64_t b, const Acts& a, int64_t t0, int tokens,
+               float* out) {
+  switch (tokens) {
+    case 1: return RowBlockT<1, kPrefetch>(m, b, a, t0, out);
+    case 2: return RowBlockT<2, kPrefetch>(m, b, a, t0, out);
+    case 3: return RowBlockT<3, kPrefetch>(m, b, a, t0, out);
+    case 4: return RowBlockT<4, kPrefetch>(m, b, a, t0, out);
+    case 5: return RowBlockT<5, kPrefetch>(m, b, a, t0, out);
+    case 6: return RowBlockT<6, kPrefetch>(m, b, a, t0, out);
+    case 7: return RowBlockT<7, kPrefetch>(m, b, a, t0, out);
+    default: return RowBlockT<8, kPrefetch>(m, b, a, t0, out);
+  }
+}
+
+// Row block b for tokens [t0, t0 + tokens); the first token tile (t0 == 0) prefetches ahead.
 void RowBlock(const MatrixView& m, int64_t b, const Acts& a, int64_t t0, int tokens,
               float* out) {
-  switch (tokens) {
-    case 1: return RowBlockT<1>(m, b, a, t0, out);
-    case 2: return RowBlockT<2>(m, b, a, t0, out);
-    case 3: return RowBlockT<3>(m, b, a, t0, out);
-    case 4: return RowBlockT<4>(m, b, a, t0, out);
-    case 5: return RowBlockT<5>(m, b, a, t0, out);
-    case 6: return RowBlockT<6>(m, b, a, t0, out);
-    case 7: return RowBlockT<7>(m, b, a, t0, out);
-    default: return RowBlockT<8>(m, b, a, t0, out);
-  }
+  if (t0 == 0) return RowBlockP<true>(m, b, a, t0, tokens, out);
+  return RowBlockP<false>(m, b, a, t0, tokens, out);
 }
 
 }  // namespace

@@ -274,20 +274,42 @@ TEST(ExpertFfnTest, ZeroTokensAndNullWeightMeansOne) {
   }
 }
 
-TEST(ExpertFfnTest, ChoosePathFollowsThreshold) {
-  const int64_t saved = AmxThreshold();
-  EXPECT_EQ(saved, 16);
-  SetAmxThreshold(4);
-  EXPECT_EQ(AmxThreshold(), 4);
-  const CpuPath few = ChoosePath(3);
-  const CpuPath many = ChoosePath(4);
-  EXPECT_NE(few, CpuPath::kAmx);
-  EXPECT_TRUE(PathSupported(few));
-  EXPECT_EQ(many == CpuPath::kAmx, PathSupported(CpuPath::kAmx));
-  if (PathSupported(CpuPath::kAvx512)) {
-    EXPECT_EQ(few, CpuPath::kAvx512);
+// One AMX threshold per weight format (group sizes share it): ChoosePath follows each one and
+// never picks AMX where it is not supported.
+TEST(ExpertFfnTest, ChoosePathFollowsPerFormatThresholds) {
+  const WeightFormat kFormats[] = {WeightFormat::kBf16, WeightFormat::kInt8, WeightFormat::kInt4};
+  int64_t saved[3];
+  for (WeightFormat f : kFormats) {
+    saved[static_cast<int>(f)] = AmxThreshold(f);
+    EXPECT_EQ(AmxThreshold(f), kDefaultAmxThreshold) << WeightFormatName(f);
   }
-  SetAmxThreshold(saved);
+  SetAmxThreshold(WeightFormat::kBf16, 4);
+  SetAmxThreshold(WeightFormat::kInt8, 9);
+  SetAmxThreshold(WeightFormat::kInt4, kNeverTokens);
+  EXPECT_EQ(AmxThreshold(WeightFormat::kBf16), 4);
+  EXPECT_EQ(AmxThreshold(WeightFormat::kInt8), 9);
+  EXPECT_EQ(AmxThreshold(WeightFormat::kInt4), kNeverTokens);
+  const bool amx = PathSupported(CpuPath::kAmx);
+  const CpuPath below = ChoosePath(*ParseFormat("bf16"), 1);  // the best non-AMX path
+  EXPECT_NE(below, CpuPath::kAmx);
+  EXPECT_TRUE(PathSupported(below));
+  if (PathSupported(CpuPath::kAvx512)) {
+    EXPECT_EQ(below, CpuPath::kAvx512);
+  }
+  struct Expect {
+    const char* format;
+    int64_t tokens;
+    bool amx;  // where AMX is supported
+  };
+  for (const Expect& e : {Expect{"bf16", 3, false}, Expect{"bf16", 4, true},
+                          Expect{"bf16", 1000, true}, Expect{"int8-g32", 8, false},
+                          Expect{"int8-g128", 8, false}, Expect{"int8-g32", 9, true},
+                          Expect{"int8-g128", 9, true}, Expect{"int4-g32", 9, false},
+                          Expect{"int4-g128", int64_t{1} << 40, false}}) {
+    const CpuPath p = ChoosePath(*ParseFormat(e.format), e.tokens);
+    EXPECT_EQ(p, e.amx && amx ? CpuPath::kAmx : below) << e.format << " tokens " << e.tokens;
+  }
+  for (WeightFormat f : kFormats) SetAmxThreshold(f, saved[static_cast<int>(f)]);
   const auto paths = SupportedPaths();
   ASSERT_FALSE(paths.empty());
   EXPECT_EQ(paths.front(), CpuPath::kScalar);

@@ -67,6 +67,7 @@ absl::StatusOr<std::unique_ptr<ExpertPool>> ExpertPool::Load(
   config.format = format.spec;
   config.nodes = std::move(nodes);
   config.show_progress = options.show_progress;
+  config.amx_threshold = options.amx_threshold;
   MM_ASSIGN_OR_RETURN(std::unique_ptr<NumaExpertPool> pool,
                       NumaExpertPool::Load(model_dir, layer_experts, config));
   return std::unique_ptr<ExpertPool>(std::move(pool));

@@ -31,6 +31,7 @@ struct ExpertPoolOptions {
   // one per core. The fp32 pool uses the total of their threads, pinned to their cpusets.
   std::vector<NumaNodeSpec> nodes;
   bool show_progress = false;   // a progress bar (by bytes) on stderr while loading
+  int64_t amx_threshold = 0;    // packed formats: NumaPoolConfig::amx_threshold (0: measure)
 };
 
 class ExpertPool {

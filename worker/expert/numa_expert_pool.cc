@@ -10,9 +10,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/logging.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "kernels/cpu/path_threshold.h"
 
 namespace moemesh {
 namespace {
@@ -75,6 +77,11 @@ absl::Status CheckConfig(const NumaPoolConfig& cfg) {
                                                      cfg.nodes[n].threads, " threads, expected >= 1"));
     }
   }
+  if (cfg.amx_threshold < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AMX threshold is ", cfg.amx_threshold,
+                     " tokens, expected >= 0 (0: measure)"));
+  }
   if (cfg.format.format != cpu::WeightFormat::kBf16 && cfg.format.group != 32 && cfg.format.group != 128) {
     return absl::InvalidArgumentError(
         absl::StrCat("weight format group is ", cfg.format.group, ", expected 32 or 128"));
@@ -88,6 +95,56 @@ template <class Add>
 void SplitRows(int64_t rows, int64_t pieces, Add add) {
   const int64_t step = std::max<int64_t>(cpu::kRowBlock, RoundUp((rows + pieces - 1) / pieces, cpu::kRowBlock));
   for (int64_t b = 0; b < rows; b += step) add(b, std::min(rows, b + step));
+}
+
+// Sets the AMX threshold of `format` (process-wide) and logs it in one line: `configured` when
+// >= 1, else measured on `sample` (AMX against AVX-512, one thread, a few tens of ms) where AMX
+// runs. A failed measurement keeps the default and says so.
+void ApplyAmxThreshold(const cpu::FormatSpec& format, int64_t configured,
+                       const cpu::PackedExpert* sample) {
+  const bool amx = cpu::PathSupported(cpu::CpuPath::kAmx);
+  const char* other = cpu::PathName(cpu::ChoosePath(format, 0));  // the best path below AMX
+  if (configured > 0) cpu::SetAmxThreshold(format.format, configured);
+  if (!amx) {
+    MM_LOG(INFO) << "AMX not available: " << other << " path for all token counts";
+    return;
+  }
+  if (configured > 0) {
+    MM_LOG(INFO) << "AMX from " << configured << " tokens per expert for " << format.Name()
+                 << " (configured)";
+    return;
+  }
+  const int64_t current = cpu::AmxThreshold(format.format);
+  if (sample == nullptr) {
+    MM_LOG(INFO) << "AMX from " << current << " tokens per expert for " << format.Name()
+                 << " (default: no expert held to measure on)";
+    return;
+  }
+  const absl::StatusOr<cpu::PathThreshold> r =
+      cpu::MeasurePathThreshold(*sample, cpu::CpuPath::kAmx, cpu::CpuPath::kAvx512);
+  if (!r.ok()) {
+    MM_LOG(WARNING) << "AMX threshold not measured (" << r.status() << "): AMX from " << current
+                    << " tokens per expert for " << format.Name();
+    return;
+  }
+  cpu::SetAmxThreshold(format.format, r->from_tokens);
+  std::string ratios;  // AMX time / AVX-512 time per measured count
+  for (const cpu::PathTiming& t : r->timings) {
+    absl::StrAppend(&ratios, ratios.empty() ? "" : ", ", t.tokens, ": ",
+                    absl::StrFormat("%.2f", t.seconds_a / t.seconds_b));
+  }
+  const std::string how =
+      absl::StrFormat("(measured in %.0f ms on %.1f MiB of one expert; AMX/%s time at ",
+                      r->seconds * 1e3, r->weight_bytes / 1048576.0, other) +
+      ratios + " tokens)";
+  if (r->never()) {
+    MM_LOG(INFO) << "AMX not faster than " << other << " up to " << r->timings.back().tokens
+                 << " tokens per expert for " << format.Name() << ": " << other
+                 << " path for all token counts " << how;
+  } else {
+    MM_LOG(INFO) << "AMX from " << r->from_tokens << " tokens per expert for " << format.Name()
+                 << " " << how;
+  }
 }
 
 }  // namespace
@@ -117,6 +174,11 @@ absl::StatusOr<std::unique_ptr<NumaExpertPool>> NumaExpertPool::Load(
   }
   pool->node_bytes_.assign(cfg.nodes.size(), 0);
   MM_RETURN_IF_ERROR(pool->LoadExperts(model_dir, *source));
+  const cpu::PackedExpert* sample = nullptr;  // the first held expert
+  for (const std::vector<Held>& layer : pool->experts_) {
+    if (sample == nullptr && !layer.empty()) sample = &layer.front().packed;
+  }
+  ApplyAmxThreshold(cfg.format, cfg.amx_threshold, sample);  // before the pool's threads spin
   pool->executor_ = std::make_unique<NumaExecutor>(cfg.nodes, pool->hwloc_.get());
   return pool;
 }
@@ -232,7 +294,7 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
     const int32_t p0 = routes_.offsets[s];
     const int32_t p1 = routes_.offsets[s + 1];
     if (p1 == p0) continue;
-    path[s] = cpu::ChoosePath(p1 - p0);
+    path[s] = cpu::ChoosePath(format_, p1 - p0);
     const int node = experts[s].node;
     const int64_t target = 16 * static_cast<int64_t>(executor_->node_threads(node));
     const int64_t pieces = std::max<int64_t>(

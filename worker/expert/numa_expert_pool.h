@@ -26,12 +26,17 @@ struct NumaPoolConfig {
   cpu::FormatSpec format;
   std::vector<NumaNodeSpec> nodes;  // at least one; see NodesFromTopology
   bool show_progress = false;       // a progress bar by bytes on stderr
+  // Tokens per expert from which the AMX path runs, for this format (cpu::SetAmxThreshold:
+  // process-wide). 0: measured at load on a held expert (cpu::MeasurePathThreshold, AMX
+  // against AVX-512) where AMX runs; >= 1: this value, unmeasured.
+  int64_t amx_threshold = 0;
 };
 
 class NumaExpertPool final : public ExpertPool {
  public:
   // As ExpertPool::Load. Experts go to the node with the fewest bytes so far (ties: the lower
-  // node), in (layer, expert) order, so each layer's experts spread over the nodes.
+  // node), in (layer, expert) order, so each layer's experts spread over the nodes. Then sets
+  // the format's AMX threshold (config.amx_threshold) and logs it in one line.
   // INVALID_ARGUMENT for a bad config or expert list (naming the value and the limit).
   static absl::StatusOr<std::unique_ptr<NumaExpertPool>> Load(
       const std::string& model_dir, const std::vector<std::vector<int>>& layer_experts,

@@ -2,6 +2,7 @@
 // determinism across threads and nodes, and how it places experts on nodes.
 #include "worker/expert/numa_expert_pool.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/path_threshold.h"
 #include "model/io/weight_source.h"
 #include "worker/expert/expert_format.h"
 #include "worker/expert/expert_test_util.h"
@@ -268,6 +270,43 @@ TEST(NumaExpertPoolTest, LoadThroughExpertPoolByFormatName) {
   auto bad = ExpertPool::Load(ExpertFixtureDir(), {}, options);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("\"int3\""));
+}
+
+// A configured AMX threshold is set for the pool's format only (any machine: ChoosePath still
+// asks whether AMX runs); 0 measures where AMX runs and leaves the default elsewhere; a
+// negative one is refused.
+TEST(NumaExpertPoolTest, AmxThresholdConfiguredOrMeasured) {
+  const int64_t int8_before = cpu::AmxThreshold(cpu::WeightFormat::kInt8);
+  const int64_t bf16_before = cpu::AmxThreshold(cpu::WeightFormat::kBf16);
+  ExpertPoolOptions options;
+  options.format = "int8-g32";
+  options.nodes = TwoNodes();
+  options.amx_threshold = 7;
+  auto pool = ExpertPool::Load(ExpertFixtureDir(), {}, options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ(cpu::AmxThreshold(cpu::WeightFormat::kInt8), 7);
+  EXPECT_EQ(cpu::AmxThreshold(cpu::WeightFormat::kBf16), bf16_before);
+  cpu::SetAmxThreshold(cpu::WeightFormat::kInt8, int8_before);
+
+  options.format = "bf16";
+  options.amx_threshold = 0;
+  pool = ExpertPool::Load(ExpertFixtureDir(), {}, options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const int64_t measured = cpu::AmxThreshold(cpu::WeightFormat::kBf16);
+  if (cpu::PathSupported(cpu::CpuPath::kAmx)) {
+    const std::vector<int64_t> counts = cpu::PathThresholdOptions().tokens;  // those measured
+    EXPECT_TRUE(measured == cpu::kNeverTokens ||
+                std::find(counts.begin(), counts.end(), measured) != counts.end())
+        << measured;
+  } else {
+    EXPECT_EQ(measured, bf16_before);
+  }
+  cpu::SetAmxThreshold(cpu::WeightFormat::kBf16, bf16_before);
+
+  options.amx_threshold = -1;
+  auto bad = ExpertPool::Load(ExpertFixtureDir(), {}, options);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("AMX threshold is -1"));
 }
 
 }  // namespace

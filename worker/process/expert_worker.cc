@@ -48,8 +48,8 @@ void ReportResidentMemory(const absl::StatusOr<uint64_t>& before, uint64_t weigh
 // Loads the pool on Configure; Dispatch calls wait for nothing: before Configure they fail.
 class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1::ExpertWorker::Service {
  public:
-  ExpertWorkerServices(int threads, HostTopology topology)
-      : threads_(threads), topology_(std::move(topology)) {}
+  ExpertWorkerServices(int threads, int64_t amx_threshold, HostTopology topology)
+      : threads_(threads), amx_threshold_(amx_threshold), topology_(std::move(topology)) {}
 
   grpc::Status Configure(grpc::ServerContext*, const v1::ExpertAssignment* a,
                          v1::ConfigureResponse* response) override {
@@ -67,6 +67,7 @@ class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1:
     options.num_threads = a->threads() > 0 ? a->threads() : threads_;
     options.nodes = NodesFromTopology(topology_, options.num_threads);  // pinned one per core
     options.show_progress = true;
+    options.amx_threshold = amx_threshold_;
     MM_LOG(INFO) << "loading " << count << " experts as " << options.format << " with "
                  << options.num_threads << " threads on " << options.nodes.size() << " NUMA node"
                  << (options.nodes.size() == 1 ? "" : "s");
@@ -96,6 +97,7 @@ class ExpertWorkerServices final : public v1::ExpertControl::Service, public v1:
 
  private:
   const int threads_;
+  const int64_t amx_threshold_;
   const HostTopology topology_;  // one node holding every core when hwloc failed
   std::mutex mu_;
   std::unique_ptr<ExpertPool> pool_;
@@ -119,7 +121,7 @@ int RunExpertWorker(const WorkerProcessConfig& cfg) {
     if (threads <= 0) threads = 1;
     topology.numa_nodes.push_back(NumaNode{-1, threads, threads, 0, {}});
   }
-  ExpertWorkerServices services(threads, std::move(topology));
+  ExpertWorkerServices services(threads, cfg.amx_threshold, std::move(topology));
   grpc::ServerBuilder builder;
   builder.RegisterService(static_cast<v1::ExpertControl::Service*>(&services));
   builder.RegisterService(static_cast<v1::ExpertWorker::Service*>(&services));

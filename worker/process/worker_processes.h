@@ -16,6 +16,8 @@ struct WorkerProcessConfig {
   std::string name;
   int threads = 0;                   // expert workers: compute threads (0: the host's cores)
   uint64_t memory_limit_bytes = 0;   // expert workers: DRAM offered for experts (0: the host's)
+  int64_t amx_threshold = 0;         // expert workers: tokens per expert from which AMX runs
+                                     // (0: measured at load; ExpertPoolOptions::amx_threshold)
   int gpu = -1;                      // attention workers: CUDA device to run on (-1: the CPU)
   bool cuda_graphs = true;           // attention workers on a GPU: capture decode steps
 };
