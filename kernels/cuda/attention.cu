@@ -52,16 +52,22 @@
 namespace moemesh::cuda {
 namespace {
 
+using warp_mma::ClusterSmemAddr;
 using warp_mma::CpAsync16;
 using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
 using warp_mma::EvictFirstPolicy;
 using warp_mma::LdMatrixX4;
+using warp_mma::LoadClusterF32;
+using warp_mma::LoadClusterF32x4;
 using warp_mma::LdMatrixX4Trans;
 using warp_mma::Mma;
 using warp_mma::PackBf16;
+using warp_mma::LaunchDependents;
 using warp_mma::PrefetchL1;
+using warp_mma::PrefetchL2Bulk;
+using warp_mma::WaitForPrerequisites;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair;
 using warp_mma::SplitPair3;
@@ -127,6 +133,9 @@ struct DecodeArgs {
   int32_t cluster;      // > 1: the splits of a pair are one thread-block cluster (of `splits`
                         // CTAs) and merge through distributed shared memory (ClusterMerge)
   float q_scale;        // scale * log2(e)
+  int32_t num_blocks;   // cache blocks in the pools (bounds the L2 prefetch's addresses)
+  int32_t prefetch_tokens;  // > 0: launched to overlap the previous kernel (PDL); first pull
+                            // up to this many tokens of the CTA's share into L2 (PrefetchShare)
 };
 
 // Tokens per split when the attended range is `range`: spread over all splits in whole tiles,
@@ -224,56 +233,104 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
 
 // Cross-split merge inside a thread-block cluster (the `splits` CTAs of one pair): each CTA has
 // its partial state of `rows` rows in its own shared memory (s_part [kRowsPerTile][D] normalised
-// outputs, s_plse [kRowsPerTile] log2-sum-exps, -inf for a CTA without positions). After a
-// cluster barrier, CTA k reads every CTA's LSEs and its own slice of the dimensions from all of
-// them (distributed shared memory) and writes that slice of the output, so the merge needs no
-// global round trip, fence or atomic; a second barrier keeps each CTA's shared memory alive
-// until the others have read it. Called by every thread of every CTA of the cluster.
+// outputs, s_plse [kRowsPerTile] log2-sum-exps, -inf for a CTA without positions, whose s_part
+// is never read as a number). After a cluster barrier, CTA k merges its own slice of the
+// dimensions: one thread per (row, 16-byte chunk of the slice, source CTA), the `lanes` (a power
+// of two >= the cluster size) consecutive threads of a (row, chunk) each loading one source's
+// LSE and chunk from distributed shared memory, then a shuffle max and a shuffle sum. All loads
+// of a pass are in flight at once, so a pass costs one distributed-shared-memory round trip. A
+// second barrier keeps each CTA's shared memory alive until the others have read it. Called by
+// every thread of every CTA of the cluster.
 template <int D>
 __device__ void ClusterMerge(const DecodeArgs& a, int64_t row0, int rows, float* s_part,
-                             float* s_plse, float* s_all_lse) {
+                             float* s_plse) {
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // every CTA's partial state is in its shared memory
   const int n = static_cast<int>(cluster.num_blocks());
   const int rank = static_cast<int>(cluster.block_rank());
-  for (int idx = threadIdx.x; idx < n * kRowsPerTile; idx += kThreads) {
-    const int i = idx / kRowsPerTile, r = idx % kRowsPerTile;
-    s_all_lse[idx] = r < rows ? cluster.map_shared_rank(s_plse, i)[r] : -INFINITY;
-  }
-  __syncthreads();
   constexpr int kQuads = D / 4;
   const int q0 = rank * kQuads / n, q1 = (rank + 1) * kQuads / n;
   const int nq = q1 - q0;
-  for (int item = threadIdx.x; item < rows * nq; item += kThreads) {
-    const int r = item / nq, d4 = q0 + item % nq;
-    float m = -INFINITY;
-    for (int i = 0; i < n; ++i) m = fmaxf(m, s_all_lse[i * kRowsPerTile + r]);
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float sum = 0.f;
-    if (m != -INFINITY) {
-#pragma unroll 4
-      for (int i = 0; i < n; ++i) {
-        const float li = s_all_lse[i * kRowsPerTile + r];
-        if (li == -INFINITY) continue;  // a CTA without positions wrote no output
-        const float w = exp2f(li - m);
-        const float4 x =
-            *reinterpret_cast<const float4*>(cluster.map_shared_rank(s_part, i) + r * D + d4 * 4);
-        sum += w;
-        acc.x = fmaf(w, x.x, acc.x);
-        acc.y = fmaf(w, x.y, acc.y);
-        acc.z = fmaf(w, x.z, acc.z);
-        acc.w = fmaf(w, x.w, acc.w);
+  int lanes = 1;
+  while (lanes < n) lanes *= 2;  // <= 16: divides the warp
+  const int items = rows * nq;
+  const int per_pass = kThreads / lanes;
+  const int src = threadIdx.x % lanes;
+  constexpr int kUnroll = 2;  // items per thread per pass, loaded together
+  for (int base = 0; base < items; base += kUnroll * per_pass) {  // same trips in every thread
+    float li[kUnroll];
+    float4 x[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int item = base + u * per_pass + threadIdx.x / lanes;
+      li[u] = -INFINITY;
+      x[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (item < items && src < n) {
+        const int r = item / nq, d4 = q0 + item % nq;
+        li[u] = LoadClusterF32(ClusterSmemAddr(s_plse + r, src));
+        x[u] = LoadClusterF32x4(ClusterSmemAddr(s_part + r * D + d4 * 4, src));
       }
     }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) =
-        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (d4 == 0 && a.lse != nullptr) {
-      a.lse[row0 + r] = sum > 0.f ? (m + log2f(sum)) * kLn2 : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float m = li[u];
+      for (int off = lanes / 2; off > 0; off /= 2) {
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      }
+      const bool has = li[u] != -INFINITY;  // then m is finite too
+      float w = has ? exp2f(li[u] - m) : 0.f;
+      float4 acc = has ? make_float4(w * x[u].x, w * x[u].y, w * x[u].z, w * x[u].w)
+                       : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int off = lanes / 2; off > 0; off /= 2) {
+        w += __shfl_xor_sync(0xffffffffu, w, off);
+        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+      }
+      const int item = base + u * per_pass + threadIdx.x / lanes;
+      if (item >= items || src != 0) continue;
+      const int r = item / nq, d4 = q0 + item % nq;
+      const float inv = w > 0.f ? 1.f / w : 0.f;
+      *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) =
+          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+      if (d4 == 0 && a.lse != nullptr) {
+        a.lse[row0 + r] = w > 0.f ? (m + log2f(w)) * kLn2 : -INFINITY;
+      }
     }
   }
   cluster.sync();  // no CTA leaves (freeing its shared memory) before the others have read it
+}
+
+// Before waiting for the previous kernel of the stream (programmatic dependent launch): pulls the
+// first a.prefetch_tokens tokens of this CTA's share of K and V into L2, whole cache blocks, one
+// bulk prefetch per (block, K or V). Lengths and table entries are read through L2 only
+// (__ldcg, nothing left in L1) and every address is clamped to the pools, so stale or
+// half-written values cost a useless prefetch and nothing else: the reads that count come after
+// the wait. Called by the whole CTA.
+template <int D>
+__device__ void PrefetchShare(const DecodeArgs& a, int split, int h, int b) {
+  const int capacity = a.max_blocks_per_seq * a.block_size;
+  const int len = min(max(__ldcg(a.kv_lens + b), 0), capacity);
+  const int start = a.window > 0 ? max(0, len - a.window) : 0;
+  const int range = len - start;
+  if (range == 0) return;
+  const int chunk = max(a.chunk, ChunkTokens(range, a.splits));
+  const int lo = start + split * chunk;
+  if (lo >= len) return;
+  const int hi = min(min(lo + chunk, len), lo + a.prefetch_tokens);
+  const int32_t* table = a.block_tables + static_cast<int64_t>(b) * a.max_blocks_per_seq;
+  const int blk_last = static_cast<int>(a.block_div.Div(static_cast<uint32_t>(hi - 1)));
+  const uint32_t bytes = static_cast<uint32_t>(a.block_size) * D * 2;
+  for (int blk = static_cast<int>(a.block_div.Div(static_cast<uint32_t>(lo))) + threadIdx.x;
+       blk <= blk_last; blk += kThreads) {
+    const int32_t id = __ldcg(table + blk);
+    if (id < 0 || id >= a.num_blocks) continue;
+    const int64_t at = (static_cast<int64_t>(id) * a.kv_heads + h) * a.block_size * D;
+    PrefetchL2Bulk(a.k + at, bytes);
+    PrefetchL2Bulk(a.v + at, bytes);
+  }
 }
 
 template <int D>
@@ -301,6 +358,26 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2;  // fragment row (query head within the tile)
   const int t = lane & 3;   // fragment column pair
+  // Launched to overlap the previous kernel: warm L2 while it finishes, then wait for its writes
+  // (q, the appended K/V, the workspace). The next kernel may start once this one's KV stream is
+  // done (LaunchDependents below), so that its start overlaps this one's merges only.
+  if (a.prefetch_tokens > 0) PrefetchShare<D>(a, split, h, b);
+  WaitForPrerequisites();
+
+  // This lane's query values, loaded first: issued after the first KV copies they would wait
+  // behind them in the memory system (measured: up to 5 us on a full-GPU grid).
+  float2 qv[D / 16][2];
+  {
+    const float* qrow = a.q + (row0 + (g < rows ? g : 0)) * D;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        qv[kk][half] = *reinterpret_cast<const float2*>(qrow + kk * 16 + half * 8 + 2 * t);
+      }
+    }
+  }
+
   const int32_t* table = a.block_tables + static_cast<int64_t>(b) * a.max_blocks_per_seq;
   // Clamped to what the block table can address (host check: capacity < 2^31).
   const int capacity = a.max_blocks_per_seq * a.block_size;
@@ -333,8 +410,9 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   float* s_part = reinterpret_cast<float*>(smem) + kWarps * kRowsPerTile * Cfg::kMergeStride;
   if (split >= n_active) {
     if (!cluster_merge) return;
+    LaunchDependents();
     if (threadIdx.x < kRowsPerTile) s_plse[threadIdx.x] = -INFINITY;
-    ClusterMerge<D>(a, row0, rows, s_part, s_plse, s_lse);
+    ClusterMerge<D>(a, row0, rows, s_part, s_plse);
     return;
   }
   const int lo = start + split * chunk;
@@ -412,14 +490,12 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   uint32_t qa2[D / 16][2];
   {
     const bool row_ok = g < rows;
-    const float* qrow = a.q + (row0 + (row_ok ? g : 0)) * D;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int d = kk * 16 + half * 8 + 2 * t;
-        const float x0 = row_ok ? qrow[d] * a.q_scale : 0.f;
-        const float x1 = row_ok ? qrow[d + 1] * a.q_scale : 0.f;
+        const float x0 = row_ok ? qv[kk][half].x * a.q_scale : 0.f;
+        const float x1 = row_ok ? qv[kk][half].y * a.q_scale : 0.f;
         SplitPair3(x0, x1, qa[kk][half * 2], qa[kk][half * 2 + 1], qa2[kk][half]);
       }
     }
@@ -515,6 +591,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     __syncwarp();  // every lane is done with this stage before it is refilled
   }
   CpAsyncWait<0>();
+  LaunchDependents();  // (CTAs that return earlier count as having triggered)
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
 
@@ -575,7 +652,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   }
   if (direct) return;
   if (cluster_merge) {
-    ClusterMerge<D>(a, row0, rows, s_part, s_plse, s_lse);
+    ClusterMerge<D>(a, row0, rows, s_part, s_plse);
     return;
   }
 
@@ -866,6 +943,7 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
   if (!Aligned(cache.k, 16) || !Aligned(cache.v, 16)) {
     Fail("DecodeAttention", "cache pools must be 16-byte aligned");
   }
+  if (!Aligned(p.q, 8)) Fail("DecodeAttention", "q must be 8-byte aligned");
   const int group = p.n_heads / cache.kv_heads;
   const int row_tiles = static_cast<int>(CeilDiv(group, kRowsPerTile));
   const int64_t grid_y = static_cast<int64_t>(cache.kv_heads) * row_tiles;
@@ -902,6 +980,7 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
   a.cluster = UseCluster(cache.head_dim, plan.splits, pairs, slots, p.split_merge) ? plan.splits
                                                                                    : 1;
   a.q_scale = p.scale * kLog2e;
+  a.num_blocks = cache.num_blocks;
   if (plan.splits > 1 && a.cluster == 1) {
     const int64_t rows = static_cast<int64_t>(p.batch) * p.n_heads;
     const size_t partial = PartialBytes(rows, plan.splits, cache.head_dim);
@@ -927,33 +1006,34 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
   }
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(p.batch));
+  cudaLaunchAttribute attrs[2] = {};
+  int n_attrs = 0;
   if (a.cluster > 1) {
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = static_cast<unsigned>(a.cluster);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreads, 1, 1);
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    if (cache.head_dim == 128) {
-      cfg.dynamicSmemBytes = DecodeConfig<128>::kSmemBytes;
-      MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernel<128>, a));
-    } else {
-      cfg.dynamicSmemBytes = DecodeConfig<64>::kSmemBytes;
-      MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernel<64>, a));
-    }
-    return;
+    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[n_attrs].val.clusterDim.x = static_cast<unsigned>(a.cluster);
+    attrs[n_attrs].val.clusterDim.y = 1;
+    attrs[n_attrs].val.clusterDim.z = 1;
+    ++n_attrs;
   }
+  if (p.overlap) {
+    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
+    ++n_attrs;
+    a.prefetch_tokens = std::max(p.overlap_prefetch_tokens, 0);
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.stream = stream;
+  cfg.attrs = attrs;
+  cfg.numAttrs = n_attrs;
   if (cache.head_dim == 128) {
-    DecodeKernel<128><<<grid, kThreads, DecodeConfig<128>::kSmemBytes, stream>>>(a);
+    cfg.dynamicSmemBytes = DecodeConfig<128>::kSmemBytes;
+    MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernel<128>, a));
   } else {
-    DecodeKernel<64><<<grid, kThreads, DecodeConfig<64>::kSmemBytes, stream>>>(a);
+    cfg.dynamicSmemBytes = DecodeConfig<64>::kSmemBytes;
+    MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernel<64>, a));
   }
-  MM_CUDA_CHECK(cudaGetLastError());
 }
 
 int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p) {

@@ -53,6 +53,13 @@ struct DecodeParams {
   // on this GPU (up to 16 on Hopper), else through global memory by the last CTA to finish.
   enum class SplitMerge : int32_t { kAuto = 0, kGlobal = 1, kCluster = 2 };
   SplitMerge split_merge = SplitMerge::kAuto;  // kCluster falls back to kGlobal where unsupported
+  // Programmatic dependent launch: the call's CTAs may start while the previous kernel of the
+  // stream (or graph) is still running. Until that kernel completes they only pull the first
+  // overlap_prefetch_tokens tokens of their share of K/V into L2 (a hint: lengths and tables
+  // read then may be stale without harm), so any earlier kernel may still write q, the cache,
+  // the tables or the lengths. false: an ordinary launch (for timing comparisons).
+  bool overlap = true;
+  int32_t overlap_prefetch_tokens = 256;  // tuning/testing: per CTA; 0 = no prefetch
 };
 
 // Device scratch DecodeAttention needs for these bounds (partial outputs and LSEs of splits, and

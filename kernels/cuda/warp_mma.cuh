@@ -41,6 +41,44 @@ __device__ __forceinline__ void CpAsync16L2(uint32_t dst, const void* src) {
 __device__ __forceinline__ void PrefetchL1(const void* p) {
   asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
 }
+// Pulls `bytes` (a multiple of 16, from a 16-byte aligned address) into L2 without waiting and
+// without touching L1: a hint, so it may target data other kernels are still writing.
+__device__ __forceinline__ void PrefetchL2Bulk(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+
+// Distributed shared memory (thread-block clusters, sm_90+): the address of `p` (this CTA's
+// shared memory) in the shared memory of cluster CTA `rank`, and loads from such an address.
+__device__ __forceinline__ uint32_t ClusterSmemAddr(const void* p, int rank) {
+  uint32_t out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(SmemAddr(p)), "r"(rank));
+  return out;
+}
+__device__ __forceinline__ float LoadClusterF32(uint32_t addr) {
+  float x;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(x) : "r"(addr) : "memory");
+  return x;
+}
+__device__ __forceinline__ float4 LoadClusterF32x4(uint32_t addr) {
+  float4 x;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(x.x), "=f"(x.y), "=f"(x.z), "=f"(x.w)
+               : "r"(addr)
+               : "memory");
+  return x;
+}
+
+// Programmatic dependent launch (sm_90+). LaunchDependents lets the next kernel of the stream,
+// when it was launched with cudaLaunchAttributeProgrammaticStreamSerialization, start its CTAs
+// before this grid ends. WaitForPrerequisites blocks until the kernels this grid depends on
+// have completed and their writes are visible; it returns at once for a grid launched without
+// that attribute. Before it, a kernel may read only what no earlier kernel of the stream writes.
+__device__ __forceinline__ void LaunchDependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+__device__ __forceinline__ void WaitForPrerequisites() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }

@@ -21,6 +21,7 @@
 
 #ifdef MOEMESH_HAVE_CUDA
 #include "kernels/cuda/attention.h"
+#include "tests/conformance/delayed_copy.h"
 #endif
 
 namespace moemesh {
@@ -134,6 +135,8 @@ struct DecodeCase {
   float scale = 0.0f;  // 0 = 1 / sqrt(head_dim)
   float q_stddev = 1.0f;
   bool graph = false;  // also capture into a CUDA graph and replay with new q and lengths
+  bool overlap = true;       // DecodeParams::overlap
+  int prefetch_tokens = 256;  // DecodeParams::overlap_prefetch_tokens
 };
 
 std::ostream& operator<<(std::ostream& os, const DecodeCase& c) { return os << c.name; }
@@ -238,6 +241,8 @@ TEST_P(CudaDecodeAttention, MatchesReference) {
   p.window = c.window;
   p.max_splits = c.max_splits;
   p.split_merge = c.split_merge;
+  p.overlap = c.overlap;
+  p.overlap_prefetch_tokens = c.prefetch_tokens;
 
   const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, n_heads, d, max_kv_len);
   DeviceBuffer<unsigned char> ws(std::max<size_t>(ws_bytes, 1));  // zero-filled
@@ -386,6 +391,18 @@ std::vector<DecodeCase> DecodeCases() {
         Case("b3_ctx2000_kv2_g6_d64_bs7_window300_graph", {2000, 1500, 301}, 2, 6, 64, 7);
     c.window = 300;
     c.graph = true;
+    cases.push_back(c);
+  }
+  {  // an ordinary launch, and an overlapped one that prefetches nothing (the others prefetch)
+    DecodeCase c = Case("b17_ctx1to4099_kv2_g8_d128_bs16_padding_graph_no_overlap",
+                        MixedLens(17, 4099, 6, 5), 2, 8, 128, 16);
+    c.graph = true;
+    c.overlap = false;
+    cases.push_back(c);
+    c = Case("b8_ctx4096_kv1_g8_d128_bs16_graph_no_prefetch", std::vector<int>(8, 4096), 1, 8,
+             128, 16);
+    c.graph = true;
+    c.prefetch_tokens = 0;
     cases.push_back(c);
   }
   return cases;
@@ -642,10 +659,135 @@ TEST(CudaAttention, AppendThenDecode_b2_ctx50_kv2_g6_d64_bs5) {
   ExpectDecodeMatches(out.ToHost(), lse.ToHost(), want, n_heads, d, "append_then_decode");
 }
 
+// An overlapped launch (DecodeParams::overlap) right after a kernel that, after a delay, writes
+// everything the call reads: the queries, the lengths, the block tables and both pools. Before
+// that kernel ends, the device holds other queries, shorter lengths, tables that point at a
+// NaN block and NaN pools, so a call that used anything it read before waiting for the
+// previous kernel fails the comparison. Eager on a stream, then captured with the writer into
+// one graph (a programmatic edge) and replayed.
+struct OverlapCase {
+  std::string name;
+  std::vector<int> kv_lens;
+  int kv_heads, group, head_dim, block_size;
+};
+
+class CudaDecodeOverlap : public ::testing::TestWithParam<OverlapCase> {};
+
+TEST_P(CudaDecodeOverlap, WaitsForThePreviousKernelsWrites) {
+  MM_REQUIRE_CUDA();
+  const OverlapCase& c = GetParam();
+  const int batch = static_cast<int>(c.kv_lens.size());
+  const int n_heads = c.kv_heads * c.group;
+  const int d = c.head_dim;
+  const int max_kv_len = *std::max_element(c.kv_lens.begin(), c.kv_lens.end());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const size_t kv_row = static_cast<size_t>(c.kv_heads) * d;
+  std::vector<std::vector<float>> k(batch), v(batch);
+  for (int b = 0; b < batch; ++b) {
+    k[b] = RandomBf16(c.kv_lens[b] * kv_row, 500 + b);
+    v[b] = RandomBf16(c.kv_lens[b] * kv_row, 600 + b);
+  }
+  const HostCache hc = BuildCache(k, v, c.kv_lens, max_kv_len, c.kv_heads, d, c.block_size, 11);
+  const std::vector<float> q_new = Random(batch * n_heads * d, 700);
+  const std::vector<float> q_old = Random(batch * n_heads * d, 701);
+  std::vector<int32_t> lens_new(c.kv_lens.begin(), c.kv_lens.end()), lens_old(lens_new);
+  for (int32_t& l : lens_old) l /= 2;
+  const std::vector<int32_t> tables_old(hc.tables.size(), 0);  // block 0: NaN until written
+  const std::vector<float> nan_pool(hc.k_pool.size(), std::nanf(""));
+
+  // What the call reads, and the writer's sources.
+  DeviceBuffer<__nv_bfloat16> k_pool(ToBf16Host(nan_pool)), v_pool(ToBf16Host(nan_pool));
+  DeviceBuffer<__nv_bfloat16> k_src(ToBf16Host(hc.k_pool)), v_src(ToBf16Host(hc.v_pool));
+  DeviceBuffer<float> q(q_old), q_src(q_new), out(batch * n_heads * d), lse(batch * n_heads);
+  DeviceBuffer<int32_t> lens(lens_old), lens_src(lens_new), tables(tables_old),
+      tables_src(hc.tables);
+  const cuda_test::CopyRegion regions[4] = {
+      {q.ptr, q_src.ptr, q.n * sizeof(float)},
+      {lens.ptr, lens_src.ptr, lens.n * sizeof(int32_t)},
+      {tables.ptr, tables_src.ptr, tables.n * sizeof(int32_t)},
+      {k_pool.ptr, k_src.ptr, k_pool.n * sizeof(__nv_bfloat16)}};
+  const cuda_test::CopyRegion v_region = {v_pool.ptr, v_src.ptr, v_pool.n * sizeof(__nv_bfloat16)};
+  auto reset = [&] {  // back to the old contents
+    MM_CUDA_CHECK(cudaMemcpy(q.ptr, q_old.data(), q.n * 4, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpy(lens.ptr, lens_old.data(), lens.n * 4, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpy(tables.ptr, tables_old.data(), tables.n * 4, cudaMemcpyHostToDevice));
+    const std::vector<__nv_bfloat16> nan_bf16 = ToBf16Host(nan_pool);
+    MM_CUDA_CHECK(cudaMemcpy(k_pool.ptr, nan_bf16.data(), k_pool.n * 2, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpy(v_pool.ptr, nan_bf16.data(), v_pool.n * 2, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemset(out.ptr, 0xff, out.n * 4));
+    MM_CUDA_CHECK(cudaMemset(lse.ptr, 0xff, lse.n * 4));
+  };
+
+  cuda::PagedKv cache;
+  cache.k = k_pool.ptr;
+  cache.v = v_pool.ptr;
+  cache.num_blocks = hc.num_blocks;
+  cache.block_size = c.block_size;
+  cache.kv_heads = c.kv_heads;
+  cache.head_dim = d;
+  cuda::DecodeParams p;
+  p.q = q.ptr;
+  p.out = out.ptr;
+  p.lse = lse.ptr;
+  p.block_tables = tables.ptr;
+  p.kv_lens = lens.ptr;
+  p.batch = batch;
+  p.n_heads = n_heads;
+  p.max_blocks_per_seq = hc.max_blocks_per_seq;
+  p.max_kv_len = max_kv_len;
+  p.scale = scale;
+  p.overlap = true;
+  const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, n_heads, d, max_kv_len);
+  DeviceBuffer<unsigned char> ws(std::max<size_t>(ws_bytes, 1));
+  const Reference want =
+      ReferenceDecode(q_new, k, v, c.kv_lens, n_heads, c.kv_heads, d, scale, 0);
+
+  cudaStream_t stream;
+  MM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  auto enqueue = [&] {
+    cuda_test::DelayedCopy(&v_region, 1, 0, stream);
+    cuda_test::DelayedCopy(regions, 4, 300, stream);  // the kernel the call overlaps
+    cuda::DecodeAttention(cache, p, ws_bytes ? ws.ptr : nullptr, ws_bytes, stream);
+  };
+  reset();
+  enqueue();
+  MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  ExpectDecodeMatches(out.ToHost(), lse.ToHost(), want, n_heads, d, c.name + " eager");
+  if (HasFatalFailure()) return;
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  enqueue();
+  MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 2; ++replay) {
+    reset();
+    MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    ExpectDecodeMatches(out.ToHost(), lse.ToHost(), want, n_heads, d,
+                        c.name + " graph replay " + std::to_string(replay + 1));
+    if (HasFatalFailure()) break;
+  }
+  MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  MM_CUDA_CHECK(cudaGraphDestroy(graph));
+  MM_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaDecodeOverlap,
+    ::testing::Values(OverlapCase{"b8_ctx4096_kv1_g8_d128_bs16", std::vector<int>(8, 4096), 1, 8,
+                                  128, 16},
+                      OverlapCase{"b17_ctx1to4099_kv2_g8_d128_bs16_padding",
+                                  MixedLens(17, 4099, 5, 5), 2, 8, 128, 16},
+                      OverlapCase{"b3_ctx97_0_2000_kv1_g6_d64_bs7", {97, 0, 2000}, 1, 6, 64, 7}),
+    [](const ::testing::TestParamInfo<OverlapCase>& info) { return info.param.name; });
+
 #else  // !MOEMESH_HAVE_CUDA
 
 TEST(CudaDecodeAttention, MatchesReference) { MM_REQUIRE_CUDA(); }
 TEST(CudaAppendKv, WritesRoundedRowsAtSlots) { MM_REQUIRE_CUDA(); }
+TEST(CudaDecodeOverlap, WaitsForThePreviousKernelsWrites) { MM_REQUIRE_CUDA(); }
 
 #endif  // MOEMESH_HAVE_CUDA
 
