@@ -28,7 +28,8 @@ absl::Status HwlocResult(int rc, const char* expr, const char* file, int line) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(const ThreadPoolOptions& options) : cpusets_(options.cpusets) {
+ThreadPool::ThreadPool(const ThreadPoolOptions& options)
+    : cpusets_(options.cpusets), gate_(ResolveSpinUs(options.spin_us, options.num_threads)) {
   MM_CHECK(options.num_threads >= 1);
   if (!cpusets_.empty() && options.num_threads > 1) {
     hwloc_topology_t topo;
@@ -53,11 +54,7 @@ ThreadPool::ThreadPool(const ThreadPoolOptions& options) : cpusets_(options.cpus
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  wake_.notify_all();
+  gate_.Stop();
   for (std::thread& t : workers_) t.join();
   if (topology_ != nullptr) hwloc_topology_destroy(static_cast<hwloc_topology_t>(topology_));
 }
@@ -101,20 +98,9 @@ void ThreadPool::RunChunks(Job* job) {
 void ThreadPool::WorkerLoop(int index) {
   Pin(index);
   uint64_t seen = 0;
-  for (;;) {
-    Job* job = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-    }
-    RunChunks(job);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--busy_ == 0) done_.notify_one();
-    }
+  while (gate_.WaitForWork(&seen)) {
+    RunChunks(job_);
+    gate_.Leave();
   }
 }
 
@@ -133,17 +119,11 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
   job.fn = &fn;
   job.n = n;
   job.chunk = chunk;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = &job;
-    busy_ = static_cast<int>(workers_.size());
-    ++generation_;
-  }
-  wake_.notify_all();
+  job_ = &job;
+  gate_.Publish(static_cast<int>(workers_.size()));
   RunChunks(&job);
   // Every worker must leave the job before it goes out of scope, even one that found no chunk.
-  std::unique_lock<std::mutex> lock(mu_);
-  done_.wait(lock, [&] { return busy_ == 0; });
+  gate_.WaitDone();
   job_ = nullptr;
 }
 

@@ -1,19 +1,18 @@
 // ThreadPool: a fixed set of threads for data-parallel loops (ParallelFor) with dynamic
-// scheduling, optionally pinned to cpusets through hwloc. Not a task queue: no futures, no
-// per-task allocation. Thread-safety: ParallelFor may be called from ONE thread at a time (the
-// caller serialises, e.g. with a mutex); the caller's thread runs chunks too. `fn` must not
+// scheduling, optionally pinned to cpusets through hwloc. Idle threads poll briefly for the next
+// job before sleeping (WorkerGate), so back-to-back loops skip the wake-up latency. Not a task
+// queue: no futures, no per-task allocation. Thread-safety: ParallelFor may be called from ONE
+// thread at a time (the caller serialises, e.g. with a mutex); the caller's thread runs chunks too. `fn` must not
 // throw and must not call ParallelFor on the same pool.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
+#include "common/worker_gate.h"
 
 namespace moemesh {
 
@@ -23,6 +22,11 @@ struct ThreadPoolOptions {
   // processor (PU) indices in cpusets[i % cpusets.size()]. Empty: no pinning. A failed binding
   // is logged once per pool and otherwise ignored.
   std::vector<std::vector<int>> cpusets;
+  // Microseconds an idle background thread polls for the next job (and the caller for the end
+  // of a job) before sleeping on a condition variable. 0: sleep at once (no spinning; every job
+  // then pays a wake-up per thread). kSpinAuto: kDefaultSpinUs (100) when num_threads is at most
+  // the CPUs this process may use, else 0.
+  int spin_us = kSpinAuto;
 };
 
 class ThreadPool {
@@ -36,6 +40,8 @@ class ThreadPool {
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
   // How many background threads were pinned successfully (0 without cpusets).
   int pinned_threads() const { return pinned_.load(); }
+  // Background threads asleep waiting for a job right now (a snapshot; for tests and stats).
+  int parked_threads() const { return gate_.parked_workers(); }
 
   // Calls fn(begin, end) over disjoint chunks covering [0, n), on the pool's threads and the
   // caller's; returns when every chunk is done. Chunks are handed out from an atomic counter,
@@ -60,13 +66,10 @@ class ThreadPool {
   std::atomic<bool> pin_failure_logged_{false};
   void* topology_ = nullptr;  // hwloc_topology_t when pinning
 
-  std::mutex mu_;
-  std::condition_variable wake_;  // a new job or stop
-  std::condition_variable done_;  // a worker left the current job
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  Job* job_ ABSL_GUARDED_BY(mu_) = nullptr;
-  int busy_ ABSL_GUARDED_BY(mu_) = 0;  // workers still inside job_
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  WorkerGate gate_;
+  // The current job: written by ParallelFor before gate_.Publish, read by workers between
+  // gate_.WaitForWork and gate_.Leave.
+  Job* job_ = nullptr;
 };
 
 }  // namespace moemesh

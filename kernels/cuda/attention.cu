@@ -741,8 +741,10 @@ __global__ void AppendKvKernel(__nv_bfloat16* k_pool, __nv_bfloat16* v_pool, con
 
 // CTAs of DecodeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
-  static ResidentCtas ctas("DecodeAttention", reinterpret_cast<const void*>(DecodeKernel<64>), DecodeConfig<64>::kSmemBytes,
-                           reinterpret_cast<const void*>(DecodeKernel<128>), DecodeConfig<128>::kSmemBytes, kThreads);
+  static ResidentCtas ctas("DecodeAttention", reinterpret_cast<const void*>(DecodeKernel<64>),
+                           DecodeConfig<64>::kSmemBytes,
+                           reinterpret_cast<const void*>(DecodeKernel<128>),
+                           DecodeConfig<128>::kSmemBytes, kThreads);
   return ctas.For(head_dim);
 }
 

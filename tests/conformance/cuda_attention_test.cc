@@ -115,6 +115,36 @@ HostCache BuildCache(const std::vector<std::vector<float>>& k,
   return c;
 }
 
+// The device view of a HostCache uploaded to `k` and `v`.
+cuda::PagedKv DeviceCache(const HostCache& hc, __nv_bfloat16* k, __nv_bfloat16* v) {
+  cuda::PagedKv cache;
+  cache.k = k;
+  cache.v = v;
+  cache.num_blocks = hc.num_blocks;
+  cache.block_size = hc.block_size;
+  cache.kv_heads = hc.kv_heads;
+  cache.head_dim = hc.head_dim;
+  return cache;
+}
+
+// Decode parameters over a HostCache's tables (other fields at their defaults).
+cuda::DecodeParams BasicParams(const HostCache& hc, const float* q, float* out, float* lse,
+                               const int32_t* tables, const int32_t* lens, int batch, int n_heads,
+                               int max_kv_len, float scale) {
+  cuda::DecodeParams p;
+  p.q = q;
+  p.out = out;
+  p.lse = lse;
+  p.block_tables = tables;
+  p.kv_lens = lens;
+  p.batch = batch;
+  p.n_heads = n_heads;
+  p.max_blocks_per_seq = hc.max_blocks_per_seq;
+  p.max_kv_len = max_kv_len;
+  p.scale = scale;
+  return p;
+}
+
 std::vector<float> RandomBf16(size_t n, uint32_t seed) {
   std::vector<float> x = Random(n, seed);
   for (float& f : x) f = RoundBf16(f);
@@ -220,24 +250,9 @@ TEST_P(CudaDecodeAttention, MatchesReference) {
   const std::vector<float> q2 = Random(batch * n_heads * d, 301, c.q_stddev);
   DeviceBuffer<float> q(q1), out(batch * n_heads * d), lse(batch * n_heads);
 
-  cuda::PagedKv cache;
-  cache.k = k_pool.ptr;
-  cache.v = v_pool.ptr;
-  cache.num_blocks = hc.num_blocks;
-  cache.block_size = c.block_size;
-  cache.kv_heads = c.kv_heads;
-  cache.head_dim = d;
-  cuda::DecodeParams p;
-  p.q = q.ptr;
-  p.out = out.ptr;
-  p.lse = lse.ptr;
-  p.block_tables = tables.ptr;
-  p.kv_lens = lens.ptr;
-  p.batch = batch;
-  p.n_heads = n_heads;
-  p.max_blocks_per_seq = hc.max_blocks_per_seq;
-  p.max_kv_len = max_kv_len;
-  p.scale = scale;
+  const cuda::PagedKv cache = DeviceCache(hc, k_pool.ptr, v_pool.ptr);
+  cuda::DecodeParams p = BasicParams(hc, q.ptr, out.ptr, lse.ptr, tables.ptr, lens.ptr, batch,
+                                     n_heads, max_kv_len, scale);
   p.window = c.window;
   p.max_splits = c.max_splits;
   p.split_merge = c.split_merge;
@@ -381,7 +396,8 @@ std::vector<DecodeCase> DecodeCases() {
     cases.push_back(c);
   }
   {  // 5 splits: a cluster whose size does not divide the head dims evenly
-    DecodeCase c = Case("b2_ctx300_290_kv1_g3_d64_bs16_five_splits_graph", {300, 290}, 1, 3, 64, 16);
+    DecodeCase c =
+        Case("b2_ctx300_290_kv1_g3_d64_bs16_five_splits_graph", {300, 290}, 1, 3, 64, 16);
     c.max_splits = 5;
     c.graph = true;
     cases.push_back(c);
@@ -470,24 +486,9 @@ TEST(CudaAttention, WorkspaceSharedAcrossShapesWithoutRezeroing) {
     DeviceBuffer<float> q(qh), out(batch * n_heads * d), lse(batch * n_heads);
     MM_CUDA_CHECK(cudaMemset(out.ptr, 0xff, out.n * 4));  // NaN: every output must be written
     MM_CUDA_CHECK(cudaMemset(lse.ptr, 0xff, lse.n * 4));
-    cuda::PagedKv cache;
-    cache.k = k_pool.ptr;
-    cache.v = v_pool.ptr;
-    cache.num_blocks = hc.num_blocks;
-    cache.block_size = c.block_size;
-    cache.kv_heads = c.kv_heads;
-    cache.head_dim = d;
-    cuda::DecodeParams p;
-    p.q = q.ptr;
-    p.out = out.ptr;
-    p.lse = lse.ptr;
-    p.block_tables = tables.ptr;
-    p.kv_lens = lens.ptr;
-    p.batch = batch;
-    p.n_heads = n_heads;
-    p.max_blocks_per_seq = hc.max_blocks_per_seq;
-    p.max_kv_len = max_kv_len;
-    p.scale = scale;
+    const cuda::PagedKv cache = DeviceCache(hc, k_pool.ptr, v_pool.ptr);
+    cuda::DecodeParams p = BasicParams(hc, q.ptr, out.ptr, lse.ptr, tables.ptr, lens.ptr, batch,
+                                       n_heads, max_kv_len, scale);
     p.window = c.window;
     p.max_splits = c.max_splits;
     const std::string what = "call " + std::to_string(n + 1) + " (" + c.name + ")";
@@ -718,24 +719,9 @@ TEST_P(CudaDecodeOverlap, WaitsForThePreviousKernelsWrites) {
     MM_CUDA_CHECK(cudaMemset(lse.ptr, 0xff, lse.n * 4));
   };
 
-  cuda::PagedKv cache;
-  cache.k = k_pool.ptr;
-  cache.v = v_pool.ptr;
-  cache.num_blocks = hc.num_blocks;
-  cache.block_size = c.block_size;
-  cache.kv_heads = c.kv_heads;
-  cache.head_dim = d;
-  cuda::DecodeParams p;
-  p.q = q.ptr;
-  p.out = out.ptr;
-  p.lse = lse.ptr;
-  p.block_tables = tables.ptr;
-  p.kv_lens = lens.ptr;
-  p.batch = batch;
-  p.n_heads = n_heads;
-  p.max_blocks_per_seq = hc.max_blocks_per_seq;
-  p.max_kv_len = max_kv_len;
-  p.scale = scale;
+  const cuda::PagedKv cache = DeviceCache(hc, k_pool.ptr, v_pool.ptr);
+  cuda::DecodeParams p = BasicParams(hc, q.ptr, out.ptr, lse.ptr, tables.ptr, lens.ptr, batch,
+                                     n_heads, max_kv_len, scale);
   p.overlap = true;
   const size_t ws_bytes = cuda::DecodeWorkspaceBytes(batch, n_heads, d, max_kv_len);
   DeviceBuffer<unsigned char> ws(std::max<size_t>(ws_bytes, 1));

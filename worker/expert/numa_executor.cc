@@ -31,36 +31,45 @@ std::vector<NumaNodeSpec> NodesFromTopology(const HostTopology& topology, int to
   return out;
 }
 
-NumaExecutor::NumaExecutor(const std::vector<NumaNodeSpec>& nodes, Hwloc* hwloc)
+NumaExecutor::NumaExecutor(const std::vector<NumaNodeSpec>& nodes, Hwloc* hwloc, int spin_us)
     : hwloc_(hwloc), specs_(nodes) {
   MM_CHECK(!nodes.empty());
   const bool drivers = nodes.size() > 1;
+  int total_threads = 0;
   for (const NumaNodeSpec& spec : nodes) {
     MM_CHECK(spec.threads >= 1);
+    total_threads += spec.threads;
+  }
+  spin_us = ResolveSpinUs(spin_us, total_threads);
+  for (const NumaNodeSpec& spec : nodes) {
     ThreadPoolOptions options;
     options.num_threads = spec.threads;
     // With a driver per node, the driver is the pool's caller: background thread i takes
     // cpusets[i] and the driver the next one, so every thread has its own core.
     options.cpusets = spec.cpusets;
+    options.spin_us = spin_us;
     pools_.push_back(std::make_unique<ThreadPool>(options));
   }
   if (drivers) {
+    gate_ = std::make_unique<WorkerGate>(spin_us);
     for (int n = 0; n < num_nodes(); ++n) drivers_.emplace_back([this, n] { DriverLoop(n); });
   }
 }
 
 NumaExecutor::~NumaExecutor() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  wake_.notify_all();
+  if (gate_ != nullptr) gate_->Stop();
   for (std::thread& t : drivers_) t.join();
 }
 
 int NumaExecutor::num_threads() const {
   int n = 0;
   for (const auto& p : pools_) n += p->num_threads();
+  return n;
+}
+
+int NumaExecutor::parked_threads() const {
+  int n = gate_ != nullptr ? gate_->parked_workers() : 0;
+  for (const auto& p : pools_) n += p->parked_threads();
   return n;
 }
 
@@ -84,18 +93,9 @@ void NumaExecutor::DriverLoop(int node) {
     }
   }
   uint64_t seen = 0;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-    }
+  while (gate_->WaitForWork(&seen)) {
     RunNode(node);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_.notify_one();
-    }
+    gate_->Leave();
   }
 }
 
@@ -107,14 +107,8 @@ void NumaExecutor::Run(const std::vector<int64_t>& counts,
   if (drivers_.empty()) {
     RunNode(0);
   } else {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      pending_ = num_nodes();
-      ++generation_;
-    }
-    wake_.notify_all();
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    gate_->Publish(num_nodes());
+    gate_->WaitDone();
   }
   counts_ = nullptr;
   task_ = nullptr;

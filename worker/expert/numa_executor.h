@@ -1,21 +1,21 @@
 // NumaExecutor: one ThreadPool per NUMA node, its threads pinned to that node's cores, and one
 // way to use them: a phase in which every node works through its own list of tasks at once,
 // its threads taking tasks from an atomic counter (work stealing within the node). Tasks never
-// move between nodes: a node's tasks read the memory of that node. No task queue, no futures.
+// move between nodes: a node's tasks read the memory of that node. Idle threads (pool workers
+// and node drivers) poll briefly for the next phase before sleeping (WorkerGate). No task queue,
+// no futures.
 // Thread-safety: Run may be called by one thread at a time (the caller serialises).
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "common/thread_pool.h"
 #include "common/topology.h"
+#include "common/worker_gate.h"
 
 namespace moemesh {
 
@@ -34,8 +34,10 @@ std::vector<NumaNodeSpec> NodesFromTopology(const HostTopology& topology, int to
 
 class NumaExecutor {
  public:
-  // `hwloc` (may be null: no pinning of the node drivers) must outlive the executor.
-  NumaExecutor(const std::vector<NumaNodeSpec>& nodes, Hwloc* hwloc);
+  // `hwloc` (may be null: no pinning of the node drivers) must outlive the executor. spin_us:
+  // how long an idle thread (pool worker, node driver, the caller waiting in Run) polls before
+  // sleeping, as ThreadPoolOptions::spin_us; kSpinAuto resolves against num_threads().
+  NumaExecutor(const std::vector<NumaNodeSpec>& nodes, Hwloc* hwloc, int spin_us = kSpinAuto);
   ~NumaExecutor();
   NumaExecutor(const NumaExecutor&) = delete;
   NumaExecutor& operator=(const NumaExecutor&) = delete;
@@ -43,6 +45,8 @@ class NumaExecutor {
   int num_nodes() const { return static_cast<int>(pools_.size()); }
   int node_threads(int node) const { return pools_[node]->num_threads(); }
   int num_threads() const;
+  // Threads (pool workers and node drivers) asleep waiting for work now (a snapshot; for tests).
+  int parked_threads() const;
 
   // Calls task(node, i) for every node and every i in [0, counts[node]), on that node's threads,
   // and returns when all are done. counts.size() == num_nodes(). With one node the caller's
@@ -59,13 +63,9 @@ class NumaExecutor {
   std::vector<std::unique_ptr<ThreadPool>> pools_;
   std::vector<std::thread> drivers_;  // nodes > 1 only
 
-  std::mutex mu_;
-  std::condition_variable wake_;  // a new phase or stop
-  std::condition_variable done_;  // a driver finished its node
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  int pending_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  // The current phase; read by drivers after they see a new generation.
+  std::unique_ptr<WorkerGate> gate_;  // caller -> drivers; nodes > 1 only
+  // The current phase: written by Run before gate_->Publish, read by drivers between
+  // gate_->WaitForWork and gate_->Leave.
   const std::vector<int64_t>* counts_ = nullptr;
   const std::function<void(int, int64_t)>* task_ = nullptr;
 };
