@@ -207,8 +207,12 @@ TEST_P(GpuForwardTest, LogitsMatchTheReferenceThroughPrefillAndGraphDecode) {
       start[i] += static_cast<int64_t>(step_tokens[i].size());
       step_tokens[i] = {next};
     }
-    if (step == 2) EXPECT_TRUE((*gpu)->last_step().captured) << "the second decode step captures";
-    if (step >= 3) EXPECT_TRUE((*gpu)->last_step().graph) << "later decode steps replay";
+    if (step == 2) {
+      EXPECT_TRUE((*gpu)->last_step().captured) << "the second decode step captures";
+    }
+    if (step >= 3) {
+      EXPECT_TRUE((*gpu)->last_step().graph) << "later decode steps replay";
+    }
   }
 }
 
@@ -296,7 +300,9 @@ TEST_P(GpuCascadeTest, SharedPrefixDecodesThroughCascadeLevels) {
     auto got = (*gpu)->RunCascade(batch, levels);
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_TRUE((*gpu)->last_step().cascade) << "decode step " << step;
-    if (step >= 2) EXPECT_TRUE((*gpu)->last_step().graph) << "decode step " << step;
+    if (step >= 2) {
+      EXPECT_TRUE((*gpu)->last_step().graph) << "decode step " << step;
+    }
     auto want = reference.Forward(absl::MakeSpan(ref_batch));
     ASSERT_TRUE(want.ok()) << want.status();
     for (int i = 0; i < 3; ++i) {
