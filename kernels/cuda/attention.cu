@@ -34,7 +34,6 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_generic.h"
 
-#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <atomic>
@@ -52,25 +51,28 @@
 namespace moemesh::cuda {
 namespace {
 
+using warp_mma::ClusterArrive;
+using warp_mma::ClusterArriveRelaxed;
 using warp_mma::ClusterSmemAddr;
+using warp_mma::ClusterWait;
 using warp_mma::CpAsync16;
 using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
 using warp_mma::EvictFirstPolicy;
+using warp_mma::LaunchDependents;
 using warp_mma::LdMatrixX4;
-using warp_mma::LoadClusterF32;
-using warp_mma::LoadClusterF32x4;
 using warp_mma::LdMatrixX4Trans;
 using warp_mma::Mma;
 using warp_mma::PackBf16;
-using warp_mma::LaunchDependents;
 using warp_mma::PrefetchL1;
 using warp_mma::PrefetchL2Bulk;
-using warp_mma::WaitForPrerequisites;
 using warp_mma::SmemAddr;
-using warp_mma::SplitPair;
 using warp_mma::SplitPair3;
+using warp_mma::SplitPair;
+using warp_mma::StoreClusterF32;
+using warp_mma::StoreClusterF32x4;
+using warp_mma::WaitForPrerequisites;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -92,11 +94,13 @@ struct DecodeConfig {
   static constexpr int kStageBytes = 2 * kTileBytes;
   static constexpr int kWarpBytes = kStages * kStageBytes;
   static constexpr int kMergeStride = D + 4;  // floats per row of the warp-merge buffer
-  static constexpr int kSmemBytes = kWarps * kWarpBytes;
-  static_assert(kWarps * kRowsPerTile * kMergeStride * 4 <= kSmemBytes, "merge buffer");
-  static_assert(kMaxMergeInputs * kRowsPerTile * D * 4 <= kSmemBytes, "split-merge staging");
-  static_assert((kWarps * kRowsPerTile * kMergeStride + kRowsPerTile * D) * 4 <= kSmemBytes,
-                "cluster-merge partial state");
+  static constexpr int kStreamBytes = kWarps * kWarpBytes;  // reused by the merges afterwards
+  // Cluster merge: the slices other CTAs push here (ClusterReduce); never reused, because they
+  // may arrive while this CTA still streams.
+  static constexpr int kRecvBytes = kRowsPerTile * (D / 4 + kMaxMergeInputs) * 16;
+  static constexpr int kSmemBytes = kStreamBytes + kRecvBytes;
+  static_assert(kWarps * kRowsPerTile * kMergeStride * 4 <= kStreamBytes, "merge buffer");
+  static_assert(kMaxMergeInputs * kRowsPerTile * D * 4 <= kStreamBytes, "split-merge staging");
 };
 
 
@@ -231,76 +235,69 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
   }
 }
 
-// Cross-split merge inside a thread-block cluster (the `splits` CTAs of one pair): each CTA has
-// its partial state of `rows` rows in its own shared memory (s_part [kRowsPerTile][D] normalised
-// outputs, s_plse [kRowsPerTile] log2-sum-exps, -inf for a CTA without positions, whose s_part
-// is never read as a number). After a cluster barrier, CTA k merges its own slice of the
-// dimensions: one thread per (row, 16-byte chunk of the slice, source CTA), the `lanes` (a power
-// of two >= the cluster size) consecutive threads of a (row, chunk) each loading one source's
-// LSE and chunk from distributed shared memory, then a shuffle max and a shuffle sum. All loads
-// of a pass are in flight at once, so a pass costs one distributed-shared-memory round trip. A
-// second barrier keeps each CTA's shared memory alive until the others have read it. Called by
-// every thread of every CTA of the cluster.
+// Cross-split merge inside a thread-block cluster (the `n` = splits CTAs of one pair), by push:
+// the head dimensions are split among the n CTAs (CTA k merges 16-byte chunks [SliceBegin(k),
+// SliceBegin(k + 1))). Every CTA stores its normalised partial output of each chunk straight
+// into the receive buffer of the chunk's owner and its log2-sum-exps into every CTA's
+// (distributed shared memory stores, no round trip); a CTA without positions sends -inf LSEs
+// only. One cluster barrier then publishes all of it and each CTA reduces its slice from its own
+// shared memory (ClusterReduce). Receive layout at CTA k: chunk (r, d4) from source s at float4
+// RecvChunk(s, r, d4 - begin(k), nq(k)); LSE (s, r) at recv_lse[s * kRowsPerTile + r].
+__device__ __forceinline__ int SliceBegin(int k, int n, int quads) { return k * quads / n; }
+__device__ __forceinline__ int SliceOwner(int d4, int n, int quads) {
+  return ((d4 + 1) * n + quads - 1) / quads - 1;  // the largest k with SliceBegin(k) <= d4
+}
+__device__ __forceinline__ int RecvChunk(int src, int r, int c, int nq) {
+  return (src * kRowsPerTile + r) * nq + c;
+}
+
+// After the publishing barrier: CTA `rank` of `n` merges its slice for `rows` rows from
+// `recv` / `recv_lse` and writes that slice of the output. One thread per (row, chunk, source);
+// the `lanes` (a power of two >= n, at most 16) threads of a (row, chunk) combine by shuffles.
 template <int D>
-__device__ void ClusterMerge(const DecodeArgs& a, int64_t row0, int rows, float* s_part,
-                             float* s_plse) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every CTA's partial state is in its shared memory
-  const int n = static_cast<int>(cluster.num_blocks());
-  const int rank = static_cast<int>(cluster.block_rank());
+__device__ void ClusterReduce(const DecodeArgs& a, int64_t row0, int rows, int rank, int n,
+                              const float4* recv, const float* recv_lse) {
   constexpr int kQuads = D / 4;
-  const int q0 = rank * kQuads / n, q1 = (rank + 1) * kQuads / n;
-  const int nq = q1 - q0;
+  const int q0 = SliceBegin(rank, n, kQuads);
+  const int nq = SliceBegin(rank + 1, n, kQuads) - q0;
+  const int items = rows * nq;
   int lanes = 1;
   while (lanes < n) lanes *= 2;  // <= 16: divides the warp
-  const int items = rows * nq;
   const int per_pass = kThreads / lanes;
   const int src = threadIdx.x % lanes;
-  constexpr int kUnroll = 2;  // items per thread per pass, loaded together
-  for (int base = 0; base < items; base += kUnroll * per_pass) {  // same trips in every thread
-    float li[kUnroll];
-    float4 x[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int item = base + u * per_pass + threadIdx.x / lanes;
-      li[u] = -INFINITY;
-      x[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (item < items && src < n) {
-        const int r = item / nq, d4 = q0 + item % nq;
-        li[u] = LoadClusterF32(ClusterSmemAddr(s_plse + r, src));
-        x[u] = LoadClusterF32x4(ClusterSmemAddr(s_part + r * D + d4 * 4, src));
-      }
+  for (int base = 0; base < items; base += per_pass) {  // the same trips in every thread
+    const int item = base + threadIdx.x / lanes;
+    const int r = item / nq, c = item % nq;
+    float li = -INFINITY;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (item < items && src < n) {
+      li = recv_lse[src * kRowsPerTile + r];
+      x = recv[RecvChunk(src, r, c, nq)];
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float m = li[u];
-      for (int off = lanes / 2; off > 0; off /= 2) {
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      }
-      const bool has = li[u] != -INFINITY;  // then m is finite too
-      float w = has ? exp2f(li[u] - m) : 0.f;
-      float4 acc = has ? make_float4(w * x[u].x, w * x[u].y, w * x[u].z, w * x[u].w)
-                       : make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int off = lanes / 2; off > 0; off /= 2) {
-        w += __shfl_xor_sync(0xffffffffu, w, off);
-        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
-      }
-      const int item = base + u * per_pass + threadIdx.x / lanes;
-      if (item >= items || src != 0) continue;
-      const int r = item / nq, d4 = q0 + item % nq;
-      const float inv = w > 0.f ? 1.f / w : 0.f;
-      *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) =
-          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-      if (d4 == 0 && a.lse != nullptr) {
-        a.lse[row0 + r] = w > 0.f ? (m + log2f(w)) * kLn2 : -INFINITY;
-      }
+    float m = li;
+    for (int off = lanes / 2; off > 0; off /= 2) {
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    }
+    const bool has = li != -INFINITY;  // then m is finite too; a source without it sent no x
+    float w = has ? exp2f(li - m) : 0.f;
+    float4 acc =
+        has ? make_float4(w * x.x, w * x.y, w * x.z, w * x.w) : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int off = lanes / 2; off > 0; off /= 2) {
+      w += __shfl_xor_sync(0xffffffffu, w, off);
+      acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+      acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+      acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+      acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    }
+    if (item >= items || src != 0) continue;
+    const int d4 = q0 + c;
+    const float inv = w > 0.f ? 1.f / w : 0.f;
+    *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) =
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (d4 == 0 && a.lse != nullptr) {
+      a.lse[row0 + r] = w > 0.f ? (m + log2f(w)) * kLn2 : -INFINITY;
     }
   }
-  cluster.sync();  // no CTA leaves (freeing its shared memory) before the others have read it
 }
 
 // Before waiting for the previous kernel of the stream (programmatic dependent launch): pulls the
@@ -344,7 +341,6 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   __shared__ float s_m[kWarps][kRowsPerTile];
   __shared__ float s_l[kWarps][kRowsPerTile];
   __shared__ float s_lse[kMaxMergeInputs * kRowsPerTile];
-  __shared__ float s_plse[kRowsPerTile];  // cluster merge: this CTA's partial LSEs
   __shared__ int s_flag;
 
   const int split = blockIdx.x;
@@ -406,13 +402,22 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const int n_active = (range + chunk - 1) / chunk;
   // In a cluster with more than one active split, every CTA takes part in the merge.
   const bool cluster_merge = a.cluster > 1 && n_active > 1;
-  // The cluster merge's partial outputs sit after the warp-merge buffer.
-  float* s_part = reinterpret_cast<float*>(smem) + kWarps * kRowsPerTile * Cfg::kMergeStride;
+  // Cluster merge: what the other CTAs push (after the stream buffers; LSEs in s_lse).
+  float4* s_recv = reinterpret_cast<float4*>(smem + Cfg::kStreamBytes);
+  if (cluster_merge) ClusterArriveRelaxed();  // waited for before the first push
   if (split >= n_active) {
     if (!cluster_merge) return;
     LaunchDependents();
-    if (threadIdx.x < kRowsPerTile) s_plse[threadIdx.x] = -INFINITY;
-    ClusterMerge<D>(a, row0, rows, s_part, s_plse);
+    ClusterWait();  // every CTA of the cluster has started: its shared memory exists
+    if (threadIdx.x < rows) {
+      for (int k = 0; k < a.cluster; ++k) {
+        StoreClusterF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + threadIdx.x, k),
+                        -INFINITY);
+      }
+    }
+    ClusterArrive();
+    ClusterWait();
+    ClusterReduce<D>(a, row0, rows, split, a.cluster, s_recv, s_lse);
     return;
   }
   const int lo = start + split * chunk;
@@ -611,6 +616,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
 
   const bool direct = n_active == 1;  // the only split: write the final output
   constexpr int kQuads = D / 4;
+  if (cluster_merge) ClusterWait();  // every CTA of the cluster has started
   for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
     const int r = item / kQuads, d4 = item % kQuads;
     if (r >= rows) continue;
@@ -640,9 +646,17 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       dst[3] = acc.w * inv;
       if (d4 == 0 && a.lse != nullptr) a.lse[row0 + r] = lse2 * kLn2;
     } else if (cluster_merge) {
-      *reinterpret_cast<float4*>(s_part + r * D + d4 * 4) =
-          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-      if (d4 == 0) s_plse[r] = lse2;
+      const int n = a.cluster;
+      const int k = SliceOwner(d4, n, kQuads);
+      const int q0 = SliceBegin(k, n, kQuads);
+      const int nq = SliceBegin(k + 1, n, kQuads) - q0;
+      StoreClusterF32x4(ClusterSmemAddr(s_recv + RecvChunk(split, r, d4 - q0, nq), k),
+                        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
+      if (d4 == 0) {
+        for (int j = 0; j < n; ++j) {
+          StoreClusterF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + r, j), lse2);
+        }
+      }
     } else {
       const int64_t slot = (row0 + r) * a.splits + split;
       *reinterpret_cast<float4*>(a.part_o + slot * D + d4 * 4) =
@@ -652,7 +666,9 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   }
   if (direct) return;
   if (cluster_merge) {
-    ClusterMerge<D>(a, row0, rows, s_part, s_plse);
+    ClusterArrive();  // publishes the pushes above
+    ClusterWait();
+    ClusterReduce<D>(a, row0, rows, split, a.cluster, s_recv, s_lse);
     return;
   }
 

@@ -48,26 +48,33 @@ __device__ __forceinline__ void PrefetchL2Bulk(const void* p, uint32_t bytes) {
 }
 
 // Distributed shared memory (thread-block clusters, sm_90+): the address of `p` (this CTA's
-// shared memory) in the shared memory of cluster CTA `rank`, and loads from such an address.
+// shared memory) in the shared memory of cluster CTA `rank`, and stores to such an address.
 __device__ __forceinline__ uint32_t ClusterSmemAddr(const void* p, int rank) {
   uint32_t out;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(SmemAddr(p)), "r"(rank));
   return out;
 }
-__device__ __forceinline__ float LoadClusterF32(uint32_t addr) {
-  float x;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(x) : "r"(addr) : "memory");
-  return x;
+__device__ __forceinline__ void StoreClusterF32(uint32_t addr, float x) {
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(x) : "memory");
 }
-__device__ __forceinline__ float4 LoadClusterF32x4(uint32_t addr) {
-  float4 x;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(x.x), "=f"(x.y), "=f"(x.z), "=f"(x.w)
-               : "r"(addr)
+__device__ __forceinline__ void StoreClusterF32x4(uint32_t addr, float4 x) {
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(x.x),
+               "f"(x.y), "f"(x.z), "f"(x.w)
                : "memory");
-  return x;
 }
-
+// Cluster barrier halves, called by every thread of every CTA of the cluster at CTA-uniform
+// points. ClusterArriveRelaxed orders nothing (for "every CTA has started" before the first
+// remote access); ClusterArrive publishes this thread's earlier writes, including those to other
+// CTAs' shared memory, to whoever passes the matching ClusterWait.
+__device__ __forceinline__ void ClusterArriveRelaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void ClusterArrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void ClusterWait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
 // Programmatic dependent launch (sm_90+). LaunchDependents lets the next kernel of the stream,
 // when it was launched with cudaLaunchAttributeProgrammaticStreamSerialization, start its CTAs
 // before this grid ends. WaitForPrerequisites blocks until the kernels this grid depends on
