@@ -1,5 +1,5 @@
-// CUDA paged-KV append and GQA split-KV decode attention of attention.h (PrefillAttention lives in
-// prefill.cu).
+// GQA split-KV decode attention of attention.h (AppendKv lives in kv_append.cu, PrefillAttention
+// in prefill.cu, the split merges in decode_merge.cuh).
 //
 // Decode, one CTA per (split, KV head x row tile, sequence), 4 warps:
 //   - Up to 8 query heads of one KV head share a CTA (a "row tile"), so each K/V byte is read
@@ -44,6 +44,7 @@
 #include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_merge.cuh"
 #include "kernels/cuda/fast_div.h"
 #include "kernels/cuda/launch_util.h"
 #include "kernels/cuda/warp_mma.cuh"
@@ -56,7 +57,6 @@ using warp_mma::ClusterArriveRelaxed;
 using warp_mma::ClusterSmemAddr;
 using warp_mma::ClusterWait;
 using warp_mma::CpAsync16;
-using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
 using warp_mma::EvictFirstPolicy;
@@ -64,7 +64,6 @@ using warp_mma::LaunchDependents;
 using warp_mma::LdMatrixX4;
 using warp_mma::LdMatrixX4Trans;
 using warp_mma::Mma;
-using warp_mma::PackBf16;
 using warp_mma::PrefetchL1;
 using warp_mma::PrefetchL2Bulk;
 using warp_mma::SmemAddr;
@@ -74,18 +73,25 @@ using warp_mma::StoreClusterF32;
 using warp_mma::StoreClusterF32x4;
 using warp_mma::WaitForPrerequisites;
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+using decode::ArriveLast;
+using decode::ClusterReduce;
+using decode::kLn2;
+using decode::kMaxMergeInputs;
+using decode::kRowsPerTile;
+using decode::kThreads;
+using decode::kWarps;
+using decode::MergeStates;
+using decode::RecvChunk;
+using decode::SliceBegin;
+using decode::SliceOwner;
+
 constexpr int kTileTokens = 16;                  // tokens per warp tile (one mma k-step of P.V)
-constexpr int kRowsPerTile = 8;                  // query heads per CTA
 constexpr int kMinChunk = kWarps * kTileTokens;  // fewest tokens a split is given
 constexpr int kMaxSplits = 256;
-constexpr int kMaxMergeInputs = 16;                     // states one merge combines, at most
 constexpr int kSingleLevelMaxSplits = kMaxMergeInputs;  // above: two levels, groups of ~sqrt
 constexpr int kShortSplitTokens = 512;                  // see PlanSplits
 constexpr int kCounterSlots = kMaxMergeInputs + 1;      // per (sequence, KV head, row tile)
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 template <int D>
 struct DecodeConfig {
@@ -150,154 +156,6 @@ __host__ __device__ __forceinline__ int ChunkTokens(int64_t range, int splits) {
   const int64_t even = (range + splits - 1) / splits;
   const int64_t tiles = (even + kTileTokens - 1) / kTileTokens * kTileTokens;
   return static_cast<int>(tiles > kMinChunk ? tiles : kMinChunk);
-}
-
-// Block-wide: this CTA's global writes are published, then it takes a ticket; returns true in
-// the CTA that arrives last of `count` (which resets the counter for the next launch).
-__device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_flag) {
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const uint32_t prev = atomicAdd(counter, 1u);
-    const bool last = prev + 1 == static_cast<uint32_t>(count);
-    if (last) atomicExch(counter, 0u);
-    *s_flag = last ? 1 : 0;
-  }
-  __syncthreads();
-  const bool last = *s_flag != 0;
-  if (last) __threadfence();
-  return last;
-}
-
-// Merges `count` (1..kMaxMergeInputs) attention states of `rows` query heads. Input i of row r:
-// output at in_o[r * in_row_o + i * D], log2-sum-exp at in_lse[r * in_row_lse + i]. Writes the
-// merged output to out_o[r * out_row_o + d] and, if out_lse, lse * lse_scale to
-// out_lse[r * out_row_lse]. Called by the whole CTA after a __syncthreads that ends every other
-// use of s_in (kMaxMergeInputs * 8 * D floats, 16-byte aligned) and s_lse
-// (kMaxMergeInputs * 8 floats). Every input is first copied to shared memory with all copies
-// in flight at once, so the merge costs one L2 round trip whatever `count` is (loads consumed
-// one input at a time would each wait for the previous one).
-template <int D>
-__device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_row_o,
-                            int64_t in_row_lse, int count, int rows, float* out_o, float* out_lse,
-                            int64_t out_row_o, int64_t out_row_lse, float lse_scale, float* s_in,
-                            float* s_lse) {
-  constexpr int kQuads = D / 4;
-  const int per_input = rows * kQuads;  // 16-byte chunks of one input's rows
-  for (int c = threadIdx.x; c < count * per_input; c += kThreads) {
-    const int i = c / per_input;
-    const int r = (c - i * per_input) / kQuads;
-    const int d4 = c % kQuads;
-    CpAsync16L2(SmemAddr(s_in + (i * kRowsPerTile + r) * D + d4 * 4),
-              in_o + r * in_row_o + static_cast<int64_t>(i) * D + d4 * 4);
-  }
-  CpAsyncCommit();
-  for (int idx = threadIdx.x; idx < count * kRowsPerTile; idx += kThreads) {
-    const int i = idx / kRowsPerTile, r = idx % kRowsPerTile;
-    s_lse[idx] = r < rows ? __ldcg(in_lse + r * in_row_lse + i) : -INFINITY;
-  }
-  CpAsyncWait<0>();
-  __syncthreads();
-  for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
-    const int r = item / kQuads, d4 = item % kQuads;
-    if (r >= rows) continue;
-    float m = -INFINITY;
-    for (int i = 0; i < count; ++i) m = fmaxf(m, s_lse[i * kRowsPerTile + r]);
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float sum = 0.f;
-    if (m != -INFINITY) {
-      // Four inputs at a time (an index past `count` re-reads the last input with weight 0), so
-      // the shared-memory loads of a step are independent.
-      for (int i0 = 0; i0 < count; i0 += 4) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int i = min(i0 + j, count - 1);
-          const float w = i0 + j < count ? exp2f(s_lse[i * kRowsPerTile + r] - m) : 0.f;
-          const float4 x =
-              *reinterpret_cast<const float4*>(s_in + (i * kRowsPerTile + r) * D + d4 * 4);
-          sum += w;
-          acc.x = fmaf(w, x.x, acc.x);
-          acc.y = fmaf(w, x.y, acc.y);
-          acc.z = fmaf(w, x.z, acc.z);
-          acc.w = fmaf(w, x.w, acc.w);
-        }
-      }
-    }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    float* o = out_o + r * out_row_o + d4 * 4;
-    o[0] = acc.x * inv;
-    o[1] = acc.y * inv;
-    o[2] = acc.z * inv;
-    o[3] = acc.w * inv;
-    if (d4 == 0 && out_lse != nullptr) {
-      out_lse[r * out_row_lse] = sum > 0.f ? (m + log2f(sum)) * lse_scale : -INFINITY;
-    }
-  }
-}
-
-// Cross-split merge inside a thread-block cluster (the `n` = splits CTAs of one pair), by push:
-// the head dimensions are split among the n CTAs (CTA k merges 16-byte chunks [SliceBegin(k),
-// SliceBegin(k + 1))). Every CTA stores its normalised partial output of each chunk straight
-// into the receive buffer of the chunk's owner and its log2-sum-exps into every CTA's
-// (distributed shared memory stores, no round trip); a CTA without positions sends -inf LSEs
-// only. One cluster barrier then publishes all of it and each CTA reduces its slice from its own
-// shared memory (ClusterReduce). Receive layout at CTA k: chunk (r, d4) from source s at float4
-// RecvChunk(s, r, d4 - begin(k), nq(k)); LSE (s, r) at recv_lse[s * kRowsPerTile + r].
-__device__ __forceinline__ int SliceBegin(int k, int n, int quads) { return k * quads / n; }
-__device__ __forceinline__ int SliceOwner(int d4, int n, int quads) {
-  return ((d4 + 1) * n + quads - 1) / quads - 1;  // the largest k with SliceBegin(k) <= d4
-}
-__device__ __forceinline__ int RecvChunk(int src, int r, int c, int nq) {
-  return (src * kRowsPerTile + r) * nq + c;
-}
-
-// After the publishing barrier: CTA `rank` of `n` merges its slice for `rows` rows from
-// `recv` / `recv_lse` and writes that slice of the output. One thread per (row, chunk, source);
-// the `lanes` (a power of two >= n, at most 16) threads of a (row, chunk) combine by shuffles.
-template <int D>
-__device__ void ClusterReduce(const DecodeArgs& a, int64_t row0, int rows, int rank, int n,
-                              const float4* recv, const float* recv_lse) {
-  constexpr int kQuads = D / 4;
-  const int q0 = SliceBegin(rank, n, kQuads);
-  const int nq = SliceBegin(rank + 1, n, kQuads) - q0;
-  const int items = rows * nq;
-  int lanes = 1;
-  while (lanes < n) lanes *= 2;  // <= 16: divides the warp
-  const int per_pass = kThreads / lanes;
-  const int src = threadIdx.x % lanes;
-  for (int base = 0; base < items; base += per_pass) {  // the same trips in every thread
-    const int item = base + threadIdx.x / lanes;
-    const int r = item / nq, c = item % nq;
-    float li = -INFINITY;
-    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (item < items && src < n) {
-      li = recv_lse[src * kRowsPerTile + r];
-      x = recv[RecvChunk(src, r, c, nq)];
-    }
-    float m = li;
-    for (int off = lanes / 2; off > 0; off /= 2) {
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    }
-    const bool has = li != -INFINITY;  // then m is finite too; a source without it sent no x
-    float w = has ? exp2f(li - m) : 0.f;
-    float4 acc =
-        has ? make_float4(w * x.x, w * x.y, w * x.z, w * x.w) : make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int off = lanes / 2; off > 0; off /= 2) {
-      w += __shfl_xor_sync(0xffffffffu, w, off);
-      acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-      acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-      acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-      acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
-    }
-    if (item >= items || src != 0) continue;
-    const int d4 = q0 + c;
-    const float inv = w > 0.f ? 1.f / w : 0.f;
-    *reinterpret_cast<float4*>(a.out + (row0 + r) * D + d4 * 4) =
-        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (d4 == 0 && a.lse != nullptr) {
-      a.lse[row0 + r] = w > 0.f ? (m + log2f(w)) * kLn2 : -INFINITY;
-    }
-  }
 }
 
 // Before waiting for the previous kernel of the stream (programmatic dependent launch): pulls the
@@ -417,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     }
     ClusterArrive();
     ClusterWait();
-    ClusterReduce<D>(a, row0, rows, split, a.cluster, s_recv, s_lse);
+    ClusterReduce<D>(a.out, a.lse, row0, rows, split, a.cluster, s_recv, s_lse);
     return;
   }
   const int lo = start + split * chunk;
@@ -668,7 +526,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   if (cluster_merge) {
     ClusterArrive();  // publishes the pushes above
     ClusterWait();
-    ClusterReduce<D>(a, row0, rows, split, a.cluster, s_recv, s_lse);
+    ClusterReduce<D>(a.out, a.lse, row0, rows, split, a.cluster, s_recv, s_lse);
     return;
   }
 
@@ -696,59 +554,6 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   MergeStates<D>(a.group_o + row0 * pg * D, a.group_lse + row0 * pg, pg * D, pg, n_groups, rows,
                  a.out + row0 * D, a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in,
                  s_lse);
-}
-
-// ---------------------------------------------------------------------------------------------
-// AppendKv kernel: one thread per 8 elements of one (token, KV head) row.
-
-template <bool kVector>
-__global__ void AppendKvKernel(__nv_bfloat16* k_pool, __nv_bfloat16* v_pool, const float* k_new,
-                               const float* v_new, const int32_t* slots, int64_t n_chunks,
-                               int kv_heads, int head_dim, int block_size, int64_t capacity) {
-  const int chunks_per_row = head_dim / 8;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_chunks;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / chunks_per_row;  // token * kv_heads + head
-    const int c = static_cast<int>(i % chunks_per_row);
-    const int64_t token = row / kv_heads;
-    const int head = static_cast<int>(row % kv_heads);
-    const int64_t slot = slots[token];
-    if (slot < 0 || slot >= capacity) continue;
-    const int64_t blk = slot / block_size;
-    const int64_t in_block = slot % block_size;
-    const int64_t dst = ((blk * kv_heads + head) * block_size + in_block) * head_dim + c * 8;
-    const int64_t src = row * head_dim + c * 8;
-    float kx[8], vx[8];
-    if constexpr (kVector) {
-      const float4* k4 = reinterpret_cast<const float4*>(k_new + src);
-      const float4* v4 = reinterpret_cast<const float4*>(v_new + src);
-      const float4 ka = k4[0], kb = k4[1], va = v4[0], vb = v4[1];
-      const float kt[8] = {ka.x, ka.y, ka.z, ka.w, kb.x, kb.y, kb.z, kb.w};
-      const float vt[8] = {va.x, va.y, va.z, va.w, vb.x, vb.y, vb.z, vb.w};
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        kx[e] = kt[e];
-        vx[e] = vt[e];
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        kx[e] = k_new[src + e];
-        vx[e] = v_new[src + e];
-      }
-    }
-    uint4 kp, vp;
-    kp.x = PackBf16(__float2bfloat16_rn(kx[0]), __float2bfloat16_rn(kx[1]));
-    kp.y = PackBf16(__float2bfloat16_rn(kx[2]), __float2bfloat16_rn(kx[3]));
-    kp.z = PackBf16(__float2bfloat16_rn(kx[4]), __float2bfloat16_rn(kx[5]));
-    kp.w = PackBf16(__float2bfloat16_rn(kx[6]), __float2bfloat16_rn(kx[7]));
-    vp.x = PackBf16(__float2bfloat16_rn(vx[0]), __float2bfloat16_rn(vx[1]));
-    vp.y = PackBf16(__float2bfloat16_rn(vx[2]), __float2bfloat16_rn(vx[3]));
-    vp.z = PackBf16(__float2bfloat16_rn(vx[4]), __float2bfloat16_rn(vx[5]));
-    vp.w = PackBf16(__float2bfloat16_rn(vx[6]), __float2bfloat16_rn(vx[7]));
-    *reinterpret_cast<uint4*>(k_pool + dst) = kp;
-    *reinterpret_cast<uint4*>(v_pool + dst) = vp;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -882,42 +687,6 @@ size_t CounterBytes(int64_t pairs) {
 }
 
 }  // namespace
-
-void AppendKv(const PagedKv& cache, const float* k_new, const float* v_new, const int32_t* slots,
-              int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  if (cache.head_dim % 8 != 0 && cache.head_dim > 0 && cache.head_dim <= kGenericMaxHeadDim) {
-    AppendKvGeneric(cache, k_new, v_new, slots, n, stream);  // rows not in 16-byte chunks
-    return;
-  }
-  if (cache.head_dim % 8 != 0 || cache.head_dim <= 0 || cache.kv_heads <= 0 ||
-      cache.block_size <= 0 || cache.num_blocks < 0) {
-    Fail("AppendKv", "bad cache shape: head_dim %d, kv_heads %d, block_size %d, num_blocks %d",
-         cache.head_dim, cache.kv_heads, cache.block_size, cache.num_blocks);
-  }
-  if (cache.k == nullptr || cache.v == nullptr || k_new == nullptr || v_new == nullptr ||
-      slots == nullptr) {
-    Fail("AppendKv", "null pointer");
-  }
-  if (!Aligned(cache.k, 16) || !Aligned(cache.v, 16)) {
-    Fail("AppendKv", "cache pools must be 16-byte aligned");
-  }
-  const int64_t n_chunks = n * cache.kv_heads * (cache.head_dim / 8);
-  const int64_t capacity = static_cast<int64_t>(cache.num_blocks) * cache.block_size;
-  constexpr int kAppendThreads = 256;
-  const unsigned blocks =
-      static_cast<unsigned>(std::min<int64_t>(CeilDiv(n_chunks, kAppendThreads), 8192));
-  if (Aligned(k_new, 16) && Aligned(v_new, 16)) {
-    AppendKvKernel<true><<<blocks, kAppendThreads, 0, stream>>>(
-        cache.k, cache.v, k_new, v_new, slots, n_chunks, cache.kv_heads, cache.head_dim,
-        cache.block_size, capacity);
-  } else {
-    AppendKvKernel<false><<<blocks, kAppendThreads, 0, stream>>>(
-        cache.k, cache.v, k_new, v_new, slots, n_chunks, cache.kv_heads, cache.head_dim,
-        cache.block_size, capacity);
-  }
-  MM_CUDA_CHECK(cudaGetLastError());
-}
 
 size_t DecodeWorkspaceBytes(int32_t batch, int32_t n_heads, int32_t head_dim, int32_t max_kv_len) {
   if (batch <= 0 || n_heads <= 0) return 0;

@@ -1,0 +1,186 @@
+// Device-side merging of split-KV attention states for the decode kernel (attention.cu): the
+// merge through global memory by the last CTA to arrive (ArriveLast, MergeStates) and the merge
+// inside a thread-block cluster (SliceBegin, SliceOwner, RecvChunk, ClusterReduce). States are
+// normalised outputs with log2-sum-exps. Included by attention.cu only; stateless.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/warp_mma.cuh"
+
+namespace moemesh::cuda::decode {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerTile = 8;        // query heads per CTA
+constexpr int kMaxMergeInputs = 16;    // states one merge combines, at most
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Block-wide: this CTA's global writes are published, then it takes a ticket; returns true in
+// the CTA that arrives last of `count` (which resets the counter for the next launch).
+__device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const uint32_t prev = atomicAdd(counter, 1u);
+    const bool last = prev + 1 == static_cast<uint32_t>(count);
+    if (last) atomicExch(counter, 0u);
+    *s_flag = last ? 1 : 0;
+  }
+  __syncthreads();
+  const bool last = *s_flag != 0;
+  if (last) __threadfence();
+  return last;
+}
+
+// Merges `count` (1..kMaxMergeInputs) attention states of `rows` query heads. Input i of row r:
+// output at in_o[r * in_row_o + i * D], log2-sum-exp at in_lse[r * in_row_lse + i]. Writes the
+// merged output to out_o[r * out_row_o + d] and, if out_lse, lse * lse_scale to
+// out_lse[r * out_row_lse]. Called by the whole CTA after a __syncthreads that ends every other
+// use of s_in (kMaxMergeInputs * 8 * D floats, 16-byte aligned) and s_lse
+// (kMaxMergeInputs * 8 floats). Every input is first copied to shared memory with all copies
+// in flight at once, so the merge costs one L2 round trip whatever `count` is (loads consumed
+// one input at a time would each wait for the previous one).
+template <int D>
+__device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_row_o,
+                            int64_t in_row_lse, int count, int rows, float* out_o, float* out_lse,
+                            int64_t out_row_o, int64_t out_row_lse, float lse_scale, float* s_in,
+                            float* s_lse) {
+  constexpr int kQuads = D / 4;
+  const int per_input = rows * kQuads;  // 16-byte chunks of one input's rows
+  for (int c = threadIdx.x; c < count * per_input; c += kThreads) {
+    const int i = c / per_input;
+    const int r = (c - i * per_input) / kQuads;
+    const int d4 = c % kQuads;
+    warp_mma::CpAsync16L2(warp_mma::SmemAddr(s_in + (i * kRowsPerTile + r) * D + d4 * 4),
+              in_o + r * in_row_o + static_cast<int64_t>(i) * D + d4 * 4);
+  }
+  warp_mma::CpAsyncCommit();
+  for (int idx = threadIdx.x; idx < count * kRowsPerTile; idx += kThreads) {
+    const int i = idx / kRowsPerTile, r = idx % kRowsPerTile;
+    s_lse[idx] = r < rows ? __ldcg(in_lse + r * in_row_lse + i) : -INFINITY;
+  }
+  warp_mma::CpAsyncWait<0>();
+  __syncthreads();
+  for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
+    const int r = item / kQuads, d4 = item % kQuads;
+    if (r >= rows) continue;
+    float m = -INFINITY;
+    for (int i = 0; i < count; ++i) m = fmaxf(m, s_lse[i * kRowsPerTile + r]);
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    float sum = 0.f;
+    if (m != -INFINITY) {
+      // Four inputs at a time (an index past `count` re-reads the last input with weight 0), so
+      // the shared-memory loads of a step are independent.
+      for (int i0 = 0; i0 < count; i0 += 4) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int i = min(i0 + j, count - 1);
+          const float w = i0 + j < count ? exp2f(s_lse[i * kRowsPerTile + r] - m) : 0.f;
+          const float4 x =
+              *reinterpret_cast<const float4*>(s_in + (i * kRowsPerTile + r) * D + d4 * 4);
+          sum += w;
+          acc.x = fmaf(w, x.x, acc.x);
+          acc.y = fmaf(w, x.y, acc.y);
+          acc.z = fmaf(w, x.z, acc.z);
+          acc.w = fmaf(w, x.w, acc.w);
+        }
+      }
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    float* o = out_o + r * out_row_o + d4 * 4;
+    o[0] = acc.x * inv;
+    o[1] = acc.y * inv;
+    o[2] = acc.z * inv;
+    o[3] = acc.w * inv;
+    if (d4 == 0 && out_lse != nullptr) {
+      out_lse[r * out_row_lse] = sum > 0.f ? (m + log2f(sum)) * lse_scale : -INFINITY;
+    }
+  }
+}
+
+// Cross-split merge inside a thread-block cluster (the `n` = splits CTAs of one pair), by push:
+// the head dimensions are split among the n CTAs (CTA k merges 16-byte chunks [SliceBegin(k),
+// SliceBegin(k + 1))). Every CTA stores its normalised partial output of each chunk straight
+// into the receive buffer of the chunk's owner and its log2-sum-exps into every CTA's
+// (distributed shared memory stores, no round trip); a CTA without positions sends -inf LSEs
+// only. One cluster barrier then publishes all of it and each CTA reduces its slice from its own
+// shared memory (ClusterReduce). Receive layout at CTA k: chunk (r, d4) from source s at float4
+// RecvChunk(s, r, d4 - begin(k), nq(k)); LSE (s, r) at recv_lse[s * kRowsPerTile + r].
+__device__ __forceinline__ int SliceBegin(int k, int n, int quads) { return k * quads / n; }
+__device__ __forceinline__ int SliceOwner(int d4, int n, int quads) {
+  return ((d4 + 1) * n + quads - 1) / quads - 1;  // the largest k with SliceBegin(k) <= d4
+}
+__device__ __forceinline__ int RecvChunk(int src, int r, int c, int nq) {
+  return (src * kRowsPerTile + r) * nq + c;
+}
+
+// After the publishing barrier: CTA `rank` of `n` merges its slice for `rows` rows from
+// `recv` / `recv_lse` and writes that slice of out ([row][D], rows from row0) and, if out_lse,
+// the merged LSE in natural-log units. One thread per (row, chunk, source);
+// the kLanes (a power of two >= n, at most 16) threads of a (row, chunk) combine by shuffles
+// (unrolled: kLanes is a template argument, see ClusterReduce).
+template <int D, int kLanes>
+__device__ void ClusterReduceLanes(float* out, float* out_lse, int64_t row0, int rows, int rank,
+                                   int n, const float4* recv, const float* recv_lse) {
+  constexpr int kQuads = D / 4;
+  constexpr int kPerPass = kThreads / kLanes;
+  const int q0 = SliceBegin(rank, n, kQuads);
+  const int nq = SliceBegin(rank + 1, n, kQuads) - q0;
+  const int items = rows * nq;
+  const int src = threadIdx.x % kLanes;
+  for (int base = 0; base < items; base += kPerPass) {  // the same trips in every thread
+    const int item = base + threadIdx.x / kLanes;
+    const int r = item / nq, c = item % nq;
+    float li = -INFINITY;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (item < items && src < n) {
+      li = recv_lse[src * kRowsPerTile + r];
+      x = recv[RecvChunk(src, r, c, nq)];
+    }
+    float m = li;
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) {
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    }
+    const bool has = li != -INFINITY;  // then m is finite too; a source without it sent no x
+    float w = has ? exp2f(li - m) : 0.f;
+    float4 acc =
+        has ? make_float4(w * x.x, w * x.y, w * x.z, w * x.w) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) {
+      w += __shfl_xor_sync(0xffffffffu, w, off);
+      acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+      acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+      acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+      acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    }
+    if (item >= items || src != 0) continue;
+    const int d4 = q0 + c;
+    const float inv = w > 0.f ? __frcp_rn(w) : 0.f;
+    *reinterpret_cast<float4*>(out + (row0 + r) * D + d4 * 4) =
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (d4 == 0 && out_lse != nullptr) {
+      out_lse[row0 + r] = w > 0.f ? (m + log2f(w)) * kLn2 : -INFINITY;
+    }
+  }
+}
+
+template <int D>
+__device__ void ClusterReduce(float* out, float* out_lse, int64_t row0, int rows, int rank,
+                              int n, const float4* recv, const float* recv_lse) {
+  if (n <= 2) {
+    ClusterReduceLanes<D, 2>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+  } else if (n <= 4) {
+    ClusterReduceLanes<D, 4>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+  } else if (n <= 8) {
+    ClusterReduceLanes<D, 8>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+  } else {
+    ClusterReduceLanes<D, 16>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+  }
+}
+
+}  // namespace moemesh::cuda::decode
