@@ -41,6 +41,8 @@ class CpuMoeStep {
 
   // Phase timing: two clock reads per task and five per step when on; none when off.
   void set_phases(bool on) { phases_on_ = on; }
+  // About how many (expert, row range) tasks each pool thread gets per phase (default 16).
+  void set_tasks_per_thread(int64_t n) { tasks_per_thread_ = std::max<int64_t>(1, n); }
   void ResetPhases() { phases_ = PhaseTimes{}; }
   const PhaseTimes& phases() const { return phases_; }
 
@@ -160,7 +162,7 @@ class CpuMoeStep {
   // Xeon, while 32 and 64 lost again (more per-task overhead: activations quantized per task).
   void MakeTasks(const ExpertGroups& g, int64_t size) {
     const int64_t blocks = (size + cpu::kRowBlock - 1) / cpu::kRowBlock;
-    const int64_t target = 16 * static_cast<int64_t>(pool_.num_threads());
+    const int64_t target = tasks_per_thread_ * static_cast<int64_t>(pool_.num_threads());
     const int64_t per_task = std::clamp<int64_t>(g.count() * blocks / target, 1, blocks);
     tasks_.clear();
     for (int32_t i = 0; i < g.count(); ++i) {
@@ -177,6 +179,7 @@ class CpuMoeStep {
   std::vector<cpu::CpuPath> paths_;
   std::vector<Task> tasks_;
   bool phases_on_ = false;
+  int64_t tasks_per_thread_ = 16;
   PhaseTimes phases_;
   std::atomic<int64_t> busy_ns_[2] = {0, 0};  // GateUp, Down: task time summed over threads
 };

@@ -12,7 +12,8 @@
 //
 //   build/bin/bench_expert_ffn [--quick] [--shapes qwen3-30b-a3b,...] [--formats bf16,...]
 //       [--tokens 1,8,64,512] [--threads N] [--max_gib 8] [--min_time 0.5] [--skew 0.8]
-//       [--amx_threshold N] [--no_onednn] [--no_pin] [--phases]
+//       [--amx_threshold N] [--tasks_per_thread 16] [--no_onednn] [--no_pin] [--phases]
+//   --tasks_per_thread: about how many (expert, row range) tasks each thread gets per phase.
 //   --phases: after each of our rows, the shares of step time in gather, GateUp, barrier wait,
 //   Down, weighted sum and the rest (bench/cpu_moe_step.h PhaseTimes), over the timed steps.
 #include <omp.h>
@@ -78,6 +79,7 @@ struct Flags {
   bool pin = true;
   bool quick = false;
   bool phases = false;      // per row: shares of step time in gather, GateUp, wait, Down, sum
+  int tasks_per_thread = 16;
 };
 
 std::vector<std::string> SplitList(const char* s) {
@@ -124,6 +126,12 @@ std::optional<Flags> ParseFlags(int argc, char** argv) {
       f.skew = std::atof(v);
     } else if (a == "--amx_threshold") {
       f.amx_threshold = std::atoi(v);
+    } else if (a == "--tasks_per_thread") {
+      f.tasks_per_thread = std::atoi(v);
+      if (f.tasks_per_thread < 1 || f.tasks_per_thread > 1024) {
+        std::fprintf(stderr, "--tasks_per_thread: %d is outside [1, 1024]\n", f.tasks_per_thread);
+        return std::nullopt;
+      }
     } else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return std::nullopt;
@@ -416,6 +424,7 @@ void RunShape(Context& c, const MoeShape& s) {
                 experts.ring_bytes() < 2 * c.llc.bytes_total ? "  WARNING: < 2x LLC, some reads hit the cache" : "");
     CpuMoeStep step(*c.pool, s.hidden, s.intermediate);
     step.set_phases(f.phases);
+    step.set_tasks_per_thread(f.tasks_per_thread);
     std::vector<const cpu::PackedExpert*> slots;
     for (int tokens : f.tokens) {
       int steps_prepared = 0;
@@ -531,10 +540,10 @@ int main(int argc, char** argv) {
               options.cpusets.empty() ? "not pinned" : "background threads pinned one per core",
               omp_get_max_threads(), LoadAverage().c_str());
   std::printf("flags: shapes %s; formats %s; tokens %s; max_gib %.1f; min_time %.2f s; skew %.2f; "
-              "onednn %s; phases %s\n",
+              "onednn %s; phases %s; tasks per thread %d\n",
               absl::StrJoin(c.flags.shapes, ",").c_str(), absl::StrJoin(c.flags.formats, ",").c_str(),
               absl::StrJoin(c.flags.tokens, ",").c_str(), c.flags.max_gib, c.flags.min_time, c.flags.skew,
-              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off");
+              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off", c.flags.tasks_per_thread);
 
   const uint64_t bw_bytes = std::min<uint64_t>(std::max<uint64_t>(4 * c.llc.bytes_total, 1ull << 30),
                                                static_cast<uint64_t>(c.flags.max_gib * (1ull << 30)) / 2);
