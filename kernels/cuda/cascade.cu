@@ -31,6 +31,7 @@
 #include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_merge.cuh"
 #include "kernels/cuda/fast_div.h"
 #include "kernels/cuda/launch_util.h"
 #include "kernels/cuda/warp_mma.cuh"
@@ -39,6 +40,7 @@ namespace moemesh::cuda {
 namespace {
 
 namespace cs = cascade;
+using decode::ArriveLast;
 using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
@@ -138,25 +140,6 @@ __device__ __forceinline__ void PrefetchTable(const KernelArgs& a, const int32_t
   const int p = lo + static_cast<int>(threadIdx.x) * (Cfg<D>::kStages - 1) * cs::kStageTokens /
                          kThreads;
   if (p < hi) PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
-}
-
-// Block-wide: this CTA's global writes are published, then it takes a ticket; true in the CTA
-// that arrives last of `count` (which resets the counter for the next launch). count <= 1: the
-// only arrival, no atomics.
-__device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_flag) {
-  __threadfence();
-  __syncthreads();
-  if (count <= 1) return true;
-  if (threadIdx.x == 0) {
-    const uint32_t prev = atomicAdd(counter, 1u);
-    const bool last = prev + 1 == static_cast<uint32_t>(count);
-    if (last) atomicExch(counter, 0u);
-    *s_flag = last ? 1 : 0;
-  }
-  __syncthreads();
-  const bool last = *s_flag != 0;
-  if (last) __threadfence();
-  return last;
 }
 
 // Merges attention states row by row: row r has count_of(r) <= cmax inputs, input i with

@@ -1,7 +1,8 @@
 // Device-side merging of split-KV attention states for the decode kernel (attention.cu): the
 // merge through global memory by the last CTA to arrive (ArriveLast, MergeStates) and the merge
 // inside a thread-block cluster (SliceBegin, SliceOwner, RecvChunk, ClusterReduce). States are
-// normalised outputs with log2-sum-exps. Included by attention.cu only; stateless.
+// normalised outputs with log2-sum-exps. Included by attention.cu (and cascade.cu, for
+// ArriveLast); stateless.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,11 +20,13 @@ constexpr int kRowsPerTile = 8;        // query heads per CTA
 constexpr int kMaxMergeInputs = 16;    // states one merge combines, at most
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Block-wide: this CTA's global writes are published, then it takes a ticket; returns true in
-// the CTA that arrives last of `count` (which resets the counter for the next launch).
+// Block-wide: this CTA's global writes are published, then it takes a ticket; true in the CTA
+// that arrives last of `count` (which resets the counter for the next launch). count <= 1: the
+// only arrival, no atomics. Shared with the cascade kernel (cascade.cu).
 __device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_flag) {
   __threadfence();
   __syncthreads();
+  if (count <= 1) return true;
   if (threadIdx.x == 0) {
     const uint32_t prev = atomicAdd(counter, 1u);
     const bool last = prev + 1 == static_cast<uint32_t>(count);
