@@ -46,7 +46,8 @@ step() {  # step NAME TIMEOUT_S ARGS...: runs one program, logs it, prints a sum
 nvidia-smi -L 2>&1 | tee "$out/gpus.txt"
 if [ -n "$run" ]; then export MOEMESH_BINARY=$PWD/$(dirname "$(echo "$run" | awk '{print $1}')")/bin/moemesh; fi
 if [ $tests -eq 1 ]; then
-  for suite in cuda_ops_test cuda_layout_ops_test cuda_attention_test cuda_attention_generic_test cuda_prefill_test \
+  for suite in cuda_ops_test cuda_layout_ops_test cuda_attention_test cuda_kv_append_test \
+               cuda_decode_overlap_test cuda_attention_generic_test cuda_prefill_test \
                cuda_sampling_test cuda_cascade_test; do
     step $suite 300
   done
