@@ -27,7 +27,6 @@
 namespace moemesh {
 namespace {
 
-using testing_cuda::RoundBf16;
 
 // ---------------------------------------------------------------------------------------------
 // FastDivisor (host twin of the device path the kernels use for position -> block).
@@ -69,7 +68,6 @@ using testing_cuda::Random;
 using testing_cuda::RandomBf16;
 using testing_cuda::Reference;
 using testing_cuda::ReferenceDecode;
-using testing_cuda::RoundBf16;
 using testing_cuda::ToBf16Host;
 
 

@@ -36,7 +36,6 @@ using testing_cuda::Random;
 using testing_cuda::RandomBf16;
 using testing_cuda::Reference;
 using testing_cuda::ReferenceDecode;
-using testing_cuda::RoundBf16;
 using testing_cuda::ToBf16Host;
 
 // An overlapped launch (DecodeParams::overlap) right after a kernel that, after a delay, writes

@@ -24,15 +24,9 @@ namespace {
 
 #ifdef MOEMESH_HAVE_CUDA
 
-using testing_cuda::BasicParams;
-using testing_cuda::BuildCache;
 using testing_cuda::DeviceBuffer;
-using testing_cuda::DeviceCache;
 using testing_cuda::ExpectDecodeMatches;
-using testing_cuda::HostCache;
-using testing_cuda::MixedLens;
 using testing_cuda::Random;
-using testing_cuda::RandomBf16;
 using testing_cuda::Reference;
 using testing_cuda::ReferenceDecode;
 using testing_cuda::RoundBf16;
