@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/test_random.h"
 #include "kernels/cpu/expert_ffn_paths.h"
 #include "kernels/ref/expert_ffn_ref.h"
 
@@ -98,13 +99,7 @@ std::vector<Case> Cases() {
   return cases;
 }
 
-std::vector<float> Random(size_t size, float stddev, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, stddev);
-  std::vector<float> v(size);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using test_util::Random;
 
 // Weights, packing and reference results are shared by the consecutive tests of one case.
 struct Fixture {

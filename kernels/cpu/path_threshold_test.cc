@@ -13,17 +13,12 @@
 #include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/test_random.h"
 
 namespace moemesh::cpu {
 namespace {
 
-std::vector<float> Random(size_t size, float stddev, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, stddev);
-  std::vector<float> v(size);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using test_util::Random;
 
 PackedExpert MakeExpert(int64_t hidden, int64_t inter, const char* format) {
   const auto gate = Random(inter * hidden, 0.1f, 1);
