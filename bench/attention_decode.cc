@@ -65,6 +65,10 @@ struct Options {
   std::string torch_script = std::string(MOEMESH_SOURCE_DIR) + "/bench/attention_decode_torch.py";
   int launches = 20;
   double min_ms = 200;
+  int replicas = 0;  // KV copies the launches rotate over; 0: enough for 3x L2 (reads from HBM)
+  moemesh::cuda::DecodeParams::SplitMerge split_merge =
+      moemesh::cuda::DecodeParams::SplitMerge::kAuto;
+  bool timeline = false;  // per-CTA start / KV-stream-end times of one plain call
   std::vector<Shape> shapes;
 };
 
@@ -83,7 +87,12 @@ std::vector<Shape> DefaultShapes() {
 [[noreturn]] void Usage(const char* why) {
   std::fprintf(stderr,
                "%s\nusage: bench_attention_decode [--torch PYTHON] [--torch_script PATH] "
-               "[--launches N] [--min_ms MS] [--shapes batch:ctx:kv_heads:group,...]\n",
+               "[--launches N] [--min_ms MS] [--shapes batch:ctx:kv_heads:group,...]\n"
+               "       [--replicas N] [--split_merge auto|global|cluster] [--timeline]\n"
+               "  --replicas: KV copies the launches rotate over (default: at least 3x L2, so\n"
+               "    reads come from HBM; 1: the KV stays in L2 when it fits)\n"
+               "  --timeline: per shape, the spread of CTA start and KV-stream-end times of one\n"
+               "    plain call (DecodeParams::cta_times)\n",
                why);
   std::exit(2);
 }
@@ -104,6 +113,23 @@ Options ParseArgs(int argc, char** argv) {
       o.launches = std::max(1, std::atoi(value().c_str()));
     } else if (arg == "--min_ms") {
       o.min_ms = std::atof(value().c_str());
+    } else if (arg == "--replicas") {
+      o.replicas = std::atoi(value().c_str());
+      if (o.replicas < 1) Usage("--replicas must be >= 1");
+    } else if (arg == "--split_merge") {
+      const std::string v = value();
+      using SM = moemesh::cuda::DecodeParams::SplitMerge;
+      if (v == "auto") {
+        o.split_merge = SM::kAuto;
+      } else if (v == "global") {
+        o.split_merge = SM::kGlobal;
+      } else if (v == "cluster") {
+        o.split_merge = SM::kCluster;
+      } else {
+        Usage(("--split_merge: " + v + " is not auto, global or cluster").c_str());
+      }
+    } else if (arg == "--timeline") {
+      o.timeline = true;
     } else if (arg == "--shapes") {
       const std::string list = value();
       size_t pos = 0;
@@ -222,16 +248,60 @@ struct Measured {
   double us = 0;          // the default: overlapped launches that prefetch their first tiles
   double plain_us = 0;    // ordinary launches (DecodeParams::overlap = false)
   double no_prefetch_us = 0;  // overlapped launches without the L2 prefetch
+  double empty_us = 0;        // the same launches with every length 0: each CTA reads its length
+                              // and returns (the floor of a call of this grid)
+  std::string timeline;       // --timeline: CTA start / stream-end spread
   bool cluster = false;
   int splits = 0, replicas = 0, launches = 0;
 };
+
+// One plain call with DecodeParams::cta_times: when the CTAs started and when their KV streams
+// ended, in us after the first start (min / median / 90th percentile / max).
+std::string Timeline(const moemesh::cuda::PagedKv& cache, moemesh::cuda::DecodeParams p,
+                     const Shape& s, const int32_t* tables, void* ws, size_t ws_bytes,
+                     cudaStream_t stream) {
+  const int64_t ctas = static_cast<int64_t>(moemesh::cuda::DecodeSplits(cache, p)) *
+                       s.kv_heads * ((s.group + 7) / 8) * s.batch;
+  uint64_t* times;
+  MM_CUDA_CHECK(cudaMalloc(&times, 2 * ctas * sizeof(uint64_t)));
+  p.overlap = false;
+  p.block_tables = tables;
+  p.cta_times = times;
+  moemesh::cuda::DecodeAttention(cache, p, ws, ws_bytes, stream);
+  MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<uint64_t> host(2 * ctas);
+  MM_CUDA_CHECK(cudaMemcpy(host.data(), times, host.size() * sizeof(uint64_t),
+                           cudaMemcpyDeviceToHost));
+  MM_CUDA_CHECK(cudaFree(times));
+  uint64_t first = UINT64_MAX;
+  for (int64_t i = 0; i < ctas; ++i) first = std::min(first, host[2 * i]);
+  std::vector<double> starts, ends;
+  for (int64_t i = 0; i < ctas; ++i) {
+    starts.push_back((host[2 * i] - first) * 1e-3);
+    if (host[2 * i + 1] != 0) ends.push_back((host[2 * i + 1] - first) * 1e-3);
+  }
+  std::sort(starts.begin(), starts.end());
+  std::sort(ends.begin(), ends.end());
+  auto at = [](const std::vector<double>& v, double q) {
+    return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
+  };
+  char text[200];
+  std::snprintf(text, sizeof(text),
+                "CTAs %lld: started within %.2f us; KV streams ended min %.2f / p50 %.2f / p90 "
+                "%.2f / max %.2f us",
+                static_cast<long long>(ctas), starts.back(), at(ends, 0), at(ends, 0.5),
+                at(ends, 0.9), ends.empty() ? 0.0 : ends.back());
+  return text;
+}
 
 Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_t seed) {
   Measured m;
   const int n_heads = s.kv_heads * s.group;
   const int64_t kv_bytes = s.KvBytes();
-  m.replicas = static_cast<int>(
-      std::max<int64_t>(1, (3 * static_cast<int64_t>(l2_bytes) + kv_bytes - 1) / kv_bytes));
+  m.replicas = o.replicas > 0 ? o.replicas
+                              : static_cast<int>(std::max<int64_t>(
+                                    1, (3 * static_cast<int64_t>(l2_bytes) + kv_bytes - 1) /
+                                           kv_bytes));
   m.launches = m.replicas * ((o.launches + m.replicas - 1) / m.replicas);
   const int blocks_per_seq = (s.ctx + kBlockSize - 1) / kBlockSize;
   const int64_t num_blocks = static_cast<int64_t>(m.replicas) * s.batch * blocks_per_seq;
@@ -300,6 +370,7 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   p.max_blocks_per_seq = blocks_per_seq;
   p.max_kv_len = s.ctx;
   p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  p.split_merge = o.split_merge;
   m.splits = moemesh::cuda::DecodeSplits(cache, p);
 
   cudaStream_t stream;
@@ -332,6 +403,7 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   m.no_prefetch_us = time_launches(true, 0);
   m.us = time_launches(true, defaults.overlap_prefetch_tokens);
   m.ran = true;
+  if (o.timeline) m.timeline = Timeline(cache, p, s, tables, ws, ws_bytes, stream);
 
   // The output must be finite (padding-free batch): a cheap guard against a broken build.
   std::vector<float> out_host(q_host.size());
@@ -343,6 +415,9 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
       break;
     }
   }
+  // The floor: the same grid with every sequence empty (after the output check above).
+  MM_CUDA_CHECK(cudaMemset(lens, 0, s.batch * sizeof(int32_t)));
+  m.empty_us = time_launches(true, defaults.overlap_prefetch_tokens);
   MM_CUDA_CHECK(cudaStreamDestroy(stream));
   for (void* ptr : {static_cast<void*>(k_pool), static_cast<void*>(v_pool),
                     static_cast<void*>(tables), static_cast<void*>(lens), static_cast<void*>(q),
@@ -381,10 +456,11 @@ int Main(int argc, char** argv) {
   std::printf(
       "us: overlapped launches (programmatic dependent launch; each call's CTAs start while the "
       "previous call ends and pull their first KV tiles into L2 before waiting for it), the "
-      "default; plain: ordinary launches; no-pf: overlapped without the prefetch\n");
-  std::printf("%5s %6s %4s %3s | %9s %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s  %s\n",
+      "default; plain: ordinary launches; no-pf: overlapped without the prefetch; empty: the "
+      "same grid with every length 0 (the floor of a call)\n");
+  std::printf("%5s %6s %4s %3s | %9s %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s %8s  %s\n",
               "batch", "ctx", "kvh", "G", "KV MiB", "splits", "N", "us", "GB/s", "of copy",
-              "torch us", "torch/ours", "plain us", "no-pf us", "pl/ours", "note");
+              "torch us", "torch/ours", "plain us", "no-pf us", "pl/ours", "empty us", "note");
   double worst_big_frac = 2.0, worst_vs_torch = 0.0, key_speedup = -1.0;
   double worst_big_plain = 2.0, worst_plain_vs_torch = 0.0, key_plain = -1.0;
   std::string worst_big, worst_torch;
@@ -400,9 +476,10 @@ int Main(int argc, char** argv) {
     std::snprintf(shape_text, sizeof(shape_text), "%d x %d x %d kvh x G%d", s.batch, s.ctx,
                   s.kv_heads, s.group);
     if (!m.ran) {
-      std::printf("%5d %6d %4d %3d | %9.1f %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s  %s\n",
-                  s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, "-", "-", "-", "-",
-                  "-", "-", "-", "-", "-", "-", note.c_str());
+      std::printf(
+          "%5d %6d %4d %3d | %9.1f %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s %8s  %s\n",
+          s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, "-", "-", "-", "-", "-",
+          "-", "-", "-", "-", "-", "-", note.c_str());
       continue;
     }
     const double bw = s.KvBytes() / (m.us * 1e-6);
@@ -414,11 +491,12 @@ int Main(int argc, char** argv) {
     }
     if (m.cluster) note = "cluster merge" + (note.empty() ? "" : "; " + note);
     std::printf(
-        "%5d %6d %4d %3d | %9.1f %6d %5d | %9.2f %8.0f %6.1f%% | %9s %10s | %9.2f %8.2f %7.2fx  "
-        "%s\n",
+        "%5d %6d %4d %3d | %9.1f %6d %5d | %9.2f %8.0f %6.1f%% | %9s %10s | %9.2f %8.2f %7.2fx "
+        "%8.2f  %s\n",
         s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, m.splits, m.launches, m.us,
         bw / 1e9, 100 * frac, torch_us_text, ratio_text, m.plain_us, m.no_prefetch_us,
-        m.plain_us / m.us, note.c_str());
+        m.plain_us / m.us, m.empty_us, note.c_str());
+    if (!m.timeline.empty()) std::printf("      timeline: %s\n", m.timeline.c_str());
     std::fflush(stdout);
     if (s.KvBytes() >= (int64_t{64} << 20)) {
       ++big_count;

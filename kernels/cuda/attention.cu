@@ -73,6 +73,7 @@ using warp_mma::StoreClusterF32;
 using warp_mma::StoreClusterF32x4;
 using warp_mma::WaitForPrerequisites;
 
+using decode::AddScaled;
 using decode::ArriveLast;
 using decode::ClusterReduce;
 using decode::kLn2;
@@ -146,7 +147,14 @@ struct DecodeArgs {
   int32_t num_blocks;   // cache blocks in the pools (bounds the L2 prefetch's addresses)
   int32_t prefetch_tokens;  // > 0: launched to overlap the previous kernel (PDL); first pull
                             // up to this many tokens of the CTA's share into L2 (PrefetchShare)
+  uint64_t* cta_times;      // diagnostics (DecodeParams::cta_times) or null
 };
+
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 // Tokens per split when the attended range is `range`: spread over all splits in whole tiles,
 // at least kMinChunk. The host computes it for its bound on the range; the kernel takes the
@@ -200,6 +208,12 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   __shared__ float s_l[kWarps][kRowsPerTile];
   __shared__ float s_lse[kMaxMergeInputs * kRowsPerTile];
   __shared__ int s_flag;
+  const int64_t cta_id =
+      blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + int64_t{gridDim.y} * blockIdx.z);
+  if (a.cta_times != nullptr && threadIdx.x == 0) {
+    a.cta_times[2 * cta_id] = GlobalTimerNs();
+    a.cta_times[2 * cta_id + 1] = 0;
+  }
 
   const int split = blockIdx.x;
   const int h = blockIdx.y / a.row_tiles;
@@ -460,6 +474,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
 
   // Merge the warps (the stage buffers become [warp][row][kMergeStride] floats).
   __syncthreads();
+  if (a.cta_times != nullptr && threadIdx.x == 0) a.cta_times[2 * cta_id + 1] = GlobalTimerNs();
   float* s_o = reinterpret_cast<float*>(smem);
   if (t == 0) {
     s_m[warp][g] = m_run;
@@ -489,10 +504,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       const float4 x = *reinterpret_cast<const float4*>(
           s_o + (w * kRowsPerTile + r) * Cfg::kMergeStride + d4 * 4);
       sum = fmaf(wt, s_l[w][r], sum);
-      acc.x = fmaf(wt, x.x, acc.x);
-      acc.y = fmaf(wt, x.y, acc.y);
-      acc.z = fmaf(wt, x.z, acc.z);
-      acc.w = fmaf(wt, x.w, acc.w);
+      AddScaled(acc, wt, x);
     }
     const float inv = 1.f / sum;
     const float lse2 = m + log2f(sum);
@@ -768,6 +780,7 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
                                                                                    : 1;
   a.q_scale = p.scale * kLog2e;
   a.num_blocks = cache.num_blocks;
+  a.cta_times = p.cta_times;
   if (plan.splits > 1 && a.cluster == 1) {
     const int64_t rows = static_cast<int64_t>(p.batch) * p.n_heads;
     const size_t partial = PartialBytes(rows, plan.splits, cache.head_dim);

@@ -60,6 +60,12 @@ struct DecodeParams {
   // the tables or the lengths. false: an ordinary launch (for timing comparisons).
   bool overlap = true;
   int32_t overlap_prefetch_tokens = 256;  // tuning/testing: per CTA; 0 = no prefetch
+  // Diagnostics (benchmarks): when set, each CTA of the head_dim 64/128 kernel writes the device
+  // clock (%globaltimer, ns) at its start to cta_times[2 i] and at the end of its KV stream to
+  // cta_times[2 i + 1] (0 for a CTA without one), i = split + splits * (y + y_count * sequence)
+  // with y = KV head * row tiles + row tile, row tiles = ceil(group / 8): size it
+  // 2 * DecodeSplits(...) * kv_heads * row tiles * batch.
+  uint64_t* cta_times = nullptr;
 };
 
 // Device scratch DecodeAttention needs for these bounds (partial outputs and LSEs of splits, and

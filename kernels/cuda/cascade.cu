@@ -40,6 +40,7 @@ namespace moemesh::cuda {
 namespace {
 
 namespace cs = cascade;
+using decode::AddScaled;
 using decode::ArriveLast;
 using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
@@ -195,10 +196,7 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
           const float w = exp2f(lse[i] - m);
           const float4 x = *reinterpret_cast<const float4*>(s_o + (rr * cmax + i) * D + d4 * 4);
           sum += w;
-          acc.x = fmaf(w, x.x, acc.x);
-          acc.y = fmaf(w, x.y, acc.y);
-          acc.z = fmaf(w, x.z, acc.z);
-          acc.w = fmaf(w, x.w, acc.w);
+          AddScaled(acc, w, x);
         }
       }
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
@@ -449,10 +447,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
           const float4 x =
               *reinterpret_cast<const float4*>(wbuf + (w * 16 + r) * C::kResStride + d4 * 4);
           sum = fmaf(wt, sh.l[w][r], sum);
-          acc.x = fmaf(wt, x.x, acc.x);
-          acc.y = fmaf(wt, x.y, acc.y);
-          acc.z = fmaf(wt, x.z, acc.z);
-          acc.w = fmaf(wt, x.w, acc.w);
+          AddScaled(acc, wt, x);
         }
       }
       const float inv = sum > 0.f ? 1.f / sum : 0.f;

@@ -20,6 +20,14 @@ constexpr int kRowsPerTile = 8;        // query heads per CTA
 constexpr int kMaxMergeInputs = 16;    // states one merge combines, at most
 constexpr float kLn2 = 0.6931471805599453f;
 
+// acc += w * x, elementwise (the weighted sum of attention states in every merge).
+__device__ __forceinline__ void AddScaled(float4& acc, float w, float4 x) {
+  acc.x = fmaf(w, x.x, acc.x);
+  acc.y = fmaf(w, x.y, acc.y);
+  acc.z = fmaf(w, x.z, acc.z);
+  acc.w = fmaf(w, x.w, acc.w);
+}
+
 // Block-wide: this CTA's global writes are published, then it takes a ticket; true in the CTA
 // that arrives last of `count` (which resets the counter for the next launch). count <= 1: the
 // only arrival, no atomics. Shared with the cascade kernel (cascade.cu).
@@ -86,10 +94,7 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
           const float4 x =
               *reinterpret_cast<const float4*>(s_in + (i * kRowsPerTile + r) * D + d4 * 4);
           sum += w;
-          acc.x = fmaf(w, x.x, acc.x);
-          acc.y = fmaf(w, x.y, acc.y);
-          acc.z = fmaf(w, x.z, acc.z);
-          acc.w = fmaf(w, x.w, acc.w);
+          AddScaled(acc, w, x);
         }
       }
     }

@@ -1,0 +1,300 @@
+// The work decomposition of the CUDA cascade attention kernels (kernels/cuda/cascade_plan.h),
+// run on the CPU: for every CTA of a launch, resolved with the kernels' own functions, each row
+// and position is attended exactly once and every merge gets exactly the arrivals it waits for;
+// the layout builder rejects bad levels. Runs everywhere (no GPU needed).
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/cascade_plan.h"
+
+namespace moemesh {
+namespace {
+
+namespace cs = cuda::cascade;
+using cuda::CascadeBounds;
+using cuda::CascadeLevelSpec;
+
+// ---------------------------------------------------------------------------------------------
+// Plan simulation (CPU): every CTA of a launch, resolved with the kernels' own functions.
+
+struct PlanScenario {
+  std::string name;
+  CascadeBounds bounds;
+  int kv_heads = 1;
+  int head_dim = 128;
+  int window = 0;
+  int capacity = 1 << 20;
+  std::vector<CascadeLevelSpec> levels;
+  std::vector<int32_t> kv_lens;
+  cs::PlanKnobs knobs;
+};
+
+// Checks one launch (form) of a scenario on `slots` resident CTAs.
+void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
+  const std::string what = s.name + " slots " + std::to_string(slots) + " form " +
+                           std::to_string(static_cast<int>(form));
+  std::vector<int32_t> words;
+  const std::string error = cs::BuildLayout(s.bounds, s.levels, s.kv_lens.data(), &words);
+  ASSERT_EQ(error, "") << what;
+  const cs::LayoutView l = cs::MakeLayoutView(words.data(), s.bounds);
+  const cs::Plan p =
+      cs::MakePlan(s.bounds, s.kv_heads, s.head_dim, slots, form, s.knobs);
+  cs::Dims d;
+  d.kv_heads = s.kv_heads;
+  d.n_heads = s.bounds.n_heads;
+  d.group = s.bounds.n_heads / s.kv_heads;
+  d.batch = s.bounds.batch;
+  d.max_levels = s.bounds.max_levels;
+  d.capacity = s.capacity;
+  d.window = s.window;
+  const int batch = s.bounds.batch, kvh = s.kv_heads, group = d.group;
+  ASSERT_TRUE(p.pre_tile_rows == 16 || p.pre_tile_rows == 64) << what;
+  ASSERT_LE(p.members_per_tile * group, p.pre_tile_rows) << what;
+  ASSERT_GE(p.pre_splits, 1) << what;
+  ASSERT_LE(p.pre_splits, cs::kMaxPrefixSplits) << what;
+  ASSERT_GE(p.suf_splits, 1) << what;
+  ASSERT_LE(p.suf_splits, cs::kMaxSuffixSplits) << what;
+  ASSERT_LE(p.pre_merge_group, cs::kMaxMergeInputs) << what;
+  ASSERT_LE((p.pre_splits + p.pre_merge_group - 1) / p.pre_merge_group, cs::kMaxMergeInputs)
+      << what;
+
+  // Prefix: per (level, KV head, member i): the spans covering it; per tile: n_active.
+  std::map<std::tuple<int, int, int>, std::vector<std::pair<int, int>>> spans;
+  std::map<std::tuple<int, int, int>, int> tile_active;  // (level, head, tile) -> n_active
+  std::map<std::pair<int, int>, int> arrivals;            // (seq, head) -> arrivals
+  std::map<std::tuple<int, int, int>, bool> tile_arrived;
+  for (int cta = 0; cta < p.pre_ctas; ++cta) {
+    const cs::PrefixWork w = cs::ResolvePrefix(cta, p, d, l);
+    if (!w.active) continue;
+    ASSERT_LT(w.level, s.bounds.max_levels) << what;
+    ASSERT_LE(w.rows, p.pre_tile_rows) << what;
+    ASSERT_EQ(w.table_seq, s.levels[w.level].members[0]) << what;
+    const auto tile = std::make_tuple(w.level, w.head, w.tile);
+    auto it = tile_active.find(tile);
+    if (it == tile_active.end()) {
+      tile_active[tile] = w.n_active;
+    } else {
+      ASSERT_EQ(it->second, w.n_active) << what << ": splits of a tile disagree";
+    }
+    ASSERT_LT(w.split, w.n_active) << what;
+    ASSERT_LE(w.n_active, p.pre_splits) << what;
+    for (int m = 0; m < w.members; ++m) {
+      const int i = w.first_slot + m - w.level * s.bounds.max_members;
+      ASSERT_EQ(l.member_seq[w.first_slot + m], s.levels[w.level].members[i]) << what;
+      spans[std::make_tuple(w.level, w.head, i)].push_back({w.lo, w.hi});
+    }
+    if (!tile_arrived[tile]) {  // the tile's merged state arrives once at each member
+      tile_arrived[tile] = true;
+      for (int m = 0; m < w.members; ++m) {
+        ++arrivals[std::make_pair(l.member_seq[w.first_slot + m], w.head)];
+      }
+    }
+  }
+  if (form != cs::Form::kSuffixPass) {
+    for (size_t li = 0; li < s.levels.size(); ++li) {
+      const CascadeLevelSpec& lv = s.levels[li];
+      for (int h = 0; h < kvh; ++h) {
+        for (size_t i = 0; i < lv.members.size(); ++i) {
+          auto found = spans.find(std::make_tuple(static_cast<int>(li), h, static_cast<int>(i)));
+          ASSERT_TRUE(found != spans.end())
+              << what << ": level " << li << " head " << h << " member " << i << " not covered";
+          std::vector<std::pair<int, int>> v = found->second;
+          std::sort(v.begin(), v.end());
+          if (lv.begin == lv.end) {
+            ASSERT_EQ(v.size(), 1u) << what;
+            ASSERT_EQ(v[0].first, v[0].second) << what;
+            continue;
+          }
+          int at = lv.begin;
+          for (const auto& [lo, hi] : v) {
+            ASSERT_EQ(lo, at) << what << ": level " << li << " gap or overlap";
+            ASSERT_GT(hi, lo) << what;
+            at = hi;
+          }
+          ASSERT_EQ(at, lv.end) << what << ": level " << li << " not covered to its end";
+        }
+      }
+    }
+  }
+
+  // Suffix: spans per (seq, head) partition [start, len); arrivals.
+  std::map<std::pair<int, int>, std::vector<std::pair<int, int>>> own;
+  for (int id = 0; id < p.suf_ctas; ++id) {
+    const cs::SuffixWork w = cs::ResolveSuffix(id, p, d, l, s.kv_lens.data());
+    if (!w.active) continue;
+    ASSERT_LT(w.seq, batch) << what;
+    own[{w.seq, w.head}].push_back({w.lo, w.hi});
+    ++arrivals[std::make_pair(w.seq, w.head)];
+  }
+  if (form != cs::Form::kPrefixPass) {
+    for (int b = 0; b < batch; ++b) {
+      // What the sequence attends in total: its levels, then its own positions.
+      std::vector<std::pair<int, int>> all;
+      for (const CascadeLevelSpec& lv : s.levels) {
+        if (std::find(lv.members.begin(), lv.members.end(), b) != lv.members.end()) {
+          if (lv.end > lv.begin) all.push_back({lv.begin, lv.end});
+        }
+      }
+      for (int h = 0; h < kvh; ++h) {
+        auto found = own.find({b, h});
+        ASSERT_TRUE(found != own.end()) << what << ": seq " << b << " head " << h << " no suffix";
+        std::vector<std::pair<int, int>> v = found->second;
+        std::vector<std::pair<int, int>> total = all;
+        for (const auto& x : v) {
+          if (x.second > x.first) total.push_back(x);
+        }
+        std::sort(total.begin(), total.end());
+        const int len = std::min(s.kv_lens[b], s.capacity);
+        int at = s.window > 0 && all.empty() ? std::max(0, len - s.window) : 0;
+        for (const auto& [lo, hi] : total) {
+          ASSERT_EQ(lo, at) << what << ": seq " << b << " head " << h << " gap or overlap";
+          at = hi;
+        }
+        ASSERT_EQ(at, len) << what << ": seq " << b << " not attended to its end";
+        const int want = cs::SequenceArrivals(b, p, d, l, s.kv_lens.data());
+        ASSERT_EQ(arrivals[std::make_pair(b, h)], want)
+            << what << ": arrivals of seq " << b << " head " << h;
+      }
+    }
+  }
+}
+
+PlanScenario RandomScenario(uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  PlanScenario s;
+  s.name = "random" + std::to_string(seed);
+  s.kv_heads = uni(1, 3);
+  const int group = std::vector<int>{1, 6, 8, 16, 24, 64}[uni(0, 5)];
+  s.head_dim = uni(0, 1) ? 128 : 64;
+  const int batch = uni(1, 40);
+  s.bounds.batch = batch;
+  s.bounds.n_heads = s.kv_heads * group;
+  const int bs = std::vector<int>{1, 5, 16}[uni(0, 2)];
+  // Disjoint top-level groups of members, some with a nested level inside.
+  std::vector<int> order(batch);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<int> deepest(batch, 0);
+  size_t at = 0;
+  int depth = 0;
+  while (at < order.size() && uni(0, 3) > 0) {
+    const int n = std::min<int>(uni(1, 20), static_cast<int>(order.size() - at));
+    CascadeLevelSpec outer;
+    outer.members.assign(order.begin() + at, order.begin() + at + n);
+    at += n;
+    outer.begin = 0;
+    outer.end = bs * uni(0, uni(0, 1) ? 3 : 400);
+    s.levels.push_back(outer);
+    depth = std::max(depth, 1);
+    for (int m : outer.members) deepest[m] = outer.end;
+    if (n >= 2 && uni(0, 1)) {
+      CascadeLevelSpec inner;
+      inner.members.assign(outer.members.begin(), outer.members.begin() + uni(1, n));
+      inner.begin = outer.end;
+      inner.end = inner.begin + bs * uni(0, 50);
+      s.levels.push_back(inner);
+      depth = 2;
+      for (int m : inner.members) deepest[m] = inner.end;
+    }
+  }
+  s.kv_lens.resize(batch);
+  int longest_own = 0, longest_shared = 0, most = 0;
+  for (int b = 0; b < batch; ++b) {
+    const int own = uni(0, 9) == 0 ? 0 : uni(1, uni(0, 1) ? 40 : 3000);
+    s.kv_lens[b] = deepest[b] + own;
+    longest_own = std::max(longest_own, own);
+  }
+  for (const CascadeLevelSpec& lv : s.levels) {
+    longest_shared = std::max(longest_shared, lv.end - lv.begin);
+    most = std::max<int>(most, static_cast<int>(lv.members.size()));
+  }
+  s.bounds.max_levels = static_cast<int>(s.levels.size()) + uni(0, 2);
+  s.bounds.max_members = std::max(1, most + uni(0, 3));
+  s.bounds.max_depth = std::max(1, depth) + uni(0, 1);
+  // Bounds below the actual lengths must still work (only less evenly spread).
+  s.bounds.max_shared_len = uni(0, 4) == 0 ? longest_shared / 3 : longest_shared;
+  s.bounds.max_suffix_len = uni(0, 4) == 0 ? longest_own / 3 : longest_own;
+  if (s.levels.empty() && uni(0, 1)) s.window = uni(1, 500);
+  if (uni(0, 3) == 0) s.knobs.max_prefix_splits = uni(1, 40);
+  if (uni(0, 3) == 0) s.knobs.max_suffix_splits = uni(1, 5);
+  if (group <= 16 && uni(0, 3) == 0) s.knobs.prefix_tile_rows = uni(0, 1) ? 16 : 64;
+  return s;
+}
+
+TEST(CascadePlan, EveryRowAndPositionOnceAndEveryMergeCompletes) {
+  for (uint32_t seed = 1; seed <= 300; ++seed) {
+    const PlanScenario s = RandomScenario(seed);
+    for (int slots : {1, 7, 132, 264, 1000}) {
+      for (cs::Form form : {cs::Form::kPrefixPass, cs::Form::kSuffixPass, cs::Form::kFused}) {
+        SimulateLaunch(s, slots, form);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(CascadePlan, FlashInferShapePlans) {
+  // 8 members x 8 query heads over 4000 shared positions, 1 KV head, on 264 resident CTAs: the
+  // single 64-row tile's work must still be spread (16-row tiles x splits), with as many splits
+  // as one merge level takes while each split's share stays short.
+  CascadeBounds b;
+  b.batch = 8;
+  b.n_heads = 8;
+  b.max_levels = 1;
+  b.max_members = 8;
+  b.max_depth = 1;
+  b.max_shared_len = 4000;
+  b.max_suffix_len = 32;
+  const cs::Plan fused = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, {});
+  EXPECT_EQ(fused.pre_tile_rows, 16);
+  EXPECT_EQ(fused.pre_tiles, 4);
+  EXPECT_EQ(fused.pre_splits, cs::kSingleLevelMaxSplits);
+  EXPECT_EQ(fused.pre_merge_group, fused.pre_splits);  // one merge level
+  EXPECT_LE(fused.pre_chunk, cs::kShortSplitTokens);
+  EXPECT_LE(fused.pre_ctas + fused.suf_ctas, 264);
+  // 64 members x 8 heads over 32K positions: 64-row tiles (the shared KV is re-read per tile).
+  b.batch = b.max_members = 64;
+  b.max_shared_len = 32768;
+  const cs::Plan big = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, {});
+  EXPECT_EQ(big.pre_tile_rows, 64);
+  EXPECT_EQ(big.pre_tiles, 8);
+  EXPECT_GE(big.pre_ctas, 132);
+}
+
+TEST(CascadePlan, LayoutBuilderRejectsBadLevels) {
+  CascadeBounds b;
+  b.batch = 4;
+  b.n_heads = 8;
+  b.max_levels = 2;
+  b.max_members = 3;
+  b.max_depth = 2;
+  std::vector<int32_t> words;
+  auto build = [&](std::vector<CascadeLevelSpec> levels) {
+    return cs::BuildLayout(b, levels, nullptr, &words);
+  };
+  EXPECT_EQ(build({{{0, 1}, 0, 32}, {{1}, 32, 48}}), "");
+  EXPECT_NE(build({{{0, 1}, 0, 32}, {{1}, 16, 48}}), "") << "overlap";
+  EXPECT_NE(build({{{0, 1}, 0, 32}, {{1}, 40, 48}}), "") << "gap";
+  EXPECT_NE(build({{{0, 1}, 16, 32}}), "") << "does not start at 0";
+  EXPECT_NE(build({{{0, 1, 2, 3}, 0, 32}}), "") << "too many members";
+  EXPECT_NE(build({{{0, 0}, 0, 32}}), "") << "repeated member";
+  EXPECT_NE(build({{{0, 4}, 0, 32}}), "") << "not a batch index";
+  EXPECT_NE(build({{{}, 0, 32}}), "") << "no members";
+  EXPECT_NE(build({{{0}, 0, 16}, {{0}, 16, 32}, {{0}, 32, 48}}), "") << "too many levels";
+  const std::vector<int32_t> lens = {40, 20, 50, 50};
+  EXPECT_NE(cs::BuildLayout(b, {{{0, 1}, 0, 32}}, lens.data(), &words), "") << "beyond kv_len";
+  b.max_depth = 1;
+  EXPECT_NE(build({{{0, 1}, 0, 32}, {{1}, 32, 48}}), "") << "too deep";
+}
+
+}  // namespace
+}  // namespace moemesh
