@@ -17,6 +17,7 @@
 //   build/bin/bench_cascade [--cases abcd] [--launches 20] [--min_ms 200]
 //       [--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] [--q_parts 2|3]
 //       [--sweep]   (also times the fused form over prefix tile rows x split caps, for tuning)
+//       [--timeline] (per-CTA clocks of one call of each form: CascadeParams::cta_times)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -72,13 +73,14 @@ struct Options {
   int max_prefix_splits = 0;
   int q_parts = 3;
   bool sweep = false;
+  bool timeline = false;
 };
 
 [[noreturn]] void Usage(const char* why) {
   std::fprintf(stderr,
                "%s\nusage: bench_cascade [--cases abcd] [--launches N] [--min_ms MS] "
                "[--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] "
-               "[--q_parts 2|3] [--sweep]\n",
+               "[--q_parts 2|3] [--sweep] [--timeline]\n",
                why);
   std::exit(2);
 }
@@ -108,6 +110,8 @@ Options ParseArgs(int argc, char** argv) {
       o.max_prefix_splits = std::atoi(value().c_str());
     } else if (arg == "--q_parts") {
       o.q_parts = std::atoi(value().c_str());
+    } else if (arg == "--timeline") {
+      o.timeline = true;
     } else if (arg == "--sweep") {
       o.sweep = true;
     } else {
@@ -177,7 +181,56 @@ struct Result {
   cuda::CascadePlanInfo fused_plan, prefix_plan;
   double working_set_mib = 0;
   std::vector<std::string> sweep;  // --sweep: one line per knob setting
+  std::vector<std::string> timeline;  // --timeline: lines per form
 };
+
+// One call of `run` with p.cta_times set (CascadeParams): per CTA kind (suffix / prefix units)
+// and timeline point, min / median / max in us after the first CTA's start, then the end of the
+// last CTA. The call is timed alone on the stream after a warm-up call.
+std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,
+                                  cuda::CascadeParams p, cuda::cascade::Form plan_form,
+                                  const std::function<void(const cuda::CascadeParams&)>& run,
+                                  cudaStream_t stream) {
+  const cuda::CascadePlanInfo info = cuda::DescribeCascadePlan(cache, p, plan_form);
+  const int64_t ctas = info.ctas;
+  const int64_t suffix_ctas = info.suffix_ctas;
+  const int k_stamps = cuda::kCascadeStamps;
+  uint64_t* times;
+  MM_CUDA_CHECK(cudaMalloc(&times, k_stamps * ctas * sizeof(uint64_t)));
+  p.cta_times = times;
+  run(p);
+  run(p);
+  MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<uint64_t> host(k_stamps * ctas);
+  MM_CUDA_CHECK(cudaMemcpy(host.data(), times, host.size() * sizeof(uint64_t),
+                           cudaMemcpyDeviceToHost));
+  MM_CUDA_CHECK(cudaFree(times));
+  uint64_t first = UINT64_MAX;
+  for (int64_t i = 0; i < ctas; ++i) first = std::min(first, host[k_stamps * i]);
+  static const char* const kNames[] = {"start", "resolved", "streamed", "stored", "merge", "end"};
+  std::vector<std::string> lines;
+  for (int kind = 0; kind < 2; ++kind) {
+    const int64_t lo = kind == 0 ? 0 : suffix_ctas, hi = kind == 0 ? suffix_ctas : ctas;
+    if (hi <= lo) continue;
+    std::string line = std::string("       timeline ") + form + (kind == 0 ? " suffix" : " prefix") +
+                       " units (" + std::to_string(hi - lo) + " CTAs), us min/p50/max:";
+    for (int k = 0; k < k_stamps; ++k) {
+      std::vector<double> v;
+      for (int64_t i = lo; i < hi; ++i) {
+        const uint64_t t = host[k_stamps * i + k];
+        if (t != 0) v.push_back((t - first) * 1e-3);
+      }
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      char text[96];
+      std::snprintf(text, sizeof(text), " %s %.2f/%.2f/%.2f (%zu)", kNames[k], v.front(),
+                    v[v.size() / 2], v.back(), v.size());
+      line += text;
+    }
+    lines.push_back(line);
+  }
+  return lines;
+}
 
 Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed) {
   Result res;
@@ -360,6 +413,28 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
   });
   res.ran = true;
 
+  if (o.timeline) {
+    set_replica(0);
+    using cuda::cascade::Form;
+    const std::pair<const char*, Form> forms[] = {
+        {"fused", Form::kFused}, {"prefix-pass", Form::kPrefixPass}, {"suffix-pass", Form::kSuffixPass}};
+    for (const auto& [name, form] : forms) {
+      const std::vector<std::string> lines = Timeline(
+          name, cache, cp, form,
+          [&, form = form](const cuda::CascadeParams& tp) {
+            if (form == Form::kFused) {
+              cuda::CascadeFused(cache, tp, casc_ws, casc_ws_bytes, stream);
+            } else if (form == Form::kPrefixPass) {
+              cuda::CascadePrefixPass(cache, tp, casc_ws, casc_ws_bytes, stream);
+            } else {
+              cuda::CascadeSuffixPass(cache, tp, casc_ws, casc_ws_bytes, stream);
+            }
+          },
+          stream);
+      res.timeline.insert(res.timeline.end(), lines.begin(), lines.end());
+    }
+  }
+
   if (o.sweep) {  // the fused form over the plan's knobs
     const int group = cs.q_heads / cs.kv_heads;
     for (int tile : {16, 64}) {
@@ -482,6 +557,7 @@ int Main(int argc, char** argv) {
                 "prefix pass alone: %d CTAs\n",
                 e.flat_seconds * 1e6, e.cascade_seconds * 1e6, e.saved_bytes / 1048576.0,
                 r.prefix_plan.ctas);
+    for (const std::string& line : r.timeline) std::printf("%s\n", line.c_str());
     for (const std::string& line : r.sweep) std::printf("%s\n", line.c_str());
     std::fflush(stdout);
     if (pick_us / r.flat_us > worst_pick) {

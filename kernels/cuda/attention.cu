@@ -60,6 +60,7 @@ using warp_mma::CpAsync16;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
 using warp_mma::EvictFirstPolicy;
+using warp_mma::GlobalTimerNs;
 using warp_mma::LaunchDependents;
 using warp_mma::LdMatrixX4;
 using warp_mma::LdMatrixX4Trans;
@@ -149,12 +150,6 @@ struct DecodeArgs {
                             // up to this many tokens of the CTA's share into L2 (PrefetchShare)
   uint64_t* cta_times;      // diagnostics (DecodeParams::cta_times) or null
 };
-
-__device__ __forceinline__ uint64_t GlobalTimerNs() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 
 // Tokens per split when the attended range is `range`: spread over all splits in whole tiles,
 // at least kMinChunk. The host computes it for its bound on the range; the kernel takes the
@@ -354,7 +349,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
   };
 
-#pragma unroll
+#pragma unroll 1
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
     if (s < my_tiles) issue(s);
     CpAsyncCommit();

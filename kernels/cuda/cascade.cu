@@ -45,6 +45,7 @@ using decode::ArriveLast;
 using warp_mma::CpAsync16L2;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
+using warp_mma::GlobalTimerNs;
 using warp_mma::LdMatrixX4;
 using warp_mma::LdMatrixX4Trans;
 using warp_mma::Mma;
@@ -71,8 +72,11 @@ struct Cfg {
   static constexpr int kResStride = D + 8;  // float2 stores of a half-warp hit 32 banks
   static constexpr int kWarpBufFloats = kMaxTileRows * kResStride;
   static_assert((kMaxTileRows + kWarps * 16) * kResStride * 4 <= kSmemBytes, "result buffers");
-  // MergeRows: the LSEs of up to kMaxTileRows rows and the staged outputs of at least one row.
-  static_assert((kMaxTileRows + D) * cs::kMaxFinalInputs * 4 <= kSmemBytes, "merge staging");
+  // MergeRows: the weights and LSEs of up to kMaxTileRows rows and the staged outputs of at least
+  // one row.
+  static_assert((kMaxTileRows * (cs::kMaxFinalInputs + 1) + D * cs::kMaxFinalInputs) * 4 <=
+                    kSmemBytes,
+                "merge staging");
 };
 
 struct Shared {
@@ -116,7 +120,15 @@ struct KernelArgs {
   int32_t block_size;
   int32_t max_blocks_per_seq;
   float q_scale;  // scale * log2(e)
+  uint64_t* cta_times;  // CascadeParams::cta_times
 };
+
+// Diagnostic timeline point k of this CTA (CascadeParams::cta_times).
+__device__ __forceinline__ void Stamp(const KernelArgs& a, int k) {
+  if (a.cta_times != nullptr && threadIdx.x == 0) {
+    a.cta_times[kCascadeStamps * static_cast<int64_t>(blockIdx.x) + k] = GlobalTimerNs();
+  }
+}
 
 // 16-byte global -> shared copy that zero-fills (reads nothing) when !valid; no L2 cache hint.
 // warp_mma::CpAsync16 (with an L2::cache_hint policy) must not be used here: ptxas (CUDA 13.0,
@@ -150,34 +162,69 @@ __device__ __forceinline__ void PrefetchTable(const KernelArgs& a, const int32_t
 // outputs are staged in shared memory a chunk of rows at a time with every copy of the chunk in
 // flight at once (the LSEs are read in the first chunk's round trip), so a merge costs one L2
 // round trip per chunk whatever the number of inputs (loads consumed one input at a time would
-// each wait for the previous one).
+// each wait for the previous one). The copies go a warp per row and a lane per 16 bytes, inputs
+// in the inner loop, so that a copy costs a few instructions (index arithmetic per copy, with
+// only 4 warps to hide it, used to cost more than the round trip).
 template <int D, class CountOf, class LseOf, class OOf, class Store>
 __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OOf o_of,
                           Store store, unsigned char* smem) {
   constexpr int kQuads = D / 4;
-  float* s_lse = reinterpret_cast<float*>(smem);
-  const int lse_floats = (rows * cmax + 3) & ~3;
-  float* s_o = s_lse + lse_floats;
+  constexpr int kLanesPerInput = kQuads < 32 ? kQuads : 32;  // lanes copying one input row
+  constexpr int kInputsPerPass = 32 / kLanesPerInput;        // inputs a warp copies at once
+  static_assert(kQuads % kLanesPerInput == 0, "lanes per input");
+  float* s_w = reinterpret_cast<float*>(smem);  // [rows][cmax]: LSEs, then weights
+  float* s_row_lse = s_w + rows * cmax;         // [rows]
+  const int lse_floats = (rows * (cmax + 1) + 3) & ~3;
+  float* s_o = s_w + lse_floats;
   const int chunk_rows =
       max(1, (Cfg<D>::kSmemBytes / 4 - lse_floats) / max(1, cmax * D));  // static_assert: >= 1
-  const int row_quads = cmax * kQuads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane / kLanesPerInput, q = lane % kLanesPerInput;
   auto issue = [&](int r0) {
     const int nr = min(chunk_rows, rows - r0);
-    for (int c = threadIdx.x; c < nr * row_quads; c += kThreads) {
-      const int rr = c / row_quads;
-      const int i = (c - rr * row_quads) / kQuads;
-      const int d4 = c % kQuads;
-      if (i < count_of(r0 + rr)) {
-        CpAsync16L2(SmemAddr(s_o + (rr * cmax + i) * D + d4 * 4), o_of(r0 + rr, i) + d4 * 4);
+    for (int rr = warp; rr < nr; rr += kWarps) {
+      const int r = r0 + rr;
+      const int count = min(count_of(r), cmax);
+      float* dst = s_o + rr * cmax * D;
+      for (int i = sub; i < count; i += kInputsPerPass) {
+        const float* src = o_of(r, i);
+#pragma unroll
+        for (int k = 0; k < kQuads / kLanesPerInput; ++k) {
+          const int d4 = q + k * kLanesPerInput;
+          CpAsync16L2(SmemAddr(dst + i * D + d4 * 4), src + d4 * 4);
+        }
       }
     }
     CpAsyncCommit();
   };
   __syncthreads();  // the caller's last use of shared memory is over
   issue(0);
+  // While the copies fly: the LSEs (a thread per (row, input), so that the loads overlap), then
+  // per row (a warp each) the inputs' weights exp2(lse_i - m) / sum into s_w and the merged
+  // log2-sum-exp into s_row_lse, so that the per-dimension loop below is only loads and FMAs
+  // (recomputed per dimension, with 4 warps to hide each dependent step, they cost more).
   for (int idx = threadIdx.x; idx < rows * cmax; idx += kThreads) {
-    const int r = idx / cmax, i = idx % cmax;
-    s_lse[idx] = i < count_of(r) ? lse_of(r, i) : -INFINITY;
+    const int r = idx / cmax, i = idx - r * cmax;
+    s_w[idx] = i < count_of(r) ? lse_of(r, i) : -INFINITY;
+  }
+  __syncthreads();
+  for (int r = warp; r < rows; r += kWarps) {
+    float m = -INFINITY;
+    for (int i = lane; i < cmax; i += 32) m = fmaxf(m, s_w[r * cmax + i]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float sum = 0.f;
+    for (int i = lane; i < cmax; i += 32) {
+      const float l = s_w[r * cmax + i];
+      const float w = l == -INFINITY ? 0.f : exp2f(l - m);  // m finite when any l is
+      s_w[r * cmax + i] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int i = lane; i < cmax; i += 32) s_w[r * cmax + i] *= inv;
+    if (lane == 0) s_row_lse[r] = sum > 0.f ? m + log2f(sum) : -INFINITY;
   }
   for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
     CpAsyncWait<0>();
@@ -185,23 +232,26 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
     const int nr = min(chunk_rows, rows - r0);
     for (int item = threadIdx.x; item < nr * kQuads; item += kThreads) {
       const int rr = item / kQuads, d4 = item % kQuads;
-      const float* lse = s_lse + (r0 + rr) * cmax;
-      float m = -INFINITY;
-      for (int i = 0; i < cmax; ++i) m = fmaxf(m, lse[i]);
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-      float sum = 0.f;
-      if (m != -INFINITY) {
-        for (int i = 0; i < cmax; ++i) {
-          if (lse[i] == -INFINITY) continue;  // empty (or absent) input: its copy may be stale
-          const float w = exp2f(lse[i] - m);
-          const float4 x = *reinterpret_cast<const float4*>(s_o + (rr * cmax + i) * D + d4 * 4);
-          sum += w;
-          AddScaled(acc, w, x);
+      const float* w = s_w + (r0 + rr) * cmax;
+      const float* x = s_o + rr * cmax * D + d4 * 4;
+      // Four independent accumulators; an input of weight 0 is skipped (its staging may hold
+      // anything: it was not copied, or it is an empty state).
+      float4 acc[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int i0 = 0; i0 < cmax; i0 += 4) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int i = i0 + j;
+          const float wi = i < cmax ? w[i] : 0.f;
+          if (wi != 0.f) AddScaled(acc[j], wi, *reinterpret_cast<const float4*>(x + i * D));
         }
       }
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      store(r0 + rr, d4, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv),
-            sum > 0.f ? m + log2f(sum) : -INFINITY);
+      const float4 o = make_float4(acc[0].x + acc[1].x + acc[2].x + acc[3].x,
+                                   acc[0].y + acc[1].y + acc[2].y + acc[3].y,
+                                   acc[0].z + acc[1].z + acc[2].z + acc[3].z,
+                                   acc[0].w + acc[1].w + acc[2].w + acc[3].w);
+      store(r0 + rr, d4, o, s_row_lse[r0 + rr]);
     }
     __syncthreads();  // the chunk's staging is free again
     if (r0 + chunk_rows < rows) issue(r0 + chunk_rows);
@@ -253,7 +303,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
     }
   };
 
-#pragma unroll
+#pragma unroll 1
   for (int s = 0; s < C::kStages - 1; ++s) {
     if (s < n_stages) issue(s);
     CpAsyncCommit();
@@ -538,6 +588,7 @@ __device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
   const int grp_count = min(mg, w.n_active - grp_first);
   const int n_groups = (w.n_active + mg - 1) / mg;
   if (!ArriveLast(&counters[grp], grp_count, &sh.flag)) return false;
+  Stamp(a, 4);
   auto all_of = [](int) { return 0x7fffffff; };  // every row has all inputs (count <= cmax)
   auto part_lse = [&](int r, int i) -> float {
     return __ldcg(a.pre_part_lse + sh.row_state[r] * splits + grp_first + i);
@@ -590,7 +641,9 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
     sh.row_state[r] = state_row;
   }
   __syncthreads();
+  Stamp(a, 1);
   ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16, smem, sh);
+  Stamp(a, 2);
   if (w.n_active == 1) {  // the only split: its result is the members' prefix state
     StoreResults<D>(
         w.rows, [&](int r) { return a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D; },
@@ -601,6 +654,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
         w.rows, [&](int r) { return a.pre_part_o + (sh.row_state[r] * splits + w.split) * D; },
         [&](int r) { return a.pre_part_lse + sh.row_state[r] * splits + w.split; }, 1.f, smem,
         sh);
+    Stamp(a, 3);
     if (!MergePrefixSplits<D>(a, w, smem, sh)) return;
   }
   if (!a.plan.fused) return;
@@ -624,6 +678,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   __syncthreads();
   if (sh.n_final == 0) return;
   __threadfence();
+  Stamp(a, 4);
   FinalMerges<D>(a, w.head, smem, sh);
 }
 
@@ -639,14 +694,18 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
     sh.row_q[r] = r < group ? row0 + r : -1;
   }
   __syncthreads();
+  Stamp(a, 1);
   ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16, smem, sh);
+  Stamp(a, 2);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
       group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
       [&](int r) { return a.suf_part_lse + (row0 + r) * splits + w.split; }, 1.f, smem, sh);
+  Stamp(a, 3);
   const int expected = cs::SequenceArrivals(w.seq, a.plan, a.dims, a.layout, a.kv_lens);
   if (ArriveLast(a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head, expected,
                  &sh.flag)) {
+    Stamp(a, 4);
     if (threadIdx.x == 0) {
       sh.n_final = 1;
       NoteFinal(a, 0, w.seq, w.n_active, sh);
@@ -661,11 +720,18 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a)
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ Shared sh;
   const int cta = static_cast<int>(blockIdx.x);
+  if (a.cta_times != nullptr && threadIdx.x == 0) {
+    for (int k = 1; k < kCascadeStamps - 1; ++k) {
+      a.cta_times[kCascadeStamps * static_cast<int64_t>(cta) + k] = 0;
+    }
+  }
+  Stamp(a, 0);
   if (cta < a.plan.suf_ctas) {
     RunSuffix<D, QP>(a, cta, smem, sh);
   } else {
     RunPrefix<D, QP>(a, cta - a.plan.suf_ctas, smem, sh);
   }
+  Stamp(a, kCascadeStamps - 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,6 +915,7 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   a.block_size = cache.block_size;
   a.max_blocks_per_seq = p.max_blocks_per_seq;
   a.q_scale = p.scale * kLog2e;
+  a.cta_times = p.cta_times;
   const unsigned grid = static_cast<unsigned>(ctas);
   if (cache.head_dim == 128) {
     if (p.q_parts == 2) {
@@ -915,6 +982,7 @@ CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p
   info.prefix_splits = plan.pre_splits;
   info.suffix_splits = plan.suf_splits;
   info.ctas = plan.pre_ctas + plan.suf_ctas;
+  info.suffix_ctas = plan.suf_ctas;
   return info;
 }
 

@@ -59,7 +59,14 @@ struct CascadeParams {
   int32_t max_prefix_splits = 0;
   int32_t max_suffix_splits = 0;
   int32_t q_parts = 3;
+  // Diagnostics (benchmarks): when set, CTA i of a launch writes the device clock (%globaltimer,
+  // ns) to cta_times[kCascadeStamps * i + k], k = 0 its start, 1 its work resolved (positions,
+  // rows), 2 its KV stream done, 3 its results stored, 4 the start of the (last) merge it runs,
+  // 5 its end; 0 where a CTA has no such point. Size: kCascadeStamps * DescribeCascadePlan().ctas.
+  uint64_t* cta_times = nullptr;
 };
+
+constexpr int kCascadeStamps = 6;
 
 enum class CascadeForm { kTwoLaunch, kFused };
 
@@ -97,6 +104,7 @@ struct CascadePlanInfo {
   int prefix_splits = 0;  // per tile
   int suffix_splits = 0;  // per (sequence, KV head)
   int ctas = 0;           // of the launch (a pass, or the fused launch)
+  int suffix_ctas = 0;    // its first CTAs, the suffix units (the rest are prefix units)
 };
 CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p,
                                     cascade::Form form);

@@ -61,13 +61,24 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
                             int64_t out_row_o, int64_t out_row_lse, float lse_scale, float* s_in,
                             float* s_lse) {
   constexpr int kQuads = D / 4;
-  const int per_input = rows * kQuads;  // 16-byte chunks of one input's rows
-  for (int c = threadIdx.x; c < count * per_input; c += kThreads) {
-    const int i = c / per_input;
-    const int r = (c - i * per_input) / kQuads;
-    const int d4 = c % kQuads;
-    warp_mma::CpAsync16L2(warp_mma::SmemAddr(s_in + (i * kRowsPerTile + r) * D + d4 * 4),
-              in_o + r * in_row_o + static_cast<int64_t>(i) * D + d4 * 4);
+  // A warp per row, a lane per 16 bytes, inputs in the inner loop: a copy costs a few
+  // instructions (index arithmetic per copy used to cost more than the round trip).
+  constexpr int kLanesPerInput = kQuads < 32 ? kQuads : 32;
+  constexpr int kInputsPerPass = 32 / kLanesPerInput;
+  {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int sub = lane / kLanesPerInput, q = lane % kLanesPerInput;
+    for (int r = warp; r < rows; r += kWarps) {
+      for (int i = sub; i < count; i += kInputsPerPass) {
+        const float* src = in_o + r * in_row_o + static_cast<int64_t>(i) * D;
+#pragma unroll
+        for (int k = 0; k < kQuads / kLanesPerInput; ++k) {
+          const int d4 = q + k * kLanesPerInput;
+          warp_mma::CpAsync16L2(warp_mma::SmemAddr(s_in + (i * kRowsPerTile + r) * D + d4 * 4),
+                                src + d4 * 4);
+        }
+      }
+    }
   }
   warp_mma::CpAsyncCommit();
   for (int idx = threadIdx.x; idx < count * kRowsPerTile; idx += kThreads) {

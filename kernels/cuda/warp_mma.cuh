@@ -11,6 +11,13 @@
 
 namespace moemesh::cuda::warp_mma {
 
+// The device clock in ns (%globaltimer), for the kernels' diagnostic timelines.
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
