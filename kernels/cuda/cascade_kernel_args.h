@@ -1,0 +1,51 @@
+// The arguments of the CUDA cascade attention kernel (cascade.cu) and its launch, shared by the
+// kernel and the host side of a call (cascade_launch.cc: checks, workspace, plan). Internal to
+// kernels/cuda; the public interface is cascade.h.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/cascade_plan.h"
+#include "kernels/cuda/fast_div.h"
+
+namespace moemesh::cuda::cascade {
+
+struct KernelArgs {
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const float* q;
+  float* out;
+  float* lse;
+  const int32_t* block_tables;
+  const int32_t* kv_lens;
+  LayoutView layout;
+  float* prefix_v;
+  float* prefix_lse;
+  float* pre_part_o;     // [slot rows, pre_splits, D]; log2 LSEs below
+  float* pre_part_lse;   // [slot rows, pre_splits]
+  float* pre_group_o;    // like pre_part_o (group slots)
+  float* pre_group_lse;
+  float* suf_part_o;     // [batch * n_heads, suf_splits, D]
+  float* suf_part_lse;   // [batch * n_heads, suf_splits]
+  uint32_t* pre_counters;  // [max_levels * kv_heads * pre_tiles][kCounterSlots]
+  uint32_t* seq_counters;  // [batch * kv_heads]
+  Plan plan;
+  Dims dims;
+  FastDivisor block_div;
+  int32_t block_size;
+  int32_t max_blocks_per_seq;
+  float q_scale;  // scale * log2(e)
+  uint64_t* cta_times;  // CascadeParams::cta_times
+};
+
+// CTAs of the kernel for head_dim (64 or 128) resident on the current GPU at once.
+int CascadeResidentSlots(int head_dim);
+
+// Launches the kernel instance for head_dim and q_parts (2 or 3) with `grid` CTAs.
+void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
+                         cudaStream_t stream);
+
+}  // namespace moemesh::cuda::cascade
