@@ -207,7 +207,8 @@ std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,
   MM_CUDA_CHECK(cudaFree(times));
   uint64_t first = UINT64_MAX;
   for (int64_t i = 0; i < ctas; ++i) first = std::min(first, host[k_stamps * i]);
-  static const char* const kNames[] = {"start", "resolved", "streamed", "stored", "merge", "end"};
+  static const char* const kNames[] = {"start",    "resolved", "issued", "landed", "looped",
+                                             "streamed", "stored",   "merge",  "end"};
   std::vector<std::string> lines;
   for (int kind = 0; kind < 2; ++kind) {
     const int64_t lo = kind == 0 ? 0 : suffix_ctas, hi = kind == 0 ? suffix_ctas : ctas;

@@ -19,9 +19,11 @@
 // merges them (two levels of merges above 16 splits). A suffix split writes a partial state and
 // arrives at its (sequence, KV head) counter; the last arrival (suffix splits, and in the fused
 // launch also each level's prefix tile once merged) merges the partials with the prefix states
-// and writes the output. No CTA ever waits for another, so any grid is deadlock-free.
+// and writes the output (the merges are in cascade_merge.cuh). No CTA ever waits for another, so
+// any grid is deadlock-free.
 #include "kernels/cuda/cascade.h"
 #include "kernels/cuda/cascade_kernel_args.h"
+#include "kernels/cuda/cascade_merge.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -36,7 +38,17 @@ namespace moemesh::cuda {
 namespace {
 
 namespace cs = cascade;
+using cs::Cfg;
+using cs::FinalMerges;
 using cs::KernelArgs;
+using cs::kLn2;
+using cs::kMaxTileRows;
+using cs::kThreads;
+using cs::kWarps;
+using cs::MergePrefixSplits;
+using cs::NoteFinal;
+using cs::Shared;
+using cs::Stamp;
 using decode::AddScaled;
 using decode::ArriveLast;
 using warp_mma::CpAsync16L2;
@@ -50,55 +62,6 @@ using warp_mma::PrefetchL1;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair;
 using warp_mma::SplitPair3;
-
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kMaxTileRows = 64;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-template <int D>
-struct Cfg {
-  static constexpr int kStages = D == 128 ? 3 : 4;
-  static constexpr int kRowBytes = D * 2;
-  static constexpr int kKvBytes = cs::kStageTokens * kRowBytes;  // K (or V) of one stage
-  static constexpr int kStageBytes = 2 * kKvBytes;
-  static constexpr int kSmemBytes = kStages * kStageBytes;
-  // After the main loop the stage buffers hold the tile's results ([64 rows][kResStride]
-  // floats), then the per-warp states of a 16-row tile ([4 warps][16 rows][kResStride]).
-  static constexpr int kResStride = D + 8;  // float2 stores of a half-warp hit 32 banks
-  static constexpr int kWarpBufFloats = kMaxTileRows * kResStride;
-  static_assert((kMaxTileRows + kWarps * 16) * kResStride * 4 <= kSmemBytes, "result buffers");
-  // MergeRows: the weights and LSEs of up to kMaxTileRows rows and the staged outputs of at least
-  // one row.
-  static_assert((kMaxTileRows * (cs::kMaxFinalInputs + 1) + D * cs::kMaxFinalInputs) * 4 <=
-                    kSmemBytes,
-                "merge staging");
-};
-
-struct Shared {
-  float m[kWarps][16];               // per-warp row maxima of a 16-row tile
-  float l[kWarps][16];               // and sums
-  float res_lse[kMaxTileRows];       // the tile's log2-sum-exps (-inf: nothing attended)
-  int32_t row_q[kMaxTileRows];       // q / output row (sequence * n_heads + head), -1: padding
-  int32_t row_state[kMaxTileRows];   // prefix tiles: prefix-state row (slot * n_heads + head)
-  // The (sequence, KV head) merges this CTA completes (FinalMerges): per sequence, its suffix
-  // splits, its inputs (suffix splits + levels) and the member slots of its levels.
-  int32_t fm_seq[kMaxTileRows];
-  int32_t fm_suffix[kMaxTileRows];
-  int32_t fm_count[kMaxTileRows];
-  int32_t fm_slots[kMaxTileRows][kCascadeMaxDepth];
-  int n_final;
-  int flag;
-};
-
-
-// Diagnostic timeline point k of this CTA (CascadeParams::cta_times).
-__device__ __forceinline__ void Stamp(const KernelArgs& a, int k) {
-  if (a.cta_times != nullptr && threadIdx.x == 0) {
-    a.cta_times[kCascadeStamps * static_cast<int64_t>(blockIdx.x) + k] = GlobalTimerNs();
-  }
-}
 
 // 16-byte global -> shared copy that zero-fills (reads nothing) when !valid; no L2 cache hint.
 // warp_mma::CpAsync16 (with an L2::cache_hint policy) must not be used here: ptxas (CUDA 13.0,
@@ -123,109 +86,6 @@ __device__ __forceinline__ void PrefetchTable(const KernelArgs& a, const int32_t
   const int p = lo + static_cast<int>(threadIdx.x) * (Cfg<D>::kStages - 1) * cs::kStageTokens /
                          kThreads;
   if (p < hi) PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
-}
-
-// Merges attention states row by row: row r has count_of(r) <= cmax inputs, input i with
-// log2-sum-exp lse_of(r, i) and normalised output o_of(r, i) (D floats, 16-byte aligned, read
-// through L2); store(r, d4, value, lse2) writes dims 4 * d4 .. + 3 of the result (lse2 = -inf
-// and value 0 when every input is empty). Whole CTA; uses all of the dynamic shared memory. The
-// outputs are staged in shared memory a chunk of rows at a time with every copy of the chunk in
-// flight at once (the LSEs are read in the first chunk's round trip), so a merge costs one L2
-// round trip per chunk whatever the number of inputs (loads consumed one input at a time would
-// each wait for the previous one). The copies go a warp per row and a lane per 16 bytes, inputs
-// in the inner loop, so that a copy costs a few instructions (index arithmetic per copy, with
-// only 4 warps to hide it, used to cost more than the round trip).
-template <int D, class CountOf, class LseOf, class OOf, class Store>
-__device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OOf o_of,
-                          Store store, unsigned char* smem) {
-  constexpr int kQuads = D / 4;
-  constexpr int kLanesPerInput = kQuads < 32 ? kQuads : 32;  // lanes copying one input row
-  constexpr int kInputsPerPass = 32 / kLanesPerInput;        // inputs a warp copies at once
-  static_assert(kQuads % kLanesPerInput == 0, "lanes per input");
-  float* s_w = reinterpret_cast<float*>(smem);  // [rows][cmax]: LSEs, then weights
-  float* s_row_lse = s_w + rows * cmax;         // [rows]
-  const int lse_floats = (rows * (cmax + 1) + 3) & ~3;
-  float* s_o = s_w + lse_floats;
-  const int chunk_rows =
-      max(1, (Cfg<D>::kSmemBytes / 4 - lse_floats) / max(1, cmax * D));  // static_assert: >= 1
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int sub = lane / kLanesPerInput, q = lane % kLanesPerInput;
-  auto issue = [&](int r0) {
-    const int nr = min(chunk_rows, rows - r0);
-    for (int rr = warp; rr < nr; rr += kWarps) {
-      const int r = r0 + rr;
-      const int count = min(count_of(r), cmax);
-      float* dst = s_o + rr * cmax * D;
-      for (int i = sub; i < count; i += kInputsPerPass) {
-        const float* src = o_of(r, i);
-#pragma unroll
-        for (int k = 0; k < kQuads / kLanesPerInput; ++k) {
-          const int d4 = q + k * kLanesPerInput;
-          CpAsync16L2(SmemAddr(dst + i * D + d4 * 4), src + d4 * 4);
-        }
-      }
-    }
-    CpAsyncCommit();
-  };
-  __syncthreads();  // the caller's last use of shared memory is over
-  issue(0);
-  // While the copies fly: the LSEs (a thread per (row, input), so that the loads overlap), then
-  // per row (a warp each) the inputs' weights exp2(lse_i - m) / sum into s_w and the merged
-  // log2-sum-exp into s_row_lse, so that the per-dimension loop below is only loads and FMAs
-  // (recomputed per dimension, with 4 warps to hide each dependent step, they cost more).
-  for (int idx = threadIdx.x; idx < rows * cmax; idx += kThreads) {
-    const int r = idx / cmax, i = idx - r * cmax;
-    s_w[idx] = i < count_of(r) ? lse_of(r, i) : -INFINITY;
-  }
-  __syncthreads();
-  for (int r = warp; r < rows; r += kWarps) {
-    float m = -INFINITY;
-    for (int i = lane; i < cmax; i += 32) m = fmaxf(m, s_w[r * cmax + i]);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float sum = 0.f;
-    for (int i = lane; i < cmax; i += 32) {
-      const float l = s_w[r * cmax + i];
-      const float w = l == -INFINITY ? 0.f : exp2f(l - m);  // m finite when any l is
-      s_w[r * cmax + i] = w;
-      sum += w;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    for (int i = lane; i < cmax; i += 32) s_w[r * cmax + i] *= inv;
-    if (lane == 0) s_row_lse[r] = sum > 0.f ? m + log2f(sum) : -INFINITY;
-  }
-  for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
-    CpAsyncWait<0>();
-    __syncthreads();
-    const int nr = min(chunk_rows, rows - r0);
-    for (int item = threadIdx.x; item < nr * kQuads; item += kThreads) {
-      const int rr = item / kQuads, d4 = item % kQuads;
-      const float* w = s_w + (r0 + rr) * cmax;
-      const float* x = s_o + rr * cmax * D + d4 * 4;
-      // Four independent accumulators; an input of weight 0 is skipped (its staging may hold
-      // anything: it was not copied, or it is an empty state).
-      float4 acc[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int i0 = 0; i0 < cmax; i0 += 4) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int i = i0 + j;
-          const float wi = i < cmax ? w[i] : 0.f;
-          if (wi != 0.f) AddScaled(acc[j], wi, *reinterpret_cast<const float4*>(x + i * D));
-        }
-      }
-      const float4 o = make_float4(acc[0].x + acc[1].x + acc[2].x + acc[3].x,
-                                   acc[0].y + acc[1].y + acc[2].y + acc[3].y,
-                                   acc[0].z + acc[1].z + acc[2].z + acc[3].z,
-                                   acc[0].w + acc[1].w + acc[2].w + acc[3].w);
-      store(r0 + rr, d4, o, s_row_lse[r0 + rr]);
-    }
-    __syncthreads();  // the chunk's staging is free again
-    if (r0 + chunk_rows < rows) issue(r0 + chunk_rows);
-  }
 }
 
 // The tile's rows (sh.row_q; `rows` of them are real) against positions [lo, hi) of `table`, KV
@@ -278,6 +138,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
     if (s < n_stages) issue(s);
     CpAsyncCommit();
   }
+  Stamp(a, 2);
 
   // Query fragments (A operands of S = Q K^T) of rows 16 rw + g (registers 0, 2) and + 8
   // (registers 1, 3), in three bf16 parts.
@@ -315,6 +176,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
   for (int it = 0; it < n_stages; ++it) {
     CpAsyncWait<C::kStages - 2>();  // this thread's copies of stage it have landed
     __syncthreads();                // everyone's have; everyone is done with stage it - 1
+    if (it == 0) Stamp(a, 3);
     if (it + C::kStages - 1 < n_stages) issue(it + C::kStages - 1);
     CpAsyncCommit();
     if (!has_rows) continue;
@@ -415,6 +277,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       }
     }
   }
+  Stamp(a, 4);
   CpAsyncWait<0>();
   __syncthreads();  // every warp is done with the stage buffers: they hold the results below
 #pragma unroll
@@ -452,28 +315,38 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       }
     }
     __syncthreads();
-    constexpr int kQuads = D / 4;
-    for (int item = tid; item < 16 * kQuads; item += kThreads) {
-      const int r = item / kQuads, d4 = item % kQuads;
+    // A thread per row: the warps' weights exp2(m_w - m) / sum (into sh.m) and the row's LSE, so
+    // that the per-dimension loop below is only loads and FMAs.
+    if (tid < 16) {
+      const int r = tid;
       float m = -INFINITY;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) m = fmaxf(m, sh.m[w][r]);
+      float wt[kWarps];
       float sum = 0.f;
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (m != -INFINITY) {
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-          const float wt = exp2f(sh.m[w][r] - m);  // 0 for a warp without positions
-          const float4 x =
-              *reinterpret_cast<const float4*>(wbuf + (w * 16 + r) * C::kResStride + d4 * 4);
-          sum = fmaf(wt, sh.l[w][r], sum);
-          AddScaled(acc, wt, x);
-        }
+      for (int w = 0; w < kWarps; ++w) {
+        wt[w] = m == -INFINITY ? 0.f : exp2f(sh.m[w][r] - m);  // 0 for a warp without positions
+        sum = fmaf(wt[w], sh.l[w][r], sum);
       }
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      *reinterpret_cast<float4*>(res + r * C::kResStride + d4 * 4) =
-          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-      if (d4 == 0) sh.res_lse[r] = sum > 0.f ? m + log2f(sum) : -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sh.m[w][r] = wt[w] * inv;
+      sh.res_lse[r] = sum > 0.f ? m + log2f(sum) : -INFINITY;
+    }
+    __syncthreads();
+    constexpr int kQuads = D / 4;
+    for (int item = tid; item < 16 * kQuads; item += kThreads) {
+      const int r = item / kQuads, d4 = item % kQuads;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float wt = sh.m[w][r];
+        const float4 x =
+            *reinterpret_cast<const float4*>(wbuf + (w * 16 + r) * C::kResStride + d4 * 4);
+        if (wt != 0.f) AddScaled(acc, wt, x);  // a warp without positions may hold anything
+      }
+      *reinterpret_cast<float4*>(res + r * C::kResStride + d4 * 4) = acc;
     }
   }
   __syncthreads();
@@ -493,103 +366,6 @@ __device__ void StoreResults(int rows, OutO out_o, OutLse out_lse, float lse_sca
         *reinterpret_cast<const float4*>(res + r * C::kResStride + d4 * 4);
   }
   for (int r = threadIdx.x; r < rows; r += kThreads) *out_lse(r) = sh.res_lse[r] * lse_scale;
-}
-
-// Records entry j of the final merges this CTA runs: sequence `seq` with `n_suffix` active
-// suffix splits (one thread per entry).
-__device__ __forceinline__ void NoteFinal(const KernelArgs& a, int j, int seq, int n_suffix,
-                                          Shared& sh) {
-  int n = 0;
-  for (int d = 0; d < a.layout.max_depth; ++d) {
-    const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + d];
-    if (slot >= 0) sh.fm_slots[j][n++] = slot;
-  }
-  sh.fm_seq[j] = seq;
-  sh.fm_suffix[j] = n_suffix;
-  sh.fm_count[j] = n_suffix + n;
-}
-
-// Final merges of (sh.fm_seq[j], KV head h) for j < sh.n_final, all in one MergeRows: each
-// sequence's suffix splits' partial states and its prefix states, written to out / lse. Whole
-// CTA, after a __syncthreads that follows the NoteFinal calls.
-template <int D>
-__device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, const Shared& sh) {
-  const int group = a.dims.group, nh = a.dims.n_heads;
-  const int n = sh.n_final;
-  int cmax = 1;
-  for (int j = 0; j < n; ++j) cmax = max(cmax, sh.fm_count[j]);
-  const int64_t splits = a.plan.suf_splits;
-  auto out_row = [&](int r) -> int64_t {
-    return static_cast<int64_t>(sh.fm_seq[r / group]) * nh + h * group + r % group;
-  };
-  auto state_row = [&](int r, int i) -> int64_t {
-    const int j = r / group;
-    return static_cast<int64_t>(sh.fm_slots[j][i - sh.fm_suffix[j]]) * nh + h * group + r % group;
-  };
-  auto count_of = [&](int r) { return sh.fm_count[r / group]; };
-  auto lse_of = [&](int r, int i) -> float {
-    if (i < sh.fm_suffix[r / group]) return __ldcg(a.suf_part_lse + out_row(r) * splits + i);
-    return __ldcg(a.prefix_lse + state_row(r, i)) * kLog2e;
-  };
-  auto o_of = [&](int r, int i) -> const float* {
-    if (i < sh.fm_suffix[r / group]) return a.suf_part_o + (out_row(r) * splits + i) * D;
-    return a.prefix_v + state_row(r, i) * D;
-  };
-  auto store = [&](int r, int d4, float4 x, float lse2) {
-    const int64_t row = out_row(r);
-    *reinterpret_cast<float4*>(a.out + row * D + d4 * 4) = x;
-    if (d4 == 0 && a.lse != nullptr) a.lse[row] = lse2 * kLn2;
-  };
-  MergeRows<D>(n * group, cmax, count_of, lse_of, o_of, store, smem);
-}
-
-// The splits of a prefix tile: true in the CTA that merged them into the prefix states.
-template <int D>
-__device__ bool MergePrefixSplits(const KernelArgs& a, const cs::PrefixWork& w,
-                                  unsigned char* smem, Shared& sh) {
-  uint32_t* counters =
-      a.pre_counters +
-      ((static_cast<int64_t>(w.level) * a.dims.kv_heads + w.head) * a.plan.pre_tiles + w.tile) *
-          cs::kCounterSlots;
-  const int64_t splits = a.plan.pre_splits;
-  const int mg = a.plan.pre_merge_group;
-  const int grp = w.split / mg;
-  const int grp_first = grp * mg;
-  const int grp_count = min(mg, w.n_active - grp_first);
-  const int n_groups = (w.n_active + mg - 1) / mg;
-  if (!ArriveLast(&counters[grp], grp_count, &sh.flag)) return false;
-  Stamp(a, 4);
-  auto all_of = [](int) { return 0x7fffffff; };  // every row has all inputs (count <= cmax)
-  auto part_lse = [&](int r, int i) -> float {
-    return __ldcg(a.pre_part_lse + sh.row_state[r] * splits + grp_first + i);
-  };
-  auto part_o = [&](int r, int i) -> const float* {
-    return a.pre_part_o + (sh.row_state[r] * splits + grp_first + i) * D;
-  };
-  auto store_final = [&](int r, int d4, float4 x, float lse2) {
-    *reinterpret_cast<float4*>(a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D + d4 * 4) =
-        x;
-    if (d4 == 0) a.prefix_lse[sh.row_state[r]] = lse2 * kLn2;
-  };
-  if (n_groups == 1) {
-    MergeRows<D>(w.rows, grp_count, all_of, part_lse, part_o, store_final, smem);
-    return true;
-  }
-  auto store_group = [&](int r, int d4, float4 x, float lse2) {
-    const int64_t slot = sh.row_state[r] * splits + grp;
-    *reinterpret_cast<float4*>(a.pre_group_o + slot * D + d4 * 4) = x;
-    if (d4 == 0) a.pre_group_lse[slot] = lse2;
-  };
-  MergeRows<D>(w.rows, grp_count, all_of, part_lse, part_o, store_group, smem);
-  if (!ArriveLast(&counters[cs::kMaxMergeInputs], n_groups, &sh.flag)) return false;
-  auto group_lse = [&](int r, int i) -> float {
-    return __ldcg(a.pre_group_lse + sh.row_state[r] * splits + i);
-  };
-  auto group_o = [&](int r, int i) -> const float* {
-    return a.pre_group_o + (sh.row_state[r] * splits + i) * D;
-  };
-  MergeRows<D>(w.rows, n_groups, all_of, group_lse, group_o, store_final, smem);
-  return true;
 }
 
 template <int D, int QP>
@@ -613,7 +389,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   __syncthreads();
   Stamp(a, 1);
   ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16, smem, sh);
-  Stamp(a, 2);
+  Stamp(a, 5);
   if (w.n_active == 1) {  // the only split: its result is the members' prefix state
     StoreResults<D>(
         w.rows, [&](int r) { return a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D; },
@@ -624,7 +400,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
         w.rows, [&](int r) { return a.pre_part_o + (sh.row_state[r] * splits + w.split) * D; },
         [&](int r) { return a.pre_part_lse + sh.row_state[r] * splits + w.split; }, 1.f, smem,
         sh);
-    Stamp(a, 3);
+    Stamp(a, 6);
     if (!MergePrefixSplits<D>(a, w, smem, sh)) return;
   }
   if (!a.plan.fused) return;
@@ -648,7 +424,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   __syncthreads();
   if (sh.n_final == 0) return;
   __threadfence();
-  Stamp(a, 4);
+  Stamp(a, 7);
   FinalMerges<D>(a, w.head, smem, sh);
 }
 
@@ -666,16 +442,16 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   __syncthreads();
   Stamp(a, 1);
   ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16, smem, sh);
-  Stamp(a, 2);
+  Stamp(a, 5);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
       group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
       [&](int r) { return a.suf_part_lse + (row0 + r) * splits + w.split; }, 1.f, smem, sh);
-  Stamp(a, 3);
+  Stamp(a, 6);
   const int expected = cs::SequenceArrivals(w.seq, a.plan, a.dims, a.layout, a.kv_lens);
   if (ArriveLast(a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head, expected,
                  &sh.flag)) {
-    Stamp(a, 4);
+    Stamp(a, 7);
     if (threadIdx.x == 0) {
       sh.n_final = 1;
       NoteFinal(a, 0, w.seq, w.n_active, sh);

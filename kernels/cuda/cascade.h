@@ -61,12 +61,14 @@ struct CascadeParams {
   int32_t q_parts = 3;
   // Diagnostics (benchmarks): when set, CTA i of a launch writes the device clock (%globaltimer,
   // ns) to cta_times[kCascadeStamps * i + k], k = 0 its start, 1 its work resolved (positions,
-  // rows), 2 its KV stream done, 3 its results stored, 4 the start of the (last) merge it runs,
-  // 5 its end; 0 where a CTA has no such point. Size: kCascadeStamps * DescribeCascadePlan().ctas.
+  // rows), 2 the copies of its first pipeline stages issued (block-table entries read), 3 its
+  // first stage in shared memory, 4 its main loop done, 5 its KV stream done (results in shared
+  // memory), 6 its results stored, 7 the start of the (last) merge it runs, 8 its end; 0 where a
+  // CTA has no such point. Size: kCascadeStamps * DescribeCascadePlan().ctas.
   uint64_t* cta_times = nullptr;
 };
 
-constexpr int kCascadeStamps = 6;
+constexpr int kCascadeStamps = 9;
 
 enum class CascadeForm { kTwoLaunch, kFused };
 

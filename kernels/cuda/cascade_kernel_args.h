@@ -35,6 +35,7 @@ struct KernelArgs {
   Plan plan;
   Dims dims;
   FastDivisor block_div;
+  FastDivisor group_div;  // dims.group
   int32_t block_size;
   int32_t max_blocks_per_seq;
   float q_scale;  // scale * log2(e)

@@ -179,6 +179,7 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   a.dims.capacity = p.max_blocks_per_seq * cache.block_size;
   a.dims.window = p.window;
   a.block_div = FastDivisor(static_cast<uint32_t>(cache.block_size));
+  a.group_div = FastDivisor(static_cast<uint32_t>(a.dims.group));
   a.block_size = cache.block_size;
   a.max_blocks_per_seq = p.max_blocks_per_seq;
   a.q_scale = p.scale * kLog2e;

@@ -1,8 +1,8 @@
 // Device-side merging of split-KV attention states for the decode kernel (attention.cu): the
 // merge through global memory by the last CTA to arrive (ArriveLast, MergeStates) and the merge
 // inside a thread-block cluster (SliceBegin, SliceOwner, RecvChunk, ClusterReduce). States are
-// normalised outputs with log2-sum-exps. Included by attention.cu (and cascade.cu, for
-// ArriveLast); stateless.
+// normalised outputs with log2-sum-exps. Included by attention.cu (and by cascade_merge.cuh, for
+// ArriveLast and the per-row steps RowWeights and WeightedSum); stateless.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,6 +26,58 @@ __device__ __forceinline__ void AddScaled(float4& acc, float w, float4 x) {
   acc.y = fmaf(w, x.y, acc.y);
   acc.z = fmaf(w, x.z, acc.z);
   acc.w = fmaf(w, x.w, acc.w);
+}
+
+// One row of a merge, by one thread: the LSEs lse_of(i) of its `count` inputs (8 loads in flight
+// at a time), then weight(i) = exp2(lse_i - max) / sum for i < count and 0 for count <= i <
+// slots. Returns the merged log2-sum-exp (-inf, every weight 0, when every input is empty). Once
+// per row, by a thread per row: per output dimension, or by a warp per row with shuffles, these
+// latency-bound steps cost several times more.
+template <class LseOf, class Weight>
+__device__ __forceinline__ float RowWeights(int count, int slots, LseOf lse_of, Weight weight) {
+  float m = -INFINITY;
+  for (int i0 = 0; i0 < count; i0 += 8) {
+    float l[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) l[j] = i0 + j < count ? lse_of(i0 + j) : -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (i0 + j < count) weight(i0 + j) = l[j];
+      m = fmaxf(m, l[j]);
+    }
+  }
+  float sum = 0.f;
+  for (int i = 0; i < count; ++i) {
+    const float l = weight(i);
+    const float e = l == -INFINITY ? 0.f : exp2f(l - m);  // m finite when any l is
+    weight(i) = e;
+    sum += e;
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int i = 0; i < count; ++i) weight(i) *= inv;
+  for (int i = count; i < slots; ++i) weight(i) = 0.f;
+  return sum > 0.f ? m + log2f(sum) : -INFINITY;
+}
+
+// sum_i w(i) * x(i) over i < count (x(i): a float4 in shared memory), in four independent
+// accumulators; an input of weight 0 is skipped (its staging may hold anything).
+template <class W, class X>
+__device__ __forceinline__ float4 WeightedSum(int count, W w, X x) {
+  float4 acc[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i0 = 0; i0 < count; i0 += 4) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = i0 + j;
+      const float wi = i < count ? w(i) : 0.f;
+      if (wi != 0.f) AddScaled(acc[j], wi, x(i));
+    }
+  }
+  return make_float4(acc[0].x + acc[1].x + acc[2].x + acc[3].x,
+                     acc[0].y + acc[1].y + acc[2].y + acc[3].y,
+                     acc[0].z + acc[1].z + acc[2].z + acc[3].z,
+                     acc[0].w + acc[1].w + acc[2].w + acc[3].w);
 }
 
 // Block-wide: this CTA's global writes are published, then it takes a ticket; true in the CTA
@@ -81,43 +133,31 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
     }
   }
   warp_mma::CpAsyncCommit();
-  for (int idx = threadIdx.x; idx < count * kRowsPerTile; idx += kThreads) {
-    const int i = idx / kRowsPerTile, r = idx % kRowsPerTile;
-    s_lse[idx] = r < rows ? __ldcg(in_lse + r * in_row_lse + i) : -INFINITY;
+  // While the copies fly, a thread per row: its weights, normalised, into s_lse.
+  if (threadIdx.x < rows) {
+    const int r = threadIdx.x;
+    const float lse = RowWeights(
+        count, count, [&](int i) { return __ldcg(in_lse + r * in_row_lse + i); },
+        [&](int i) -> float& { return s_lse[i * kRowsPerTile + r]; });
+    if (out_lse != nullptr) {
+      out_lse[r * out_row_lse] = lse == -INFINITY ? -INFINITY : lse * lse_scale;
+    }
   }
   warp_mma::CpAsyncWait<0>();
   __syncthreads();
   for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
     const int r = item / kQuads, d4 = item % kQuads;
     if (r >= rows) continue;
-    float m = -INFINITY;
-    for (int i = 0; i < count; ++i) m = fmaxf(m, s_lse[i * kRowsPerTile + r]);
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float sum = 0.f;
-    if (m != -INFINITY) {
-      // Four inputs at a time (an index past `count` re-reads the last input with weight 0), so
-      // the shared-memory loads of a step are independent.
-      for (int i0 = 0; i0 < count; i0 += 4) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int i = min(i0 + j, count - 1);
-          const float w = i0 + j < count ? exp2f(s_lse[i * kRowsPerTile + r] - m) : 0.f;
-          const float4 x =
-              *reinterpret_cast<const float4*>(s_in + (i * kRowsPerTile + r) * D + d4 * 4);
-          sum += w;
-          AddScaled(acc, w, x);
-        }
-      }
-    }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    float* o = out_o + r * out_row_o + d4 * 4;
-    o[0] = acc.x * inv;
-    o[1] = acc.y * inv;
-    o[2] = acc.z * inv;
-    o[3] = acc.w * inv;
-    if (d4 == 0 && out_lse != nullptr) {
-      out_lse[r * out_row_lse] = sum > 0.f ? (m + log2f(sum)) * lse_scale : -INFINITY;
-    }
+    const float4 o = WeightedSum(
+        count, [&](int i) { return s_lse[i * kRowsPerTile + r]; },
+        [&](int i) {
+          return *reinterpret_cast<const float4*>(s_in + (i * kRowsPerTile + r) * D + d4 * 4);
+        });
+    float* out = out_o + r * out_row_o + d4 * 4;
+    out[0] = o.x;
+    out[1] = o.y;
+    out[2] = o.z;
+    out[3] = o.w;
   }
 }
 
