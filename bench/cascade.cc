@@ -207,8 +207,6 @@ std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,
   MM_CUDA_CHECK(cudaFree(times));
   uint64_t first = UINT64_MAX;
   for (int64_t i = 0; i < ctas; ++i) first = std::min(first, host[k_stamps * i]);
-  static const char* const kNames[] = {"start",    "resolved", "issued", "landed", "looped",
-                                             "streamed", "stored",   "merge",  "end"};
   std::vector<std::string> lines;
   for (int kind = 0; kind < 2; ++kind) {
     const int64_t lo = kind == 0 ? 0 : suffix_ctas, hi = kind == 0 ? suffix_ctas : ctas;
@@ -224,8 +222,8 @@ std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,
       if (v.empty()) continue;
       std::sort(v.begin(), v.end());
       char text[96];
-      std::snprintf(text, sizeof(text), " %s %.2f/%.2f/%.2f (%zu)", kNames[k], v.front(),
-                    v[v.size() / 2], v.back(), v.size());
+      std::snprintf(text, sizeof(text), " %s %.2f/%.2f/%.2f (%zu)",
+                    cuda::kCascadeStampNames[k], v.front(), v[v.size() / 2], v.back(), v.size());
       line += text;
     }
     lines.push_back(line);

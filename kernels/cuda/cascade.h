@@ -69,6 +69,8 @@ struct CascadeParams {
 };
 
 constexpr int kCascadeStamps = 9;
+inline constexpr const char* kCascadeStampNames[kCascadeStamps] = {
+    "start", "resolved", "issued", "landed", "looped", "streamed", "stored", "merge", "end"};
 
 enum class CascadeForm { kTwoLaunch, kFused };
 
