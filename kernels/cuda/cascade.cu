@@ -2,18 +2,8 @@
 // fused launch; a flat grid whose first plan.suf_ctas CTAs are suffix units and the rest prefix
 // units (cascade_plan.h says what each CTA does).
 //
-// Every CTA (4 warps) attends a tile of query rows against a range of positions of one KV head:
-//   - Rows are folded into mma.sync m16n8k16 tiles of 16 rows per warp. A 64-row tile gives each
-//     warp its own 16 rows over every position; a 16-row tile gives the 4 warps the same rows and
-//     a quarter of the positions each (merged in shared memory at the end).
-//   - fp32 queries (pre-scaled by scale * log2(e)) are split into three bf16 parts (hi, lo, lo2):
-//     bf16 K products are exact and the parts leave a 2^-24 relative residual, so scores are
-//     fp32-class; probabilities (in [0, 1]) are split in two for P.V. Each 16-position step's
-//     P.V starts from zero accumulators and is added in fp32 registers, so long ranges do not
-//     build up tensor-core rounding. Online softmax in base 2.
-//   - K/V stream through shared memory in 64-position stages (cp.async, several stages deep,
-//     XOR-swizzled so that ldmatrix is free of bank conflicts) loaded by the whole CTA, at the
-//     default L2 priority (no cache-hint policy: see CpAsync16NoHint).
+// Every CTA (4 warps) attends a tile of query rows against a range of positions of one KV head
+// (the KV stream, ComputeChunk, is in cascade_chunk.cuh).
 // Results: a prefix tile whose range is one split writes its members' prefix states; otherwise
 // each split writes a partial state and the last split of the tile to finish (atomic counter)
 // merges them (two levels of merges above 16 splits). A suffix split writes a partial state and
@@ -22,6 +12,7 @@
 // and writes the output (the merges are in cascade_merge.cuh). No CTA ever waits for another, so
 // any grid is deadlock-free.
 #include "kernels/cuda/cascade.h"
+#include "kernels/cuda/cascade_chunk.cuh"
 #include "kernels/cuda/cascade_kernel_args.h"
 #include "kernels/cuda/cascade_merge.cuh"
 
@@ -39,6 +30,7 @@ namespace {
 
 namespace cs = cascade;
 using cs::Cfg;
+using cs::ComputeChunk;
 using cs::FinalMerges;
 using cs::KernelArgs;
 using cs::kLn2;
@@ -48,325 +40,10 @@ using cs::kWarps;
 using cs::MergePrefixSplits;
 using cs::NoteFinal;
 using cs::Shared;
+using cs::PrefetchTable;
 using cs::Stamp;
-using decode::AddScaled;
+using cs::StoreResults;
 using decode::ArriveLast;
-using warp_mma::CpAsync16L2;
-using warp_mma::CpAsyncCommit;
-using warp_mma::CpAsyncWait;
-using warp_mma::GlobalTimerNs;
-using warp_mma::LdMatrixX4;
-using warp_mma::LdMatrixX4Trans;
-using warp_mma::Mma;
-using warp_mma::PrefetchL1;
-using warp_mma::SmemAddr;
-using warp_mma::SplitPair;
-using warp_mma::SplitPair3;
-
-// 16-byte global -> shared copy that zero-fills (reads nothing) when !valid; no L2 cache hint.
-// warp_mma::CpAsync16 (with an L2::cache_hint policy) must not be used here: ptxas (CUDA 13.0,
-// sm_90a) folds this kernel's CTA-uniform stage base into such a copy's address as
-// LDGSTS [R + UR0], desc[UR1][R.64] while it stages the base and the policy in UR4 / UR5, so the
-// copy reads its memory descriptor from a uniform register nothing writes and the first one
-// faults with cudaErrorIllegalInstruction. (DecodeAttention escapes it because its stage base is
-// per warp; a 64-bit shared address fixes only some of the copies.) Without a policy every copy
-// is LDGSTS [R(+imm)], desc[UR12][R.64], the form of the ordinary global loads.
-__device__ __forceinline__ void CpAsync16NoHint(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-
-// Starts fetching the block-table entries of the first pipeline stages of [lo, hi) into L1, so
-// that the first K/V copies wait for one round trip less.
-template <int D>
-__device__ __forceinline__ void PrefetchTable(const KernelArgs& a, const int32_t* table, int lo,
-                                              int hi) {
-  const int p = lo + static_cast<int>(threadIdx.x) * (Cfg<D>::kStages - 1) * cs::kStageTokens /
-                         kThreads;
-  if (p < hi) PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
-}
-
-// The tile's rows (sh.row_q; `rows` of them are real) against positions [lo, hi) of `table`, KV
-// head h. Leaves row r's normalised output in smem floats [r * kResStride, + D) and its
-// log2-sum-exp in sh.res_lse[r] (-inf, output 0, for an empty range). row_warps: 4 for a 64-row
-// tile, 1 for a 16-row tile.
-template <int D, int QP>
-__device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
-                             int rows, int row_warps, unsigned char* smem, Shared& sh) {
-  using C = Cfg<D>;
-  constexpr int kChunksPerRow = D / 8;                  // 16-byte chunks per position
-  constexpr int kRowsPerPass = kThreads / kChunksPerRow;  // positions one CTA-wide copy covers
-  constexpr int kPasses = cs::kStageTokens / kRowsPerPass;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int g = lane >> 2;  // fragment row
-  const int t = lane & 3;   // fragment column pair
-  const int rw = warp % row_warps, tw = warp / row_warps, tok_warps = kWarps / row_warps;
-  const bool has_rows = 16 * rw < rows;
-  const int chunk_col = tid % kChunksPerRow;
-  const int row_first = tid / kChunksPerRow;
-  const int n_stages = (hi - lo + cs::kStageTokens - 1) / cs::kStageTokens;
-
-  // Starts the copies of stage s (positions lo + 64 s ..) into buffer s % kStages.
-  auto issue = [&](int s) {
-    const int p0 = lo + s * cs::kStageTokens;
-    const int n_valid = min(cs::kStageTokens, hi - p0);
-    const uint32_t k_dst = SmemAddr(smem + (s % C::kStages) * C::kStageBytes);
-    const uint32_t v_dst = k_dst + C::kKvBytes;
-#pragma unroll
-    for (int j = 0; j < kPasses; ++j) {
-      const int r = row_first + j * kRowsPerPass;
-      const bool valid = r < n_valid;
-      int64_t src = 0;
-      if (valid) {
-        const int p = p0 + r;
-        const uint32_t blk = a.block_div.Div(static_cast<uint32_t>(p));
-        const int in_block = p - static_cast<int>(blk) * a.block_size;
-        src = ((static_cast<int64_t>(table[blk]) * a.dims.kv_heads + h) * a.block_size + in_block) *
-                  D +
-              chunk_col * 8;
-      }
-      const uint32_t dst = r * C::kRowBytes + ((chunk_col ^ (r & 7)) << 4);
-      CpAsync16NoHint(k_dst + dst, a.k + src, valid);
-      CpAsync16NoHint(v_dst + dst, a.v + src, valid);
-    }
-  };
-
-#pragma unroll 1
-  for (int s = 0; s < C::kStages - 1; ++s) {
-    if (s < n_stages) issue(s);
-    CpAsyncCommit();
-  }
-  Stamp(a, 2);
-
-  // Query fragments (A operands of S = Q K^T) of rows 16 rw + g (registers 0, 2) and + 8
-  // (registers 1, 3), in three bf16 parts.
-  uint32_t qh[D / 16][4], ql[D / 16][4], ql2[D / 16][4];
-  {
-    const int r0 = 16 * rw + g;
-    const int32_t i0 = sh.row_q[r0], i1 = sh.row_q[r0 + 8];
-    const float* q0 = i0 >= 0 ? a.q + static_cast<int64_t>(i0) * D : nullptr;
-    const float* q1 = i1 >= 0 ? a.q + static_cast<int64_t>(i1) * D : nullptr;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int d = kk * 16 + half * 8 + 2 * t;
-        const float2 x0 =
-            q0 != nullptr ? __ldg(reinterpret_cast<const float2*>(q0 + d)) : make_float2(0.f, 0.f);
-        const float2 x1 =
-            q1 != nullptr ? __ldg(reinterpret_cast<const float2*>(q1 + d)) : make_float2(0.f, 0.f);
-        SplitPair3(x0.x * a.q_scale, x0.y * a.q_scale, qh[kk][half * 2], ql[kk][half * 2],
-                   ql2[kk][half * 2]);
-        SplitPair3(x1.x * a.q_scale, x1.y * a.q_scale, qh[kk][half * 2 + 1], ql[kk][half * 2 + 1],
-                   ql2[kk][half * 2 + 1]);
-      }
-    }
-  }
-  constexpr bool lo2 = QP >= 3;
-
-  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
-  float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
-  float o[D / 8][4];  // dims n * 8 + 2t + (e & 1) of row g (e < 2) and row g + 8 (e >= 2)
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  const float zero[4] = {0.f, 0.f, 0.f, 0.f};
-
-  for (int it = 0; it < n_stages; ++it) {
-    CpAsyncWait<C::kStages - 2>();  // this thread's copies of stage it have landed
-    __syncthreads();                // everyone's have; everyone is done with stage it - 1
-    if (it == 0) Stamp(a, 3);
-    if (it + C::kStages - 1 < n_stages) issue(it + C::kStages - 1);
-    CpAsyncCommit();
-    if (!has_rows) continue;
-    const uint32_t k_stage = SmemAddr(smem + (it % C::kStages) * C::kStageBytes);
-    const uint32_t v_stage = k_stage + C::kKvBytes;
-    const int p_stage = lo + it * cs::kStageTokens;
-    for (int j = tw; j < cs::kStageTokens / cs::kTileTokens; j += tok_warps) {
-      const int n_valid = min(cs::kTileTokens, hi - (p_stage + j * cs::kTileTokens));
-      if (n_valid <= 0) break;
-      const uint32_t k_tile = k_stage + j * cs::kTileTokens * C::kRowBytes;
-      const uint32_t v_tile = v_stage + j * cs::kTileTokens * C::kRowBytes;
-
-      // S = Q K^T for positions j8 * 8 + (0..7): two accumulators per octet (even, odd k-step).
-      float sacc[2][2][4];
-#pragma unroll
-      for (int j8 = 0; j8 < 2; ++j8) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[j8][0][e] = sacc[j8][1][e] = 0.f;
-      }
-#pragma unroll
-      for (int kk2 = 0; kk2 < D / 32; ++kk2) {
-#pragma unroll
-        for (int j8 = 0; j8 < 2; ++j8) {
-          // Matrix lane / 8 of the x4 load: positions j8 * 8 .. + 7, chunk 4 * kk2 + lane / 8.
-          const int tok = j8 * 8 + (lane & 7);
-          const int chunk = kk2 * 4 + (lane >> 3);
-          uint32_t kb[4];
-          LdMatrixX4(k_tile + tok * C::kRowBytes + ((chunk ^ (tok & 7)) << 4), kb);
-          Mma(sacc[j8][0], qh[2 * kk2], kb[0], kb[1], sacc[j8][0]);
-          Mma(sacc[j8][1], qh[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
-          Mma(sacc[j8][0], ql[2 * kk2], kb[0], kb[1], sacc[j8][0]);
-          Mma(sacc[j8][1], ql[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
-          if (lo2) {
-            Mma(sacc[j8][0], ql2[2 * kk2], kb[0], kb[1], sacc[j8][0]);
-            Mma(sacc[j8][1], ql2[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
-          }
-        }
-      }
-
-      // Online softmax: lane holds positions j8 * 8 + 2t + (e & 1) of row g (e < 2) and g + 8.
-      float sv[2][4];
-      float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int j8 = 0; j8 < 2; ++j8) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float x = sacc[j8][0][e] + sacc[j8][1][e];
-          sv[j8][e] = j8 * 8 + 2 * t + (e & 1) < n_valid ? x : -INFINITY;
-          tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sv[j8][e]);
-        }
-      }
-      float alpha[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
-        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-        const float m_new = fmaxf(m_run[i], tile_max[i]);  // finite: position 0 is valid
-        alpha[i] = exp2f(m_run[i] - m_new);                // 0 on the first step
-        m_run[i] = m_new;
-      }
-      float pv[2][4];
-      float psum[2] = {0.f, 0.f};
-#pragma unroll
-      for (int j8 = 0; j8 < 2; ++j8) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          pv[j8][e] = exp2f(sv[j8][e] - m_run[e >> 1]);
-          psum[e >> 1] += pv[j8][e];
-        }
-      }
-      l_run[0] = fmaf(l_run[0], alpha[0], psum[0]);
-      l_run[1] = fmaf(l_run[1], alpha[1], psum[1]);
-      // A operand of P.V (rows g / g + 8, positions 2t.. / 2t + 8..), hi and lo parts.
-      uint32_t pa_hi[4], pa_lo[4];
-      SplitPair(pv[0][0], pv[0][1], pa_hi[0], pa_lo[0]);
-      SplitPair(pv[0][2], pv[0][3], pa_hi[1], pa_lo[1]);
-      SplitPair(pv[1][0], pv[1][1], pa_hi[2], pa_lo[2]);
-      SplitPair(pv[1][2], pv[1][3], pa_hi[3], pa_lo[3]);
-
-      // O = O * alpha + P V for dims dn2 * 16 .. + 15.
-#pragma unroll
-      for (int dn2 = 0; dn2 < D / 16; ++dn2) {
-        // Matrix lane / 8: positions ((lane / 8) & 1) * 8 .. + 7, chunk 2 * dn2 + lane / 16.
-        const int tok = ((lane >> 3) & 1) * 8 + (lane & 7);
-        const int chunk = dn2 * 2 + (lane >> 4);
-        uint32_t vb[4];
-        LdMatrixX4Trans(v_tile + tok * C::kRowBytes + ((chunk ^ (tok & 7)) << 4), vb);
-        float c0[4], c1[4];
-        Mma(c0, pa_hi, vb[0], vb[1], zero);
-        Mma(c0, pa_lo, vb[0], vb[1], c0);
-        Mma(c1, pa_hi, vb[2], vb[3], zero);
-        Mma(c1, pa_lo, vb[2], vb[3], c1);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          o[2 * dn2][e] = fmaf(o[2 * dn2][e], alpha[e >> 1], c0[e]);
-          o[2 * dn2 + 1][e] = fmaf(o[2 * dn2 + 1][e], alpha[e >> 1], c1[e]);
-        }
-      }
-    }
-  }
-  Stamp(a, 4);
-  CpAsyncWait<0>();
-  __syncthreads();  // every warp is done with the stage buffers: they hold the results below
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-  }
-
-  float* res = reinterpret_cast<float*>(smem);
-  if (tok_warps == 1) {  // 64-row tile: each warp finalises its own rows
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = 16 * warp + g + 8 * i;
-      const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<float2*>(res + r * C::kResStride + n * 8 + 2 * t) =
-            make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-      }
-      if (t == 0) sh.res_lse[r] = l_run[i] > 0.f ? m_run[i] + log2f(l_run[i]) : -INFINITY;
-    }
-  } else {  // 16-row tile: the warps' states of the same rows over different positions
-    float* wbuf = res + C::kWarpBufFloats;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = g + 8 * i;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<float2*>(wbuf + (warp * 16 + r) * C::kResStride + n * 8 + 2 * t) =
-            make_float2(o[n][2 * i], o[n][2 * i + 1]);
-      }
-      if (t == 0) {
-        sh.m[warp][r] = m_run[i];
-        sh.l[warp][r] = l_run[i];
-      }
-    }
-    __syncthreads();
-    // A thread per row: the warps' weights exp2(m_w - m) / sum (into sh.m) and the row's LSE, so
-    // that the per-dimension loop below is only loads and FMAs.
-    if (tid < 16) {
-      const int r = tid;
-      float m = -INFINITY;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, sh.m[w][r]);
-      float wt[kWarps];
-      float sum = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        wt[w] = m == -INFINITY ? 0.f : exp2f(sh.m[w][r] - m);  // 0 for a warp without positions
-        sum = fmaf(wt[w], sh.l[w][r], sum);
-      }
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) sh.m[w][r] = wt[w] * inv;
-      sh.res_lse[r] = sum > 0.f ? m + log2f(sum) : -INFINITY;
-    }
-    __syncthreads();
-    constexpr int kQuads = D / 4;
-    for (int item = tid; item < 16 * kQuads; item += kThreads) {
-      const int r = item / kQuads, d4 = item % kQuads;
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float wt = sh.m[w][r];
-        const float4 x =
-            *reinterpret_cast<const float4*>(wbuf + (w * 16 + r) * C::kResStride + d4 * 4);
-        if (wt != 0.f) AddScaled(acc, wt, x);  // a warp without positions may hold anything
-      }
-      *reinterpret_cast<float4*>(res + r * C::kResStride + d4 * 4) = acc;
-    }
-  }
-  __syncthreads();
-}
-
-// Copies the tile's first `rows` results to out_o(r) ([D], 16-byte aligned) and, scaled by
-// lse_scale, to *out_lse(r).
-template <int D, class OutO, class OutLse>
-__device__ void StoreResults(int rows, OutO out_o, OutLse out_lse, float lse_scale,
-                             const unsigned char* smem, const Shared& sh) {
-  using C = Cfg<D>;
-  constexpr int kQuads = D / 4;
-  const float* res = reinterpret_cast<const float*>(smem);
-  for (int item = threadIdx.x; item < rows * kQuads; item += kThreads) {
-    const int r = item / kQuads, d4 = item % kQuads;
-    *reinterpret_cast<float4*>(out_o(r) + d4 * 4) =
-        *reinterpret_cast<const float4*>(res + r * C::kResStride + d4 * 4);
-  }
-  for (int r = threadIdx.x; r < rows; r += kThreads) *out_lse(r) = sh.res_lse[r] * lse_scale;
-}
 
 template <int D, int QP>
 __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Shared& sh) {
@@ -388,7 +65,8 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   }
   __syncthreads();
   Stamp(a, 1);
-  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16, smem, sh);
+  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16,
+                      reinterpret_cast<float*>(smem), smem, sh);
   Stamp(a, 5);
   if (w.n_active == 1) {  // the only split: its result is the members' prefix state
     StoreResults<D>(
@@ -441,7 +119,8 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   }
   __syncthreads();
   Stamp(a, 1);
-  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16, smem, sh);
+  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16,
+                      reinterpret_cast<float*>(smem), smem, sh);
   Stamp(a, 5);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(

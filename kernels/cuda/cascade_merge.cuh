@@ -42,11 +42,15 @@ struct Cfg {
                 "merge staging");
 };
 
-struct Shared {
+// What the KV stream (cascade_chunk.cuh ComputeChunk) keeps in static shared memory.
+struct StreamShared {
   float m[kWarps][16];               // per-warp row maxima of a 16-row tile
   float l[kWarps][16];               // and sums
   float res_lse[kMaxTileRows];       // the tile's log2-sum-exps (-inf: nothing attended)
   int32_t row_q[kMaxTileRows];       // q / output row (sequence * n_heads + head), -1: padding
+};
+
+struct Shared : StreamShared {
   int32_t row_state[kMaxTileRows];   // prefix tiles: prefix-state row (slot * n_heads + head)
   // The (sequence, KV head) merges this CTA completes (FinalMerges): per sequence, its suffix
   // splits, its inputs (suffix splits + levels) and the member slots of its levels.
