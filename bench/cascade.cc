@@ -16,6 +16,8 @@
 //
 //   build/bin/bench_cascade [--cases abcd] [--launches 20] [--min_ms 200]
 //       [--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] [--q_parts 2|3]
+//       [--cluster 0|1|2|4|8|16] (the fused launch's shape, CascadeParams::cluster; each case
+//       also times the flat-grid shape as a baseline)
 //       [--sweep]   (also times the fused form over prefix tile rows x split caps, for tuning)
 //       [--timeline] (per-CTA clocks of one call of each form: CascadeParams::cta_times)
 #include <cuda_bf16.h>
@@ -72,6 +74,7 @@ struct Options {
   int prefix_tile_rows = 0;
   int max_prefix_splits = 0;
   int q_parts = 3;
+  int cluster = 0;
   bool sweep = false;
   bool timeline = false;
 };
@@ -80,7 +83,7 @@ struct Options {
   std::fprintf(stderr,
                "%s\nusage: bench_cascade [--cases abcd] [--launches N] [--min_ms MS] "
                "[--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] "
-               "[--q_parts 2|3] [--sweep] [--timeline]\n",
+               "[--q_parts 2|3] [--cluster 0|1|2|4|8|16] [--sweep] [--timeline]\n",
                why);
   std::exit(2);
 }
@@ -108,6 +111,8 @@ Options ParseArgs(int argc, char** argv) {
       o.prefix_tile_rows = std::atoi(value().c_str());
     } else if (arg == "--max_prefix_splits") {
       o.max_prefix_splits = std::atoi(value().c_str());
+    } else if (arg == "--cluster") {
+      o.cluster = std::atoi(value().c_str());
     } else if (arg == "--q_parts") {
       o.q_parts = std::atoi(value().c_str());
     } else if (arg == "--timeline") {
@@ -176,6 +181,7 @@ struct Result {
   bool ran = false;
   std::string note;
   double flat_us = 0, two_us = 0, fused_us = 0, prefix_us = 0, suffix_us = 0;
+  double grid_us = 0, max_diff_grid = 0;  // the fused launch as the flat grid (cluster 1)
   double max_diff_two = 0, max_diff_fused = 0;
   int replicas = 0, calls = 0;
   cuda::CascadePlanInfo fused_plan, prefix_plan;
@@ -338,6 +344,7 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
   cp.prefix_tile_rows = o.prefix_tile_rows;
   cp.max_prefix_splits = o.max_prefix_splits;
   cp.q_parts = o.q_parts;
+  cp.cluster = o.cluster;
   cuda::CascadeLevelSpec level;
   level.members.resize(cs.batch);
   std::iota(level.members.begin(), level.members.end(), 0);
@@ -388,6 +395,12 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
   cuda::CascadeFused(cache, cp, casc_ws, casc_ws_bytes, stream);
   MM_CUDA_CHECK(cudaStreamSynchronize(stream));
   res.max_diff_fused = max_diff();
+  cuda::CascadeParams grid = cp;  // the fused launch as the flat grid, for comparison
+  grid.cluster = 1;
+  MM_CUDA_CHECK(cudaMemset(out_casc, 0xff, out_elems * 4));
+  cuda::CascadeFused(cache, grid, casc_ws, casc_ws_bytes, stream);
+  MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  res.max_diff_grid = max_diff();
 
   res.flat_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
     set_replica(i);
@@ -401,6 +414,11 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
   res.fused_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
     set_replica(i);
     cuda::CascadeFused(cache, cp, casc_ws, casc_ws_bytes, stream);
+  });
+  res.grid_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
+    set_replica(i);
+    grid.block_tables = cp.block_tables;
+    cuda::CascadeFused(cache, grid, casc_ws, casc_ws_bytes, stream);
   });
   res.prefix_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
     set_replica(i);
@@ -556,6 +574,12 @@ int Main(int argc, char** argv) {
                 "prefix pass alone: %d CTAs\n",
                 e.flat_seconds * 1e6, e.cascade_seconds * 1e6, e.saved_bytes / 1048576.0,
                 r.prefix_plan.ctas);
+    std::printf("     fused shape: %s, %d CTAs, %.2f us; as the flat grid %.2f us (%.2fx), max "
+                "|grid - flat| %.1e%s\n",
+                r.fused_plan.cluster > 0 ? ("clusters of " + std::to_string(r.fused_plan.cluster)
+                                            + " CTAs").c_str() : "flat grid",
+                r.fused_plan.ctas, r.fused_us, r.grid_us, r.grid_us / r.fused_us,
+                r.max_diff_grid, r.max_diff_grid > 1e-3 ? "  MISMATCH" : "");
     for (const std::string& line : r.timeline) std::printf("%s\n", line.c_str());
     for (const std::string& line : r.sweep) std::printf("%s\n", line.c_str());
     std::fflush(stdout);

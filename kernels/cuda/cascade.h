@@ -12,10 +12,15 @@
 //   - Suffix pass: each sequence (member or not) over its own positions [suffix begin, kv_len),
 //     split when long; the last CTA of (sequence, KV head) merges the splits with the sequence's
 //     prefix states and writes the final output. Prefix + suffix = the two-launch form.
-//   - Fused: one launch whose first CTAs run suffix units and the rest prefix units; a prefix
-//     tile, once merged, arrives at each member's (sequence, KV head) counter, and whichever CTA
-//     arrives last merges that sequence. Supports the same levels as the two-launch form (nested
-//     levels too), so it needs no fallback.
+//   - Fused: one launch, in one of two shapes. Clusters (where the bounds allow: no nested
+//     levels, at most 16 query heads per KV head, and all clusters of 16 CTAs fit on the GPU at
+//     once): a thread-block cluster per (level, KV head, 16-row tile) attends the shared range
+//     (split across some of its CTAs) and its members' own positions (pieces on the others), and
+//     merges everything in distributed shared memory; sequences in no level are taken by the
+//     same clusters afterwards.
+//     Otherwise a flat grid whose first CTAs run suffix units and the rest prefix units; a
+//     prefix tile, once merged, arrives at each member's (sequence, KV head) counter, and
+//     whichever CTA arrives last merges that sequence (any levels, nested too).
 // Accuracy is DecodeAttention's (fp32 q split into three bf16 parts, P into two): ~1e-5 relative
 // to fp32 math on the same bf16 K/V. Launch shapes depend only on host values; every length,
 // table and level is read on the device. Thread-safe (stateless launches).
@@ -59,6 +64,10 @@ struct CascadeParams {
   int32_t max_prefix_splits = 0;
   int32_t max_suffix_splits = 0;
   int32_t q_parts = 3;
+  // The fused launch's shape: 0 automatic (16-CTA clusters where they fit), 1 the flat grid,
+  // 2, 4, 8 or 16: clusters of that many CTAs (a call they do not fit aborts, naming why). The
+  // cluster shape does not write the prefix states.
+  int32_t cluster = 0;
   // Diagnostics (benchmarks): when set, CTA i of a launch writes the device clock (%globaltimer,
   // ns) to cta_times[kCascadeStamps * i + k], k = 0 its start, 1 its work resolved (positions,
   // rows), 2 the copies of its first pipeline stages issued (block-table entries read), 3 its
@@ -109,6 +118,8 @@ struct CascadePlanInfo {
   int suffix_splits = 0;  // per (sequence, KV head)
   int ctas = 0;           // of the launch (a pass, or the fused launch)
   int suffix_ctas = 0;    // its first CTAs, the suffix units (the rest are prefix units)
+  int cluster = 0;        // fused launch as clusters: CTAs per cluster (0: the flat grid); then
+                          // prefix_tiles are the clusters' row tiles and prefix_splits = cluster
 };
 CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p,
                                     cascade::Form form);

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/cascade_cluster_plan.h"
 #include "kernels/cuda/cascade_plan.h"
 #include "kernels/cuda/fast_div.h"
 
@@ -40,6 +41,7 @@ struct KernelArgs {
   int32_t max_blocks_per_seq;
   float q_scale;  // scale * log2(e)
   uint64_t* cta_times;  // CascadeParams::cta_times
+  ClusterPlan cluster;  // the cluster form (cascade_cluster.cu); size 0 for the other launches
 };
 
 // CTAs of the kernel for head_dim (64 or 128) resident on the current GPU at once.
@@ -48,5 +50,13 @@ int CascadeResidentSlots(int head_dim);
 // Launches the kernel instance for head_dim and q_parts (2 or 3) with `grid` CTAs.
 void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
                          cudaStream_t stream);
+
+// Clusters of `size` CTAs (2, 4, 8 or 16) of the cluster-form kernel for head_dim that the
+// current GPU holds at once; 0 where that size cannot be placed. Computed once per device (which
+// also sets the kernels' shared-memory and cluster-size attributes).
+int ClusterCapacity(int head_dim, int size);
+
+// Launches the cluster form: a.cluster.level_units clusters of a.cluster.size CTAs.
+void LaunchCascadeCluster(int head_dim, int q_parts, const KernelArgs& a, cudaStream_t stream);
 
 }  // namespace moemesh::cuda::cascade

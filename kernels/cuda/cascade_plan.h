@@ -327,15 +327,21 @@ struct SuffixWork {
   int n_active = 1;
 };
 
-// The positions sequence `seq` attends itself, [start, len), and its active splits.
-MM_CASCADE_HD void SuffixRange(int seq, const Plan& p, const Dims& d, const LayoutView& l,
-                               const int32_t* kv_lens, int* start, int* len, int* n_active,
-                               int* chunk) {
+// The positions sequence `seq` attends itself: [*start, *len).
+MM_CASCADE_HD void OwnRange(int seq, const Dims& d, const LayoutView& l, const int32_t* kv_lens,
+                            int* start, int* len) {
   *len = ClampInt(kv_lens[seq], 0, d.capacity);
   int s = ClampInt(l.seq_suffix_begin[seq], 0, *len);
   if (d.window > 0) s = MaxInt(s, *len - d.window);
   *start = s;
-  const int range = *len - s;
+}
+
+// The positions sequence `seq` attends itself, [start, len), and its active splits.
+MM_CASCADE_HD void SuffixRange(int seq, const Plan& p, const Dims& d, const LayoutView& l,
+                               const int32_t* kv_lens, int* start, int* len, int* n_active,
+                               int* chunk) {
+  OwnRange(seq, d, l, kv_lens, start, len);
+  const int range = *len - *start;
   *chunk = MaxInt(p.suf_chunk, ChunkTokens(range, p.suf_splits));
   *n_active = ActiveSplits(range, *chunk);
 }

@@ -69,6 +69,21 @@ __device__ __forceinline__ void StoreClusterF32x4(uint32_t addr, float4 x) {
                "f"(x.y), "f"(x.z), "f"(x.w)
                : "memory");
 }
+// Loads from another CTA's shared memory (an address from ClusterSmemAddr); order them after the
+// writes they read with a cluster barrier (ClusterArrive / ClusterWait).
+__device__ __forceinline__ float LoadClusterF32(uint32_t addr) {
+  float x;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(x) : "r"(addr) : "memory");
+  return x;
+}
+__device__ __forceinline__ float4 LoadClusterF32x4(uint32_t addr) {
+  float4 x;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(x.x), "=f"(x.y), "=f"(x.z), "=f"(x.w)
+               : "r"(addr)
+               : "memory");
+  return x;
+}
 // Cluster barrier halves, called by every thread of every CTA of the cluster at CTA-uniform
 // points. ClusterArriveRelaxed orders nothing (for "every CTA has started" before the first
 // remote access); ClusterArrive publishes this thread's earlier writes, including those to other

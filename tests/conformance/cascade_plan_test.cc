@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/cascade_cluster_plan.h"
 #include "kernels/cuda/cascade_plan.h"
 
 namespace moemesh {
@@ -240,6 +241,115 @@ TEST(CascadePlan, EveryRowAndPositionOnceAndEveryMergeCompletes) {
       }
     }
   }
+}
+
+// The cluster form (cascade_cluster.cu) of a scenario with clusters of `size` CTAs, as the
+// kernel resolves it: every (sequence, query head) is merged by exactly one CTA, from inputs
+// that cover the level's range and the sequence's own positions exactly once, and the merge's
+// input count and the CTA holding each own piece agree with what the CTAs computed.
+void SimulateClusters(const PlanScenario& s, int size) {
+  const std::string what = s.name + " cluster " + std::to_string(size);
+  std::vector<int32_t> words;
+  ASSERT_EQ(cs::BuildLayout(s.bounds, s.levels, s.kv_lens.data(), &words), "") << what;
+  const cs::LayoutView l = cs::MakeLayoutView(words.data(), s.bounds);
+  const cs::ClusterPlan c = cs::MakeClusterPlan(s.bounds, s.kv_heads, size);
+  cs::Dims d;
+  d.kv_heads = s.kv_heads;
+  d.n_heads = s.bounds.n_heads;
+  d.group = s.bounds.n_heads / s.kv_heads;
+  d.batch = s.bounds.batch;
+  d.max_levels = s.bounds.max_levels;
+  d.capacity = s.capacity;
+  d.window = s.window;
+  const int group = d.group;
+  ASSERT_LE(c.members_per_tile, size) << what;
+  ASSERT_LE(c.members_per_tile * group, cs::kClusterTileRows) << what;
+  // Per (sequence, KV head): attended intervals; per (sequence, query head): merges.
+  std::map<std::pair<int, int>, std::vector<std::pair<int, int>>> covered;
+  std::map<std::pair<int, int>, int> merged;
+  auto run_tile = [&](const cs::ClusterTile& t) {
+    if (!t.active) return;
+    ASSERT_LE(t.members, c.members_per_tile) << what;
+    ASSERT_LE(t.piece_first + t.members * t.own, size) << what;
+    ASSERT_LE(t.n_splits, t.piece_first) << what;
+    if (!t.solo && t.end > t.begin) {
+      ASSERT_GE(t.piece_first, 1) << what;
+    }
+    std::vector<int> seq(t.members), pieces(t.members, 0);
+    for (int i = 0; i < t.members; ++i) seq[i] = cs::ClusterMemberSeq(t, i, l);
+    for (int k = 0; k < size; ++k) {
+      if (k < t.n_splits) {
+        const int lo = t.begin + k * t.chunk, hi = std::min(lo + t.chunk, t.end);
+        ASSERT_LT(lo, hi) << what;
+        for (int i = 0; i < t.members; ++i) covered[{seq[i], t.head}].push_back({lo, hi});
+      }
+      const int m = (k - t.piece_first) / t.own;
+      if (k >= t.piece_first && m < t.members && seq[m] >= 0) {
+        const int j = (k - t.piece_first) % t.own;
+        int start = 0, len = 0, lo = 0, hi = 0;
+        cs::OwnRange(seq[m], d, l, s.kv_lens.data(), &start, &len);
+        if (cs::OwnPiece(t, start, len, j, &lo, &hi)) {
+          ASSERT_EQ(j, pieces[m]) << what << ": pieces of a member are consecutive";
+          ++pieces[m];
+          if (hi > lo) covered[{seq[m], t.head}].push_back({lo, hi});
+        }
+      }
+    }
+    const int rows = t.members * group;
+    for (int k = 0; k < size; ++k) {
+      const int r0 = k * rows / size, nr = (k + 1) * rows / size - r0;
+      ASSERT_LE(nr * (t.n_splits + t.own), cs::kClusterTileRows + cs::kMaxClusterSize)
+          << what << ": merge weights";
+      for (int r = r0; r < r0 + nr; ++r) {
+        const int i = r / group;
+        if (seq[i] < 0) continue;
+        int start = 0, len = 0;
+        cs::OwnRange(seq[i], d, l, s.kv_lens.data(), &start, &len);
+        const int n_pieces = cs::ActiveSplits(len - start, cs::ChunkTokens(len - start, t.own));
+        ASSERT_EQ(n_pieces, pieces[i]) << what << ": merge inputs of seq " << seq[i];
+        ++merged[{seq[i], t.head * group + r % group}];
+      }
+    }
+  };
+  for (int u = 0; u < c.level_units; ++u) {
+    run_tile(cs::ResolveClusterTile(u, false, c, d, l, s.kv_lens.data()));
+    for (int v = u; v < c.solo_units; v += c.level_units) {
+      run_tile(cs::ResolveClusterTile(v, true, c, d, l, s.kv_lens.data()));
+    }
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  for (int b = 0; b < d.batch; ++b) {
+    int start = 0, len = 0;
+    cs::OwnRange(b, d, l, s.kv_lens.data(), &start, &len);
+    for (int h = 0; h < s.kv_heads; ++h) {
+      std::vector<std::pair<int, int>> got = covered[{b, h}];
+      std::sort(got.begin(), got.end());
+      int at = 0;  // a member's level is [0, suffix begin); the own range follows (window: later)
+      for (const auto& [lo, hi] : got) {
+        if (lo != at && at == std::min(l.seq_suffix_begin[b], len)) at = lo;  // window skips
+        ASSERT_EQ(lo, at) << what << ": seq " << b << " head " << h << " gap or overlap";
+        at = hi;
+      }
+      ASSERT_EQ(at, len) << what << ": seq " << b;
+      for (int j = 0; j < group; ++j) {
+        ASSERT_EQ((merged[{b, h * group + j}]), 1) << what << ": seq " << b << " head " << j;
+      }
+    }
+  }
+}
+
+TEST(CascadePlan, ClusterFormCoversEveryRowAndPositionOnce) {
+  int simulated = 0;
+  for (uint32_t seed = 1; seed <= 1000; ++seed) {
+    const PlanScenario s = RandomScenario(seed);
+    if (!cs::ClusterUnsupported(s.bounds, s.kv_heads).empty()) continue;
+    for (int size : {2, 4, 8, 16}) {
+      SimulateClusters(s, size);
+      if (HasFatalFailure()) return;
+    }
+    ++simulated;
+  }
+  EXPECT_GE(simulated, 100);  // the random scenarios reach the cluster form often enough
 }
 
 TEST(CascadePlan, FlashInferShapePlans) {

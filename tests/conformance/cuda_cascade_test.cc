@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/cascade_cluster_plan.h"
 #include "kernels/cuda/cascade_plan.h"
 #include "kernels/ref/cascade.h"
 #include "kernels/ref/paged_attention.h"
@@ -527,15 +528,16 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
   for (cs::Form form : {cs::Form::kPrefixPass, cs::Form::kSuffixPass, cs::Form::kFused}) {
     const cuda::CascadePlanInfo info = cuda::DescribeCascadePlan(cache, p, form);
     std::printf("  %s form %d: prefix tile %d rows x %d tiles x %d splits, suffix %d splits, %d "
-                "CTAs; workspace %zu bytes\n",
+                "CTAs, cluster %d; workspace %zu bytes\n",
                 c.name.c_str(), static_cast<int>(form), info.prefix_tile_rows, info.prefix_tiles,
-                info.prefix_splits, info.suffix_splits, info.ctas, ws_bytes);
+                info.prefix_splits, info.suffix_splits, info.ctas, info.cluster, ws_bytes);
   }
 
   // Runs one form (poisoning every output first) and checks it against the references.
+  // (The cluster shape of the fused launch writes no prefix states: prefix_states false.)
   auto check = [&](const std::string& what, const std::vector<CascadeLevelSpec>& levels,
                    const std::vector<int32_t>& kv_lens, const std::vector<float>& qh,
-                   const std::function<void()>& run) {
+                   const std::function<void()>& run, bool prefix_states) {
     MM_CUDA_CHECK(cudaMemcpy(q.ptr, qh.data(), qh.size() * 4, cudaMemcpyHostToDevice));
     MM_CUDA_CHECK(cudaMemset(out.ptr, 0xff, out.n * 4));  // NaN: every output must be written
     MM_CUDA_CHECK(cudaMemset(lse.ptr, 0xff, lse.n * 4));
@@ -546,7 +548,7 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
     const Reference want = ComputeReference(s, levels, kv_lens, qh, scale, c.window);
     const std::vector<float> got_v = prefix_v.ToHost(), got_lse = prefix_lse.ToHost();
     double worst_prefix = 0, worst_out = 0, worst_flat = 0;
-    for (size_t l = 0; l < levels.size(); ++l) {
+    for (size_t l = 0; prefix_states && l < levels.size(); ++l) {
       const int m = static_cast<int>(levels[l].members.size());
       const size_t first = l * bounds.max_members;
       const std::vector<float> v(got_v.begin() + first * row, got_v.begin() + (first + m) * row);
@@ -573,17 +575,39 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
                 what.c_str(), worst_prefix, worst_out, worst_flat);
   };
 
+  // The fused launch's shapes (CascadeParams::cluster): the flat grid, automatic, and, where the
+  // bounds allow clusters, clusters of 2 and 4 CTAs (the most rows and pieces per CTA).
+  std::vector<int> shapes = {1, 0};
+  if (cs::ClusterUnsupported(bounds, c.kv_heads).empty()) {
+    shapes.push_back(2);
+    shapes.push_back(4);
+  }
+  auto fused_name = [&](int shape) {
+    p.cluster = shape;
+    const int size = cuda::DescribeCascadePlan(cache, p, cs::Form::kFused).cluster;
+    return "fused (cluster " + std::to_string(shape) + ": " +
+           (size > 0 ? std::to_string(size) + " CTAs)" : "flat grid)");
+  };
+
   // Each form twice on one workspace (the second run proves the merge counters were reset).
   for (int pass = 0; pass < 2; ++pass) {
     const std::vector<float>& qh = pass == 0 ? q1 : q2;
+    p.cluster = 0;
     check(c.name + " two-launch run " + std::to_string(pass + 1), s.levels, s.kv_lens, qh, [&] {
       cuda::CascadeAttention(cache, p, cuda::CascadeForm::kTwoLaunch, ws.ptr, ws_bytes, nullptr);
-    });
+    }, true);
     if (HasFatalFailure()) return;
-    check(c.name + " fused run " + std::to_string(pass + 1), s.levels, s.kv_lens, qh, [&] {
-      cuda::CascadeAttention(cache, p, cuda::CascadeForm::kFused, ws.ptr, ws_bytes, nullptr);
-    });
-    if (HasFatalFailure()) return;
+    for (int shape : shapes) {
+      const std::string name = fused_name(shape);
+      const bool grid = cuda::DescribeCascadePlan(cache, p, cs::Form::kFused).cluster == 0;
+      check(c.name + " " + name + " run " + std::to_string(pass + 1), s.levels, s.kv_lens, qh,
+            [&] {
+              cuda::CascadeAttention(cache, p, cuda::CascadeForm::kFused, ws.ptr, ws_bytes,
+                                     nullptr);
+            },
+            grid);
+      if (HasFatalFailure()) return;
+    }
   }
 
   if (!c.graph) return;
@@ -596,8 +620,14 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
   ASSERT_EQ(cuda::BuildCascadeLayout(bounds, levels3, s.kv_lens.data(), &words3), "") << c.name;
   cudaStream_t stream;
   MM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  for (cuda::CascadeForm form : {cuda::CascadeForm::kTwoLaunch, cuda::CascadeForm::kFused}) {
-    const std::string form_name = form == cuda::CascadeForm::kFused ? "fused" : "two-launch";
+  std::vector<std::pair<cuda::CascadeForm, int>> forms = {{cuda::CascadeForm::kTwoLaunch, 0}};
+  for (int shape : shapes) forms.push_back({cuda::CascadeForm::kFused, shape});
+  for (const auto& [form, shape] : forms) {
+    const std::string form_name =
+        form == cuda::CascadeForm::kFused ? fused_name(shape) : "two-launch";
+    p.cluster = shape;
+    const bool states = cuda::DescribeCascadePlan(cache, p, cs::Form::kFused).cluster == 0 ||
+                        form == cuda::CascadeForm::kTwoLaunch;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
@@ -609,14 +639,15 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
       MM_CUDA_CHECK(cudaStreamSynchronize(stream));
     };
     MM_CUDA_CHECK(cudaMemcpy(lens.ptr, lens2.data(), lens2.size() * 4, cudaMemcpyHostToDevice));
-    check(c.name + " " + form_name + " graph replay, new lengths", s.levels, lens2, q2, replay);
+    check(c.name + " " + form_name + " graph replay, new lengths", s.levels, lens2, q2, replay,
+          states);
     if (!HasFatalFailure()) {
       MM_CUDA_CHECK(
           cudaMemcpy(lens.ptr, s.kv_lens.data(), s.kv_lens.size() * 4, cudaMemcpyHostToDevice));
       MM_CUDA_CHECK(
           cudaMemcpy(layout.ptr, words3.data(), words3.size() * 4, cudaMemcpyHostToDevice));
       check(c.name + " " + form_name + " graph replay, new levels", levels3, s.kv_lens, q1,
-            replay);
+            replay, states);
       MM_CUDA_CHECK(
           cudaMemcpy(layout.ptr, words.data(), words.size() * 4, cudaMemcpyHostToDevice));
     }
