@@ -38,6 +38,19 @@ struct PlanScenario {
   cs::PlanKnobs knobs;
 };
 
+// The kernels' dimensions for a scenario.
+cs::Dims DimsOf(const PlanScenario& s) {
+  cs::Dims d;
+  d.kv_heads = s.kv_heads;
+  d.n_heads = s.bounds.n_heads;
+  d.group = s.bounds.n_heads / s.kv_heads;
+  d.batch = s.bounds.batch;
+  d.max_levels = s.bounds.max_levels;
+  d.capacity = s.capacity;
+  d.window = s.window;
+  return d;
+}
+
 // Checks one launch (form) of a scenario on `slots` resident CTAs.
 void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
   const std::string what = s.name + " slots " + std::to_string(slots) + " form " +
@@ -48,14 +61,7 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
   const cs::LayoutView l = cs::MakeLayoutView(words.data(), s.bounds);
   const cs::Plan p =
       cs::MakePlan(s.bounds, s.kv_heads, s.head_dim, slots, form, s.knobs);
-  cs::Dims d;
-  d.kv_heads = s.kv_heads;
-  d.n_heads = s.bounds.n_heads;
-  d.group = s.bounds.n_heads / s.kv_heads;
-  d.batch = s.bounds.batch;
-  d.max_levels = s.bounds.max_levels;
-  d.capacity = s.capacity;
-  d.window = s.window;
+  const cs::Dims d = DimsOf(s);
   const int batch = s.bounds.batch, kvh = s.kv_heads, group = d.group;
   ASSERT_TRUE(p.pre_tile_rows == 16 || p.pre_tile_rows == 64) << what;
   ASSERT_LE(p.members_per_tile * group, p.pre_tile_rows) << what;
@@ -253,14 +259,7 @@ void SimulateClusters(const PlanScenario& s, int size) {
   ASSERT_EQ(cs::BuildLayout(s.bounds, s.levels, s.kv_lens.data(), &words), "") << what;
   const cs::LayoutView l = cs::MakeLayoutView(words.data(), s.bounds);
   const cs::ClusterPlan c = cs::MakeClusterPlan(s.bounds, s.kv_heads, size);
-  cs::Dims d;
-  d.kv_heads = s.kv_heads;
-  d.n_heads = s.bounds.n_heads;
-  d.group = s.bounds.n_heads / s.kv_heads;
-  d.batch = s.bounds.batch;
-  d.max_levels = s.bounds.max_levels;
-  d.capacity = s.capacity;
-  d.window = s.window;
+  const cs::Dims d = DimsOf(s);
   const int group = d.group;
   ASSERT_LE(c.members_per_tile, size) << what;
   ASSERT_LE(c.members_per_tile * group, cs::kClusterTileRows) << what;
