@@ -1,5 +1,6 @@
-// GQA split-KV decode attention of attention.h (AppendKv lives in kv_append.cu, PrefillAttention
-// in prefill.cu, the split merges in decode_merge.cuh).
+// GQA split-KV decode attention of attention.h: the kernel (AppendKv lives in kv_append.cu,
+// PrefillAttention in prefill.cu, the split merges in decode_merge.cuh, the host side of a call
+// in attention_launch.cc, the kernel's arguments in decode_kernel_args.h).
 //
 // Decode, one CTA per (split, KV head x row tile, sequence), 4 warps:
 //   - Up to 8 query heads of one KV head share a CTA (a "row tile"), so each K/V byte is read
@@ -44,6 +45,7 @@
 #include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_kernel_args.h"
 #include "kernels/cuda/decode_merge.cuh"
 #include "kernels/cuda/fast_div.h"
 #include "kernels/cuda/launch_util.h"
@@ -62,8 +64,7 @@ using warp_mma::CpAsyncWait;
 using warp_mma::EvictFirstPolicy;
 using warp_mma::GlobalTimerNs;
 using warp_mma::LaunchDependents;
-using warp_mma::LdMatrixX4;
-using warp_mma::LdMatrixX4Trans;
+using warp_mma::ScoreTile;
 using warp_mma::Mma;
 using warp_mma::PrefetchL1;
 using warp_mma::PrefetchL2Bulk;
@@ -72,94 +73,30 @@ using warp_mma::SplitPair3;
 using warp_mma::SplitPair;
 using warp_mma::StoreClusterF32;
 using warp_mma::StoreClusterF32x4;
+using warp_mma::VFragments;
 using warp_mma::WaitForPrerequisites;
 
 using decode::AddScaled;
 using decode::ArriveLast;
+using decode::ChunkTokens;
 using decode::ClusterReduce;
+using decode::DecodeArgs;
+using decode::DecodeConfig;
+using decode::kCounterSlots;
 using decode::kLn2;
 using decode::kMaxMergeInputs;
 using decode::kRowsPerTile;
 using decode::kThreads;
+using decode::kTileTokens;
 using decode::kWarps;
 using decode::MergeStates;
 using decode::RecvChunk;
 using decode::SliceBegin;
 using decode::SliceOwner;
 
-constexpr int kTileTokens = 16;                  // tokens per warp tile (one mma k-step of P.V)
-constexpr int kMinChunk = kWarps * kTileTokens;  // fewest tokens a split is given
-constexpr int kMaxSplits = 256;
-constexpr int kSingleLevelMaxSplits = kMaxMergeInputs;  // above: two levels, groups of ~sqrt
-constexpr int kShortSplitTokens = 512;                  // see PlanSplits
-constexpr int kCounterSlots = kMaxMergeInputs + 1;      // per (sequence, KV head, row tile)
-constexpr float kLog2e = 1.4426950408889634f;
-
-template <int D>
-struct DecodeConfig {
-  static constexpr int kStages = D == 128 ? 3 : 4;
-  static constexpr int kTileBytes = kTileTokens * D * 2;  // one of K or V
-  static constexpr int kStageBytes = 2 * kTileBytes;
-  static constexpr int kWarpBytes = kStages * kStageBytes;
-  static constexpr int kMergeStride = D + 4;  // floats per row of the warp-merge buffer
-  static constexpr int kStreamBytes = kWarps * kWarpBytes;  // reused by the merges afterwards
-  // Cluster merge: the slices other CTAs push here (ClusterReduce); never reused, because they
-  // may arrive while this CTA still streams.
-  static constexpr int kRecvBytes = kRowsPerTile * (D / 4 + kMaxMergeInputs) * 16;
-  static constexpr int kSmemBytes = kStreamBytes + kRecvBytes;
-  static_assert(kWarps * kRowsPerTile * kMergeStride * 4 <= kStreamBytes, "merge buffer");
-  static_assert(kMaxMergeInputs * kRowsPerTile * D * 4 <= kStreamBytes, "split-merge staging");
-};
-
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------------------------
 // Decode kernel.
-
-struct DecodeArgs {
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  const float* q;
-  float* out;
-  float* lse;
-  const int32_t* block_tables;
-  const int32_t* kv_lens;
-  float* part_o;           // [batch * n_heads, splits, D]
-  float* part_lse;         // [batch * n_heads, splits] (log2 units)
-  float* group_o;          // [batch * n_heads, groups, D]
-  float* group_lse;        // [batch * n_heads, groups]
-  uint32_t* counters_end;  // one past the last counter; pair pr uses the kCounterSlots before
-                           // end - pr * kCounterSlots
-  FastDivisor block_div;
-  int32_t block_size;
-  int32_t kv_heads;
-  int32_t n_heads;
-  int32_t group;      // query heads per KV head
-  int32_t row_tiles;  // ceil(group / 8)
-  int32_t max_blocks_per_seq;
-  int32_t window;
-  int32_t splits;
-  int32_t chunk;        // tokens per split for the host bound on the attended range
-  int32_t merge_group;  // splits per first-level merge
-  int32_t cluster;      // > 1: the splits of a pair are one thread-block cluster (of `splits`
-                        // CTAs) and merge through distributed shared memory (ClusterMerge)
-  float q_scale;        // scale * log2(e)
-  int32_t num_blocks;   // cache blocks in the pools (bounds the L2 prefetch's addresses)
-  int32_t prefetch_tokens;  // > 0: launched to overlap the previous kernel (PDL); first pull
-                            // up to this many tokens of the CTA's share into L2 (PrefetchShare)
-  uint64_t* cta_times;      // diagnostics (DecodeParams::cta_times) or null
-};
-
-// Tokens per split when the attended range is `range`: spread over all splits in whole tiles,
-// at least kMinChunk. The host computes it for its bound on the range; the kernel takes the
-// larger of that and the value for the sequence's own range (only larger when a kv_len exceeds
-// max_kv_len), so every token is covered whatever the lengths.
-__host__ __device__ __forceinline__ int ChunkTokens(int64_t range, int splits) {
-  const int64_t even = (range + splits - 1) / splits;
-  const int64_t tiles = (even + kTileTokens - 1) / kTileTokens * kTileTokens;
-  return static_cast<int>(tiles > kMinChunk ? tiles : kMinChunk);
-}
 
 // Before waiting for the previous kernel of the stream (programmatic dependent launch): pulls the
 // first a.prefetch_tokens tokens of this CTA's share of K and V into L2, whole cache blocks, one
@@ -393,28 +330,15 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     // S = Q K^T for tokens j * 8 + (0..7), two accumulators per token octet (even, odd k-step);
     // the lo2 tile adds into rows 0-7 (its rows 8-15 are zero).
     float sacc[2][2][4];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sacc[j][0][e] = sacc[j][1][e] = 0.f;
-    }
-#pragma unroll
-    for (int kk2 = 0; kk2 < D / 32; ++kk2) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        // Matrix lane/8 of the x4 load: tokens j*8..+7, 16-byte chunk 4*kk2 + lane/8.
-        const int tok = j * 8 + (lane & 7);
-        const int chunk = kk2 * 4 + (lane >> 3);
-        uint32_t kb[4];
-        LdMatrixX4(k_tile + tok * kRowBytes + ((chunk ^ (tok & 7)) << 4), kb);
-        Mma(sacc[j][0], qa[2 * kk2], kb[0], kb[1], sacc[j][0]);
-        Mma(sacc[j][1], qa[2 * kk2 + 1], kb[2], kb[3], sacc[j][1]);
-        const uint32_t lo2_even[4] = {qa2[2 * kk2][0], 0u, qa2[2 * kk2][1], 0u};
-        const uint32_t lo2_odd[4] = {qa2[2 * kk2 + 1][0], 0u, qa2[2 * kk2 + 1][1], 0u};
-        Mma(sacc[j][0], lo2_even, kb[0], kb[1], sacc[j][0]);
-        Mma(sacc[j][1], lo2_odd, kb[2], kb[3], sacc[j][1]);
-      }
-    }
+    ScoreTile<D>(k_tile, kRowBytes, lane, sacc,
+                 [&](float (&even)[4], float (&odd)[4], int kk2, const uint32_t (&kb)[4]) {
+                   Mma(even, qa[2 * kk2], kb[0], kb[1], even);
+                   Mma(odd, qa[2 * kk2 + 1], kb[2], kb[3], odd);
+                   const uint32_t lo2_even[4] = {qa2[2 * kk2][0], 0u, qa2[2 * kk2][1], 0u};
+                   const uint32_t lo2_odd[4] = {qa2[2 * kk2 + 1][0], 0u, qa2[2 * kk2 + 1][1], 0u};
+                   Mma(even, lo2_even, kb[0], kb[1], even);
+                   Mma(odd, lo2_odd, kb[2], kb[3], odd);
+                 });
 
     // Online softmax of row g over the tile: lane holds tokens j * 8 + 2t + e.
     float sv[2][2];
@@ -447,11 +371,8 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     // O = O * alpha + P V, for dims n * 8 .. + 7.
 #pragma unroll
     for (int dn2 = 0; dn2 < D / 16; ++dn2) {
-      // Matrix lane/8: tokens ((lane/8) & 1) * 8 .. + 7, chunk 2 * dn2 + lane / 16.
-      const int tok = ((lane >> 3) & 1) * 8 + (lane & 7);
-      const int chunk = dn2 * 2 + (lane >> 4);
       uint32_t vb[4];
-      LdMatrixX4Trans(v_tile + tok * kRowBytes + ((chunk ^ (tok & 7)) << 4), vb);
+      VFragments(v_tile, kRowBytes, dn2, lane, vb);
       float c0[4], c1[4];
       Mma(c0, pa, vb[0], vb[1], zero);
       Mma(c1, pa, vb[2], vb[3], zero);
@@ -563,11 +484,10 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
                  s_lse);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Host side: per-device kernel setup, the split plan and the workspace layout.
+}  // namespace
 
+namespace decode {
 
-// CTAs of DecodeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
   static ResidentCtas ctas("DecodeAttention", reinterpret_cast<const void*>(DecodeKernel<64>),
                            DecodeConfig<64>::kSmemBytes,
@@ -576,253 +496,13 @@ int ResidentSlots(int head_dim) {
   return ctas.For(head_dim);
 }
 
-// The largest thread-block cluster of DecodeKernel<head_dim> the current GPU can place: 16 where
-// non-portable cluster sizes fit, else 8; 1 without cluster support. Cached per device.
-int MaxCluster(int head_dim) {
-  static std::atomic<int> cache[2][ResidentCtas::kMaxDevices] = {};
-  int device = 0;
-  MM_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 0 || device >= ResidentCtas::kMaxDevices) return 1;
-  const int which = head_dim == 128 ? 1 : 0;
-  int v = cache[which][device].load(std::memory_order_acquire);
-  if (v != 0) return v;
-  (void)ResidentSlots(head_dim);  // sets the kernel's shared-memory limit first
-  const void* kernel = which ? reinterpret_cast<const void*>(DecodeKernel<128>)
-                             : reinterpret_cast<const void*>(DecodeKernel<64>);
-  const size_t smem = which ? DecodeConfig<128>::kSmemBytes : DecodeConfig<64>::kSmemBytes;
-  int major = 0;
-  MM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  v = 1;
-  if (major >= 9) {
-    MM_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    for (int c : {16, 8}) {
-      cudaLaunchAttribute attr{};
-      attr.id = cudaLaunchAttributeClusterDimension;
-      attr.val.clusterDim.x = static_cast<unsigned>(c);
-      attr.val.clusterDim.y = 1;
-      attr.val.clusterDim.z = 1;
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(static_cast<unsigned>(c), 1, 1);
-      cfg.blockDim = dim3(kThreads, 1, 1);
-      cfg.dynamicSmemBytes = smem;
-      cfg.attrs = &attr;
-      cfg.numAttrs = 1;
-      int clusters = 0;
-      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0) {
-        v = c;
-        break;
-      }
-      (void)cudaGetLastError();  // an unsupported size is not an error of later calls
-    }
-  }
-  cache[which][device].store(v, std::memory_order_release);
-  return v;
+const void* KernelFor(int head_dim) {
+  return head_dim == 128 ? reinterpret_cast<const void*>(DecodeKernel<128>)
+                         : reinterpret_cast<const void*>(DecodeKernel<64>);
 }
 
-// The largest cluster the merge mode allows on this GPU (1: merges through global memory).
-int ClusterLimit(int head_dim, DecodeParams::SplitMerge mode) {
-  return mode == DecodeParams::SplitMerge::kGlobal ? 1 : MaxCluster(head_dim);
-}
-
-// Whether a launch of `splits` x `pairs` CTAs merges its splits in clusters. Automatic mode
-// takes clusters only on grids of at most half the resident CTAs: measured on an H200, clusters
-// cut the small grids' merge latency (up to 1.2x faster calls) but slow full-GPU grids (the
-// cluster barriers hold each CTA's slot until its whole cluster is done; up to 1.3x slower).
-bool UseCluster(int head_dim, int splits, int64_t pairs, int slots,
-                DecodeParams::SplitMerge mode) {
-  if (splits <= 1 || splits > ClusterLimit(head_dim, mode)) return false;
-  return mode == DecodeParams::SplitMerge::kCluster ||
-         static_cast<int64_t>(splits) * pairs * 2 <= slots;
-}
-
-struct SplitPlan {
-  int splits = 1;
-  int merge_group = 1;  // splits per first-level merge
-  int groups = 1;
-};
-
-int MergeGroupSize(int splits) {
-  if (splits <= kSingleLevelMaxSplits) return splits;
-  int g = 1;
-  while (g * g < splits) ++g;  // ceil(sqrt(splits)) <= 16
-  return g;
-}
-
-// Splits per (sequence, KV head, row tile): enough CTAs to fill the GPU once, no more than the
-// attended range can feed (kMinChunk tokens each). A second merge level puts a fence, an atomic
-// and an L2 round trip (~1 us) on the critical path, so it is skipped where one level of
-// kMaxMergeInputs splits still gives about one CTA per SM (>= 45% of the resident slots, which
-// are two per SM) and every split streams at most kShortSplitTokens tokens: such calls are
-// latency-bound. Longer streams keep the full wave, whose second CTA per SM hides HBM latency.
-// Never more splits than the one-wave count, which DecodeWorkspaceBytes relies on.
-// `max_cluster`: the largest cluster a merge may use (1: merges go through global memory).
-SplitPlan PlanSplits(int64_t pairs, int64_t range_bound, int slots, int max_splits,
-                     int max_cluster) {
-  SplitPlan plan;
-  int64_t s = pairs >= slots ? 1 : slots / pairs;
-  s = std::min<int64_t>(s, std::max<int64_t>(1, CeilDiv(range_bound, kMinChunk)));
-  s = std::min<int64_t>(s, kMaxSplits);
-  // A short range takes kMaxMergeInputs splits (one merge level) when they still fill most of
-  // the GPU, or when a cluster can merge them on a grid of at most half the GPU (UseCluster).
-  const bool fills = pairs * kMaxMergeInputs * 20 >= static_cast<int64_t>(slots) * 9;
-  const bool clusters =
-      max_cluster >= kMaxMergeInputs && pairs * kMaxMergeInputs * 2 <= static_cast<int64_t>(slots);
-  if (s > kMaxMergeInputs && (fills || clusters) &&
-      CeilDiv(range_bound, kMaxMergeInputs) <= kShortSplitTokens) {
-    s = kMaxMergeInputs;
-  }
-  if (max_splits > 0) s = std::min<int64_t>(s, max_splits);
-  plan.splits = static_cast<int>(std::max<int64_t>(s, 1));
-  plan.merge_group = MergeGroupSize(plan.splits);
-  plan.groups = static_cast<int>(CeilDiv(plan.splits, plan.merge_group));
-  return plan;
-}
-
-constexpr size_t kAlign = 256;
-size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-// Partial-state bytes for `rows` (sequence, head) rows and `slots_per_row` split slots: outputs,
-// LSEs, and the same again for group states.
-size_t PartialBytes(int64_t rows, int64_t slots_per_row, int head_dim) {
-  const size_t per = static_cast<size_t>(rows) * static_cast<size_t>(slots_per_row);
-  return 2 * (AlignUp(per * head_dim * sizeof(float)) + AlignUp(per * sizeof(float)));
-}
-
-size_t CounterBytes(int64_t pairs) {
-  return static_cast<size_t>(pairs) * kCounterSlots * sizeof(uint32_t);
-}
-
-}  // namespace
-
-size_t DecodeWorkspaceBytes(int32_t batch, int32_t n_heads, int32_t head_dim, int32_t max_kv_len) {
-  if (batch <= 0 || n_heads <= 0) return 0;
-  if (head_dim != 64 && head_dim != 128) return 0;  // the generic kernel needs no workspace
-  const int64_t slots = ResidentSlots(head_dim);
-  // A call with batch' <= batch has batch' * splits' <= max(slots, batch) and
-  // <= batch * min(ceil(max_kv_len / kMinChunk), kMaxSplits); both bounds grow with every
-  // argument, so calls with smaller arguments fit in a workspace sized for larger ones and
-  // never place partial states where another call keeps its counters.
-  const int64_t per_seq = std::min<int64_t>(
-      kMaxSplits, std::max<int64_t>(1, CeilDiv(std::max(max_kv_len, 0), kMinChunk)));
-  if (per_seq == 1) return 0;  // never more than one split per sequence: nothing is touched
-  const int64_t seq_slots = std::min<int64_t>(std::max<int64_t>(slots, batch), batch * per_seq);
-  return 2 * kAlign + PartialBytes(seq_slots, n_heads, head_dim) +
-         CounterBytes(static_cast<int64_t>(batch) * n_heads);
-}
-
-void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspace,
-                     size_t workspace_bytes, cudaStream_t stream) {
-  if (p.batch < 0) Fail("DecodeAttention", "batch %d", p.batch);
-  if (p.batch == 0) return;
-  if (cache.head_dim != 64 && cache.head_dim != 128) {
-    DecodeAttentionGeneric(cache, p, stream);  // other head sizes: the simple exact kernel
-    return;
-  }
-  if (cache.kv_heads <= 0 || p.n_heads <= 0 || p.n_heads % cache.kv_heads != 0) {
-    Fail("DecodeAttention", "n_heads %d is not a multiple of kv_heads %d", p.n_heads,
-         cache.kv_heads);
-  }
-  if (cache.block_size <= 0 || p.max_blocks_per_seq < 0 || p.max_kv_len < 0) {
-    Fail("DecodeAttention", "block_size %d, max_blocks_per_seq %d, max_kv_len %d", cache.block_size,
-         p.max_blocks_per_seq, p.max_kv_len);
-  }
-  if (static_cast<int64_t>(p.max_blocks_per_seq) * cache.block_size >= (int64_t{1} << 31)) {
-    Fail("DecodeAttention", "max_blocks_per_seq * block_size must be < 2^31");
-  }
-  if (cache.k == nullptr || cache.v == nullptr || p.q == nullptr || p.out == nullptr ||
-      p.kv_lens == nullptr || (p.block_tables == nullptr && p.max_blocks_per_seq > 0)) {
-    Fail("DecodeAttention", "null pointer");
-  }
-  if (!Aligned(cache.k, 16) || !Aligned(cache.v, 16)) {
-    Fail("DecodeAttention", "cache pools must be 16-byte aligned");
-  }
-  if (!Aligned(p.q, 8)) Fail("DecodeAttention", "q must be 8-byte aligned");
-  const int group = p.n_heads / cache.kv_heads;
-  const int row_tiles = static_cast<int>(CeilDiv(group, kRowsPerTile));
-  const int64_t grid_y = static_cast<int64_t>(cache.kv_heads) * row_tiles;
-  if (grid_y > 65535 || p.batch > 65535) {
-    Fail("DecodeAttention", "kv_heads * row tiles %lld or batch %d over 65535",
-         static_cast<long long>(grid_y), p.batch);
-  }
-  const int64_t pairs = grid_y * p.batch;
-  const int64_t range_bound =
-      p.window > 0 ? std::min<int64_t>(p.max_kv_len, p.window) : p.max_kv_len;
-  const int slots = ResidentSlots(cache.head_dim);
-  const SplitPlan plan = PlanSplits(pairs, range_bound, slots, p.max_splits,
-                                    ClusterLimit(cache.head_dim, p.split_merge));
-
-  DecodeArgs a{};
-  a.k = cache.k;
-  a.v = cache.v;
-  a.q = p.q;
-  a.out = p.out;
-  a.lse = p.lse;
-  a.block_tables = p.block_tables;
-  a.kv_lens = p.kv_lens;
-  a.block_div = FastDivisor(static_cast<uint32_t>(cache.block_size));
-  a.block_size = cache.block_size;
-  a.kv_heads = cache.kv_heads;
-  a.n_heads = p.n_heads;
-  a.group = group;
-  a.row_tiles = row_tiles;
-  a.max_blocks_per_seq = p.max_blocks_per_seq;
-  a.window = p.window;
-  a.splits = plan.splits;
-  a.chunk = ChunkTokens(std::max<int64_t>(range_bound, 1), plan.splits);
-  a.merge_group = plan.merge_group;
-  a.cluster = UseCluster(cache.head_dim, plan.splits, pairs, slots, p.split_merge) ? plan.splits
-                                                                                   : 1;
-  a.q_scale = p.scale * kLog2e;
-  a.num_blocks = cache.num_blocks;
-  a.cta_times = p.cta_times;
-  if (plan.splits > 1 && a.cluster == 1) {
-    const int64_t rows = static_cast<int64_t>(p.batch) * p.n_heads;
-    const size_t partial = PartialBytes(rows, plan.splits, cache.head_dim);
-    const size_t counters = CounterBytes(pairs);
-    // Partial states from the (aligned) start, counters at the (4-aligned) end.
-    if (workspace == nullptr || workspace_bytes < 2 * kAlign + partial + counters) {
-      Fail("DecodeAttention",
-           "workspace of %zu bytes is too small: this call needs %zu (size it with "
-           "DecodeWorkspaceBytes for the largest batch, heads and max_kv_len)",
-           workspace_bytes, 2 * kAlign + partial + counters);
-    }
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(workspace);
-    uintptr_t at = (begin + kAlign - 1) / kAlign * kAlign;
-    const size_t per = static_cast<size_t>(rows) * plan.splits;
-    a.part_o = reinterpret_cast<float*>(at);
-    at += AlignUp(per * cache.head_dim * sizeof(float));
-    a.part_lse = reinterpret_cast<float*>(at);
-    at += AlignUp(per * sizeof(float));
-    a.group_o = reinterpret_cast<float*>(at);
-    at += AlignUp(per * cache.head_dim * sizeof(float));
-    a.group_lse = reinterpret_cast<float*>(at);
-    a.counters_end = reinterpret_cast<uint32_t*>((begin + workspace_bytes) / 4 * 4);
-  }
-  const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(grid_y),
-                  static_cast<unsigned>(p.batch));
-  cudaLaunchAttribute attrs[2] = {};
-  int n_attrs = 0;
-  if (a.cluster > 1) {
-    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
-    attrs[n_attrs].val.clusterDim.x = static_cast<unsigned>(a.cluster);
-    attrs[n_attrs].val.clusterDim.y = 1;
-    attrs[n_attrs].val.clusterDim.z = 1;
-    ++n_attrs;
-  }
-  if (p.overlap) {
-    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
-    ++n_attrs;
-    a.prefetch_tokens = std::max(p.overlap_prefetch_tokens, 0);
-  }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.stream = stream;
-  cfg.attrs = attrs;
-  cfg.numAttrs = n_attrs;
-  if (cache.head_dim == 128) {
+void Launch(cudaLaunchConfig_t cfg, int head_dim, const DecodeArgs& a) {
+  if (head_dim == 128) {
     cfg.dynamicSmemBytes = DecodeConfig<128>::kSmemBytes;
     MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernel<128>, a));
   } else {
@@ -831,29 +511,5 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
   }
 }
 
-int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p) {
-  if (p.batch <= 0 || cache.kv_heads <= 0 || p.n_heads <= 0 || p.n_heads % cache.kv_heads != 0) {
-    return 1;
-  }
-  const int group = p.n_heads / cache.kv_heads;
-  const int64_t pairs =
-      static_cast<int64_t>(cache.kv_heads) * CeilDiv(group, kRowsPerTile) * p.batch;
-  const int64_t range_bound =
-      p.window > 0 ? std::min<int64_t>(p.max_kv_len, p.window) : p.max_kv_len;
-  return PlanSplits(pairs, range_bound, ResidentSlots(cache.head_dim), p.max_splits,
-                    ClusterLimit(cache.head_dim, p.split_merge))
-      .splits;
-}
-
-bool DecodeClusterMerge(const PagedKv& cache, const DecodeParams& p) {
-  if (cache.head_dim != 64 && cache.head_dim != 128) return false;
-  if (p.batch <= 0 || cache.kv_heads <= 0 || p.n_heads <= 0 || p.n_heads % cache.kv_heads != 0) {
-    return false;
-  }
-  const int64_t pairs = static_cast<int64_t>(cache.kv_heads) *
-                        CeilDiv(p.n_heads / cache.kv_heads, kRowsPerTile) * p.batch;
-  return UseCluster(cache.head_dim, DecodeSplits(cache, p), pairs, ResidentSlots(cache.head_dim),
-                    p.split_merge);
-}
-
+}  // namespace decode
 }  // namespace moemesh::cuda

@@ -30,13 +30,13 @@ namespace moemesh::cuda::cascade {
 using decode::AddScaled;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
-using warp_mma::LdMatrixX4;
-using warp_mma::LdMatrixX4Trans;
+using warp_mma::ScoreTile;
 using warp_mma::Mma;
 using warp_mma::PrefetchL1;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair;
 using warp_mma::SplitPair3;
+using warp_mma::VFragments;
 
 // 16-byte global -> shared copy that zero-fills (reads nothing) when !valid; no L2 cache hint.
 // warp_mma::CpAsync16 (with an L2::cache_hint policy) must not be used here: ptxas (CUDA 13.0,
@@ -168,30 +168,17 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
 
       // S = Q K^T for positions j8 * 8 + (0..7): two accumulators per octet (even, odd k-step).
       float sacc[2][2][4];
-#pragma unroll
-      for (int j8 = 0; j8 < 2; ++j8) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[j8][0][e] = sacc[j8][1][e] = 0.f;
-      }
-#pragma unroll
-      for (int kk2 = 0; kk2 < D / 32; ++kk2) {
-#pragma unroll
-        for (int j8 = 0; j8 < 2; ++j8) {
-          // Matrix lane / 8 of the x4 load: positions j8 * 8 .. + 7, chunk 4 * kk2 + lane / 8.
-          const int tok = j8 * 8 + (lane & 7);
-          const int chunk = kk2 * 4 + (lane >> 3);
-          uint32_t kb[4];
-          LdMatrixX4(k_tile + tok * C::kRowBytes + ((chunk ^ (tok & 7)) << 4), kb);
-          Mma(sacc[j8][0], qh[2 * kk2], kb[0], kb[1], sacc[j8][0]);
-          Mma(sacc[j8][1], qh[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
-          Mma(sacc[j8][0], ql[2 * kk2], kb[0], kb[1], sacc[j8][0]);
-          Mma(sacc[j8][1], ql[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
-          if (lo2) {
-            Mma(sacc[j8][0], ql2[2 * kk2], kb[0], kb[1], sacc[j8][0]);
-            Mma(sacc[j8][1], ql2[2 * kk2 + 1], kb[2], kb[3], sacc[j8][1]);
-          }
-        }
-      }
+      ScoreTile<D>(k_tile, C::kRowBytes, lane, sacc,
+                   [&](float (&even)[4], float (&odd)[4], int kk2, const uint32_t (&kb)[4]) {
+                     Mma(even, qh[2 * kk2], kb[0], kb[1], even);
+                     Mma(odd, qh[2 * kk2 + 1], kb[2], kb[3], odd);
+                     Mma(even, ql[2 * kk2], kb[0], kb[1], even);
+                     Mma(odd, ql[2 * kk2 + 1], kb[2], kb[3], odd);
+                     if (lo2) {
+                       Mma(even, ql2[2 * kk2], kb[0], kb[1], even);
+                       Mma(odd, ql2[2 * kk2 + 1], kb[2], kb[3], odd);
+                     }
+                   });
 
       // Online softmax: lane holds positions j8 * 8 + 2t + (e & 1) of row g (e < 2) and g + 8.
       float sv[2][4];
@@ -236,11 +223,8 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       // O = O * alpha + P V for dims dn2 * 16 .. + 15.
 #pragma unroll
       for (int dn2 = 0; dn2 < D / 16; ++dn2) {
-        // Matrix lane / 8: positions ((lane / 8) & 1) * 8 .. + 7, chunk 2 * dn2 + lane / 16.
-        const int tok = ((lane >> 3) & 1) * 8 + (lane & 7);
-        const int chunk = dn2 * 2 + (lane >> 4);
         uint32_t vb[4];
-        LdMatrixX4Trans(v_tile + tok * C::kRowBytes + ((chunk ^ (tok & 7)) << 4), vb);
+        VFragments(v_tile, C::kRowBytes, dn2, lane, vb);
         float c0[4], c1[4];
         Mma(c0, pa_hi, vb[0], vb[1], zero);
         Mma(c0, pa_lo, vb[0], vb[1], c0);

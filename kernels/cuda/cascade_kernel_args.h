@@ -11,17 +11,11 @@
 #include "kernels/cuda/cascade_cluster_plan.h"
 #include "kernels/cuda/cascade_plan.h"
 #include "kernels/cuda/fast_div.h"
+#include "kernels/cuda/paged_stream_args.h"
 
 namespace moemesh::cuda::cascade {
 
-struct KernelArgs {
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  const float* q;
-  float* out;
-  float* lse;
-  const int32_t* block_tables;
-  const int32_t* kv_lens;
+struct KernelArgs : PagedStreamArgs {
   LayoutView layout;
   float* prefix_v;
   float* prefix_lse;
@@ -35,12 +29,7 @@ struct KernelArgs {
   uint32_t* seq_counters;  // [batch * kv_heads]
   Plan plan;
   Dims dims;
-  FastDivisor block_div;
   FastDivisor group_div;  // dims.group
-  int32_t block_size;
-  int32_t max_blocks_per_seq;
-  float q_scale;  // scale * log2(e)
-  uint64_t* cta_times;  // CascadeParams::cta_times
   ClusterPlan cluster;  // the cluster form (cascade_cluster.cu); size 0 for the other launches
 };
 

@@ -17,8 +17,6 @@ namespace {
 
 namespace cs = cascade;
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 cs::PlanKnobs Knobs(const CascadeParams& p) {
   cs::PlanKnobs k;
   k.prefix_tile_rows = p.prefix_tile_rows;
@@ -184,13 +182,9 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   auto at = [&](size_t offset) { return reinterpret_cast<void*>(base + offset); };
 
   cs::KernelArgs a{};
-  a.k = cache.k;
-  a.v = cache.v;
-  a.q = p.q;
-  a.out = p.out;
-  a.lse = p.lse;
-  a.block_tables = p.block_tables;
-  a.kv_lens = p.kv_lens;
+  static_cast<PagedStreamArgs&>(a) =
+      MakePagedStreamArgs(cache, p.q, p.out, p.lse, p.block_tables, p.kv_lens,
+                          p.max_blocks_per_seq, p.scale, p.cta_times);
   a.layout = cs::MakeLayoutView(p.layout, b);
   a.prefix_v = p.prefix_v;
   a.prefix_lse = p.prefix_lse;
@@ -210,12 +204,7 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   a.dims.max_levels = b.max_levels;
   a.dims.capacity = p.max_blocks_per_seq * cache.block_size;
   a.dims.window = p.window;
-  a.block_div = FastDivisor(static_cast<uint32_t>(cache.block_size));
   a.group_div = FastDivisor(static_cast<uint32_t>(a.dims.group));
-  a.block_size = cache.block_size;
-  a.max_blocks_per_seq = p.max_blocks_per_seq;
-  a.q_scale = p.scale * kLog2e;
-  a.cta_times = p.cta_times;
   const int cluster = form == cs::Form::kFused ? ClusterSize(cache, p, op) : 0;
   if (cluster > 0) {
     a.cluster = cs::MakeClusterPlan(b, cache.kv_heads, cluster);

@@ -10,15 +10,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cuda/decode_kernel_args.h"  // kWarps, kThreads, kRowsPerTile, ...
 #include "kernels/cuda/warp_mma.cuh"
 
 namespace moemesh::cuda::decode {
-
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerTile = 8;        // query heads per CTA
-constexpr int kMaxMergeInputs = 16;    // states one merge combines, at most
-constexpr float kLn2 = 0.6931471805599453f;
 
 // acc += w * x, elementwise (the weighted sum of attention states in every merge).
 __device__ __forceinline__ void AddScaled(float4& acc, float w, float4 x) {

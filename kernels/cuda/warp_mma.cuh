@@ -129,6 +129,48 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr, uint32_t (&r)[4])
                : "memory");
 }
 
+// Fragments of a 16-token K or V tile in shared memory: rows of `row_bytes` (head_dim bf16),
+// 16-byte chunks XOR-swizzled by the row (chunk ^ (row & 7)), as the attention kernels store
+// them. KFragments: the B operands of S = Q K^T for tokens j8 * 8 .. + 7 and head dims
+// 32 * kk2 .. + 31 (matrix lane / 8 is chunk 4 * kk2 + lane / 8). VFragments: the B operands of
+// P V for dims 16 * dn2 .. + 15 over the 16 tokens (matrix lane / 8: tokens ((lane / 8) & 1) * 8
+// .., chunk 2 * dn2 + lane / 16).
+__device__ __forceinline__ void KFragments(uint32_t tile, int row_bytes, int j8, int kk2, int lane,
+                                           uint32_t (&r)[4]) {
+  const int tok = j8 * 8 + (lane & 7);
+  const int chunk = kk2 * 4 + (lane >> 3);
+  LdMatrixX4(tile + tok * row_bytes + ((chunk ^ (tok & 7)) << 4), r);
+}
+__device__ __forceinline__ void VFragments(uint32_t tile, int row_bytes, int dn2, int lane,
+                                           uint32_t (&r)[4]) {
+  const int tok = ((lane >> 3) & 1) * 8 + (lane & 7);
+  const int chunk = dn2 * 2 + (lane >> 4);
+  LdMatrixX4Trans(tile + tok * row_bytes + ((chunk ^ (tok & 7)) << 4), r);
+}
+
+// S = Q K^T of a 16-token K tile in shared memory (rows of row_bytes, KFragments' layout) over
+// all D head dims, into sacc[j8][parity] (token octet j8; accumulators of the even and odd
+// 16-dim k-steps, summed by the caller): zeroes them, then for each 32-dim step kk2 and octet
+// loads the K fragments and calls step(even, odd, kk2, kb), which adds its A operands' products.
+template <int D, class Step>
+__device__ __forceinline__ void ScoreTile(uint32_t k_tile, int row_bytes, int lane,
+                                          float (&sacc)[2][2][4], Step step) {
+#pragma unroll
+  for (int j8 = 0; j8 < 2; ++j8) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) sacc[j8][0][e] = sacc[j8][1][e] = 0.f;
+  }
+#pragma unroll
+  for (int kk2 = 0; kk2 < D / 32; ++kk2) {
+#pragma unroll
+    for (int j8 = 0; j8 < 2; ++j8) {
+      uint32_t kb[4];
+      KFragments(k_tile, row_bytes, j8, kk2, lane, kb);
+      step(sacc[j8][0], sacc[j8][1], kk2, kb);
+    }
+  }
+}
+
 // d = a * b + c: a 16x16 bf16 (row), b 16x8 bf16 (col), c/d 16x8 fp32.
 __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
                                     const float (&c)[4]) {

@@ -355,14 +355,8 @@ TEST(CascadePlan, FlashInferShapePlans) {
   // 8 members x 8 query heads over 4000 shared positions, 1 KV head, on 264 resident CTAs: the
   // single 64-row tile's work must still be spread (16-row tiles x splits), with as many splits
   // as one merge level takes while each split's share stays short.
-  CascadeBounds b;
-  b.batch = 8;
-  b.n_heads = 8;
-  b.max_levels = 1;
-  b.max_members = 8;
-  b.max_depth = 1;
-  b.max_shared_len = 4000;
-  b.max_suffix_len = 32;
+  // batch, n_heads, max_levels, max_members, max_depth, max_shared_len, max_suffix_len
+  CascadeBounds b{8, 8, 1, 8, 1, 4000, 32};
   const cs::Plan fused = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, {});
   EXPECT_EQ(fused.pre_tile_rows, 16);
   EXPECT_EQ(fused.pre_tiles, 4);
@@ -380,12 +374,7 @@ TEST(CascadePlan, FlashInferShapePlans) {
 }
 
 TEST(CascadePlan, LayoutBuilderRejectsBadLevels) {
-  CascadeBounds b;
-  b.batch = 4;
-  b.n_heads = 8;
-  b.max_levels = 2;
-  b.max_members = 3;
-  b.max_depth = 2;
+  CascadeBounds b{4, 8, 2, 3, 2, 0, 0};  // batch 4, 8 heads, 2 levels of 3, depth 2
   std::vector<int32_t> words;
   auto build = [&](std::vector<CascadeLevelSpec> levels) {
     return cs::BuildLayout(b, levels, nullptr, &words);

@@ -1,0 +1,23 @@
+// Per-CTA timelines of one CUDA cascade call (CascadeParams::cta_times) for bench_cascade
+// --timeline: the points of each kind of CTA as min / median / max after the first CTA's start.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cascade.h"
+
+namespace moemesh::bench {
+
+// One call of `run` with p.cta_times set (CascadeParams): per CTA kind (suffix / prefix units)
+// and timeline point, min / median / max in us after the first CTA's start, then the end of the
+// last CTA. The call is timed alone on the stream after a warm-up call.
+std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,
+                                  cuda::CascadeParams p, cuda::cascade::Form plan_form,
+                                  const std::function<void(const cuda::CascadeParams&)>& run,
+                                  cudaStream_t stream);
+
+}  // namespace moemesh::bench
