@@ -263,14 +263,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
         const int r = row_first + j * kRowsPerPass;
         const bool valid = r < n_valid;
         int64_t src = 0;
-        if (valid) {
-          const int p = p0 + r;
-          const uint32_t blk = a.block_div.Div(static_cast<uint32_t>(p));
-          const int in_block = p - static_cast<int>(blk) * a.block_size;
-          src =
-              ((static_cast<int64_t>(table[blk]) * a.kv_heads + h) * a.block_size + in_block) * D +
-              chunk_col * 8;
-        }
+        if (valid) src = KvRowOffset(a, table, a.kv_heads, h, p0 + r, D) + chunk_col * 8;
         const uint32_t dst = r * kRowBytes + ((chunk_col ^ (r & 7)) << 4);
         CpAsync16(k_dst + dst, a.k + src, valid, policy);
         CpAsync16(v_dst + dst, a.v + src, valid, policy);

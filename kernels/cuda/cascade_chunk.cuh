@@ -96,14 +96,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       const int r = row_first + j * kRowsPerPass;
       const bool valid = r < n_valid;
       int64_t src = 0;
-      if (valid) {
-        const int p = p0 + r;
-        const uint32_t blk = a.block_div.Div(static_cast<uint32_t>(p));
-        const int in_block = p - static_cast<int>(blk) * a.block_size;
-        src = ((static_cast<int64_t>(table[blk]) * a.dims.kv_heads + h) * a.block_size + in_block) *
-                  D +
-              chunk_col * 8;
-      }
+      if (valid) src = KvRowOffset(a, table, a.dims.kv_heads, h, p0 + r, D) + chunk_col * 8;
       const uint32_t dst = r * C::kRowBytes + ((chunk_col ^ (r & 7)) << 4);
       CpAsync16NoHint(k_dst + dst, a.k + src, valid);
       CpAsync16NoHint(v_dst + dst, a.v + src, valid);

@@ -11,6 +11,12 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/fast_div.h"
 
+#if defined(__CUDACC__)
+#define MM_PAGED_HD __host__ __device__ __forceinline__
+#else
+#define MM_PAGED_HD inline
+#endif
+
 namespace moemesh::cuda {
 
 struct PagedStreamArgs {
@@ -47,6 +53,15 @@ inline PagedStreamArgs MakePagedStreamArgs(const PagedKv& cache, const float* q,
   a.q_scale = scale * kLog2e;
   a.cta_times = cta_times;
   return a;
+}
+
+// Element offset in the pools ([blocks, kv_heads, block_size, head_dim]) of position p of KV
+// head h of the sequence whose block table is `table`.
+MM_PAGED_HD int64_t KvRowOffset(const PagedStreamArgs& a, const int32_t* table, int kv_heads,
+                                int h, int p, int head_dim) {
+  const uint32_t blk = a.block_div.Div(static_cast<uint32_t>(p));
+  const int in_block = p - static_cast<int>(blk) * a.block_size;
+  return ((static_cast<int64_t>(table[blk]) * kv_heads + h) * a.block_size + in_block) * head_dim;
 }
 
 }  // namespace moemesh::cuda
