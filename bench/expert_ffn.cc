@@ -1,7 +1,7 @@
 // bench/expert_ffn: the CPU expert kernels (kernels/cpu/expert_ffn.h) on real MoE shapes, at
 // DRAM speed or not. For each shape, weight format and tokens per step, one MoE layer step
-// (realistic skewed top-k routing; tasks over (expert, row block) on a thread pool, as the
-// expert pool runs them) with every expert's weights read from DRAM: experts come from a ring
+// (realistic skewed top-k routing; the expert pool's task plan, worker/expert/moe_step_plan.h,
+// in one thread-pool phase) with every expert's weights read from DRAM: experts come from a ring
 // of copies larger than the last-level cache. Baselines measured in the same run:
 //   - memory-read bandwidth (all threads summing a buffer > 2x LLC): decode rows print weight
 //     bytes per second as a fraction of it (goal >= 80%);
@@ -13,9 +13,9 @@
 //   build/bin/bench_expert_ffn [--quick] [--shapes qwen3-30b-a3b,...] [--formats bf16,...]
 //       [--tokens 1,8,64,512] [--threads N] [--max_gib 8] [--min_time 0.5] [--skew 0.8]
 //       [--amx_threshold N] [--tasks_per_thread 16] [--no_onednn] [--no_pin] [--phases]
-//   --tasks_per_thread: about how many (expert, row range) tasks each thread gets per phase.
-//   --phases: after each of our rows, the shares of step time in gather, GateUp, barrier wait,
-//   Down, weighted sum and the rest (bench/cpu_moe_step.h PhaseTimes), over the timed steps.
+//   --tasks_per_thread: about how many (expert, row range) tasks of each kind a thread gets.
+//   --phases: after each of our rows, the shares of thread time in gather, GateUp, Down, the
+//   weighted sum, waiting for inputs and the rest (bench/cpu_moe_step.h PhaseTimes).
 #include <omp.h>
 
 #include <algorithm>
@@ -343,10 +343,10 @@ uint64_t RingTarget(const Context& c, uint64_t budget) {
 void PrintPhases(const PhaseTimes& p) {
   if (p.steps == 0 || p.total <= 0) return;
   auto pct = [&](double v) { return 100 * v / p.total; };
-  std::printf("%-10s phases over %lld steps: gather %.1f%%, GateUp %.1f%%, barrier wait %.1f%%, "
-              "Down %.1f%%, weighted sum %.1f%%, other %.1f%% (mean step %.3f ms)\n",
-              "", static_cast<long long>(p.steps), pct(p.gather), pct(p.gate_up), pct(p.wait),
-              pct(p.down), pct(p.sum), pct(p.other()), 1e3 * p.total / p.steps);
+  std::printf("%-10s thread time over %lld steps: gather %.1f%%, GateUp %.1f%%, Down %.1f%%, "
+              "weighted sum %.1f%%, waiting for inputs %.1f%%, other %.1f%% (mean step %.3f ms)\n",
+              "", static_cast<long long>(p.steps), pct(p.gather), pct(p.gate_up), pct(p.down),
+              pct(p.sum), pct(p.wait), pct(p.other()), 1e3 * p.total / p.steps);
 }
 
 void RunShape(Context& c, const MoeShape& s) {
@@ -401,8 +401,8 @@ void RunShape(Context& c, const MoeShape& s) {
     }
   }
 
-  std::printf("%-10s %5s %7s %9s %9s %8s %7s %9s | %-11s %9s %8s %9s %7s %9s\n", "format", "tok",
-              "exp/st", "MiB/step", "ms/step", "GB/s", "%readBW", "GFLOP/s", "peer", "ms/step", "GB/s",
+  std::printf("%-10s %5s %7s %9s %9s %8s %7s %7s %9s | %-11s %9s %8s %9s %7s %9s\n", "format", "tok",
+              "exp/st", "MiB/step", "ms/step", "GB/s", "readBW", "%readBW", "GFLOP/s", "peer", "ms/step", "GB/s",
               "GFLOP/s", "ours/pr", "rel.diff");
   for (const std::string& name : f.formats) {
     absl::StatusOr<cpu::FormatSpec> spec = cpu::ParseFormat(name);
@@ -415,18 +415,19 @@ void RunShape(Context& c, const MoeShape& s) {
       std::printf("%s: cannot map a ring of %.2f GiB\n", name.c_str(), Gib(ring));
       continue;
     }
-    // The read bandwidth again, just before these rows: on a shared machine it drifts.
-    const ReadBandwidth now = MeasureReadBandwidth(*c.pool, c.bw_bytes, 3);
-    const double read_gbps = now.passes > 0 ? now.best_gbps : c.read_gbps;
-    std::printf("%-10s ring %d x %.2f MiB = %.2f GiB (%.1fx LLC); read bandwidth now %.1f GB/s%s\n", name.c_str(),
+    std::printf("%-10s ring %d x %.2f MiB = %.2f GiB (%.1fx LLC)%s\n", name.c_str(),
                 experts.slots(), Mib(experts.expert_bytes()), Gib(experts.ring_bytes()),
-                static_cast<double>(experts.ring_bytes()) / c.llc.bytes_total, read_gbps,
+                static_cast<double>(experts.ring_bytes()) / c.llc.bytes_total,
                 experts.ring_bytes() < 2 * c.llc.bytes_total ? "  WARNING: < 2x LLC, some reads hit the cache" : "");
     CpuMoeStep step(*c.pool, s.hidden, s.intermediate);
     step.set_phases(f.phases);
     step.set_tasks_per_thread(f.tasks_per_thread);
     std::vector<const cpu::PackedExpert*> slots;
     for (int tokens : f.tokens) {
+      // The read bandwidth again, just before this row (best of 3): on a shared machine it
+      // drifts by 10-20% within a minute.
+      const ReadBandwidth now = MeasureReadBandwidth(*c.pool, c.bw_bytes, 3);
+      const double read_gbps = now.passes > 0 ? now.best_gbps : c.read_gbps;
       int steps_prepared = 0;
       const Timing t = TimeSteps(data, tokens, f, [&](const Routed& r) {
         if (++steps_prepared == 2) step.ResetPhases();  // count the timed steps only
@@ -436,8 +437,9 @@ void RunShape(Context& c, const MoeShape& s) {
       const double bytes = t.experts_per_step * experts.expert_bytes();
       const double gbps = bytes / t.seconds_per_step / 1e9;
       const double flops = t.routes_per_step * 6.0 * s.hidden * s.intermediate / t.seconds_per_step;
-      std::printf("%-10s %5d %7.1f %9.1f %9.3f %8.1f %6.1f%% %9.1f |", name.c_str(), tokens, t.experts_per_step,
-                  bytes / (1 << 20), t.seconds_per_step * 1e3, gbps, 100 * gbps / read_gbps, flops / 1e9);
+      std::printf("%-10s %5d %7.1f %9.1f %9.3f %8.1f %7.1f %6.1f%% %9.1f |", name.c_str(), tokens,
+                  t.experts_per_step, bytes / (1 << 20), t.seconds_per_step * 1e3, gbps, read_gbps,
+                  100 * gbps / read_gbps, flops / 1e9);
       const int type = spec->format == cpu::WeightFormat::kBf16 ? 0 : 1;
       auto it = peer.find({type, tokens});
       double ratio = 0;
@@ -556,7 +558,7 @@ int main(int argc, char** argv) {
   c.read_gbps = bw.best_gbps;
   std::printf("\n== memory read bandwidth: %d threads summing %.2f GiB (%.1fx LLC) with %s loads ==\n"
               "best %.1f GB/s, median %.1f GB/s over %d passes; measured again (best of 3) before each\n"
-              "format's rows, and %%readBW uses that\n",
+              "row, and %%readBW uses that\n",
               threads, Gib(bw.buffer_bytes), static_cast<double>(bw.buffer_bytes) / c.llc.bytes_total, bw.loads,
               bw.best_gbps, bw.median_gbps, bw.passes);
 
@@ -566,8 +568,8 @@ int main(int argc, char** argv) {
               "top-k routing (Zipf exponent %.2f, fixed seed), each routed expert's weights taken from the\n"
               "next copy of a ring larger than the LLC, so they stream from DRAM. exp/st: experts read per\n"
               "step; MiB/step: their weight bytes (ours packed, with scales); ms/step: median over the timed\n"
-              "steps (at least min_time of them); GB/s = MiB/step / ms/step; %%readBW against the\n"
-              "read bandwidth measured just before the format's rows; GFLOP/s counts 6*H*I per routed token. Peer: oneDNN matmul\n"
+              "steps (at least min_time of them); GB/s = MiB/step / ms/step; readBW: the read bandwidth\n"
+              "measured just before the row (GB/s), %%readBW = GB/s against it; GFLOP/s counts 6*H*I per routed token. Peer: oneDNN matmul\n"
               "doing the same FFN (bf16 for bf16, int8 for int8 and int4); ours/pr = our time / its time;\n"
               "rel.diff: L2 difference of the two outputs on the first step (quantization differs).\n",
               c.flags.skew);

@@ -24,6 +24,16 @@
 
 namespace moemesh {
 
+// One polling step of a spin-wait (a pause instruction: lets the sibling hyperthread run and
+// saves power).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
 // Spin-time options (microseconds a waiting thread polls before it sleeps).
 inline constexpr int kSpinAuto = -1;          // kDefaultSpinUs, or 0 when threads > usable CPUs
 inline constexpr int kDefaultSpinUs = 100;    // > a futex wake-up, << a decode step
@@ -108,14 +118,6 @@ class WorkerGate {
 
  private:
   static constexpr int kPollsPerClockRead = 32;
-
-  static void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-    _mm_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield" ::: "memory");
-#endif
-  }
 
   // Polls `ready` for at most spin_ (reading the clock every kPollsPerClockRead polls); returns
   // its last value.

@@ -89,14 +89,6 @@ absl::Status CheckConfig(const NumaPoolConfig& cfg) {
   return absl::OkStatus();
 }
 
-// Splits `rows` into about `pieces` ranges that are multiples of kRowBlock (the last may end at
-// `rows`), calling add(begin, end) for each.
-template <class Add>
-void SplitRows(int64_t rows, int64_t pieces, Add add) {
-  const int64_t step = std::max<int64_t>(cpu::kRowBlock, RoundUp((rows + pieces - 1) / pieces, cpu::kRowBlock));
-  for (int64_t b = 0; b < rows; b += step) add(b, std::min(rows, b + step));
-}
-
 // Sets the AMX threshold of `format` (process-wide) and logs it in one line: `configured` when
 // >= 1, else measured on `sample` (AMX against AVX-512, one thread, a few tens of ms) where AMX
 // runs. A failed measurement keeps the default and says so.
@@ -272,83 +264,55 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   h_.resize(static_cast<size_t>(held * inter));
   y_.resize(static_cast<size_t>(held * h));
 
-  // Tasks per node: (slot, begin, end) over routes (gather) or rows (gate+up, down). Each
-  // expert's rows are cut into pieces in proportion to its share of its node's work, about 16
-  // tasks per thread, so a node's threads stay busy however the routing is skewed. Each phase
-  // ends at a barrier where threads wait for the slowest last task: in decode (weights streamed
-  // once) finer tasks measured more GB/s (bench/cpu_moe_step.h: 16 per thread beat 8, 4 lost).
-  struct Task {
-    int32_t slot;
-    int32_t begin;
-    int32_t end;
-  };
-  std::vector<std::vector<Task>> gather(nodes), gate_up(nodes), down(nodes);
-  std::vector<double> node_cost(nodes, 0.0);
-  constexpr double kWeightCost = 16.0;  // streaming an expert's weights ~ this many tokens' FLOPs
-  for (int64_t s = 0; s < n_slots; ++s) {
-    const int64_t n = routes_.offsets[s + 1] - routes_.offsets[s];
-    if (n > 0) node_cost[experts[s].node] += kWeightCost + static_cast<double>(n);
-  }
   std::vector<cpu::CpuPath> path(n_slots, cpu::CpuPath::kScalar);
+  slot_node_.resize(n_slots);
   for (int64_t s = 0; s < n_slots; ++s) {
-    const int32_t p0 = routes_.offsets[s];
-    const int32_t p1 = routes_.offsets[s + 1];
-    if (p1 == p0) continue;
-    path[s] = cpu::ChoosePath(format_, p1 - p0);
-    const int node = experts[s].node;
-    const int64_t target = 16 * static_cast<int64_t>(executor_->node_threads(node));
-    const int64_t pieces = std::max<int64_t>(
-        1, static_cast<int64_t>(target * (kWeightCost + (p1 - p0)) / node_cost[node] + 0.5));
-    const int32_t slot = static_cast<int32_t>(s);
-    for (int32_t p = p0; p < p1; p += 32) gather[node].push_back({slot, p, std::min(p1, p + 32)});
-    SplitRows(inter, pieces, [&](int64_t i0, int64_t i1) {
-      gate_up[node].push_back({slot, static_cast<int32_t>(i0), static_cast<int32_t>(i1)});
-    });
-    SplitRows(h, pieces, [&](int64_t o0, int64_t o1) {
-      down[node].push_back({slot, static_cast<int32_t>(o0), static_cast<int32_t>(o1)});
-    });
+    slot_node_[s] = experts[s].node;
+    const int32_t n = routes_.offsets[s + 1] - routes_.offsets[s];
+    if (n > 0) path[s] = cpu::ChoosePath(format_, n);
   }
-  auto counts = [&](const std::vector<std::vector<Task>>& tasks) {
-    std::vector<int64_t> c(nodes);
-    for (int n = 0; n < nodes; ++n) c[n] = static_cast<int64_t>(tasks[n].size());
-    return c;
-  };
+  MoeStepShape shape;
+  shape.hidden = h;
+  shape.intermediate = inter;
+  shape.num_tokens = b.num_tokens;
+  shape.node_threads.resize(nodes);
+  for (int n = 0; n < nodes; ++n) shape.node_threads[n] = executor_->node_threads(n);
+  plan_.Build(shape, routes_.offsets, slot_node_);
 
-  // Gather each expert's tokens next to it (on its node's threads); clear its outputs.
-  executor_->Run(counts(gather), [&](int node, int64_t i) {
-    const Task& t = gather[node][i];
-    for (int32_t p = t.begin; p < t.end; ++p) {
-      std::memcpy(x_.data() + p * h, b.hidden_states.data() + static_cast<int64_t>(routes_.token[p]) * h,
-                  h * sizeof(float));
-      std::fill(y_.data() + p * h, y_.data() + (p + 1) * h, 0.0f);
-    }
-  });
+  // One phase: gather each expert's tokens next to it (on its node's threads), gate+up, down,
+  // then each token's sum in j order (independent of which thread ran which expert).
   thread_local cpu::Scratch scratch;
-  executor_->Run(counts(gate_up), [&](int node, int64_t i) {
-    const Task& t = gate_up[node][i];
-    const int64_t p0 = routes_.offsets[t.slot];
-    const int64_t n = routes_.offsets[t.slot + 1] - p0;
-    cpu::GateUp(experts[t.slot].packed, x_.data() + p0 * h, n, t.begin, t.end, h_.data() + p0 * inter,
-                path[t.slot], scratch);
-  });
-  executor_->Run(counts(down), [&](int node, int64_t i) {
-    const Task& t = down[node][i];
-    const int64_t p0 = routes_.offsets[t.slot];
-    const int64_t n = routes_.offsets[t.slot + 1] - p0;
-    cpu::Down(experts[t.slot].packed, h_.data() + p0 * inter, n, nullptr, t.begin, t.end,
-              y_.data() + p0 * h, path[t.slot], scratch);
-  });
-
-  // Per token, in j order: the sum does not depend on which thread ran which expert. Blocks of
-  // tokens go round robin over the nodes.
-  constexpr int64_t kTokensPerTask = 8;
-  const int64_t blocks = (b.num_tokens + kTokensPerTask - 1) / kTokensPerTask;
-  std::vector<int64_t> reduce(nodes, 0);
-  for (int n = 0; n < nodes; ++n) reduce[n] = (blocks - n + nodes - 1) / nodes;
-  executor_->Run(reduce, [&](int node, int64_t i) {
-    const int64_t block = i * nodes + node;
-    const int64_t t_end = std::min<int64_t>(b.num_tokens, (block + 1) * kTokensPerTask);
-    SumRoutes(b, routes_, y_.data(), block * kTokensPerTask, t_end, out.data());
+  executor_->Run(plan_.counts(), [&](int node, int64_t i) {
+    const MoeStepTask& t = plan_.task(node, i);
+    plan_.WaitInputs(t);
+    switch (t.kind) {
+      case MoeStepTask::kGather:
+        for (int32_t p = t.begin; p < t.end; ++p) {
+          std::memcpy(x_.data() + p * h,
+                      b.hidden_states.data() + static_cast<int64_t>(routes_.token[p]) * h,
+                      h * sizeof(float));
+          std::fill(y_.data() + p * h, y_.data() + (p + 1) * h, 0.0f);
+        }
+        break;
+      case MoeStepTask::kGateUp: {
+        const int64_t p0 = routes_.offsets[t.slot];
+        const int64_t n = routes_.offsets[t.slot + 1] - p0;
+        cpu::GateUp(experts[t.slot].packed, x_.data() + p0 * h, n, t.begin, t.end,
+                    h_.data() + p0 * inter, path[t.slot], scratch);
+        break;
+      }
+      case MoeStepTask::kDown: {
+        const int64_t p0 = routes_.offsets[t.slot];
+        const int64_t n = routes_.offsets[t.slot + 1] - p0;
+        cpu::Down(experts[t.slot].packed, h_.data() + p0 * inter, n, nullptr, t.begin, t.end,
+                  y_.data() + p0 * h, path[t.slot], scratch);
+        break;
+      }
+      case MoeStepTask::kSum:
+        SumRoutes(b, routes_, y_.data(), t.begin, t.end, out.data());
+        break;
+    }
+    plan_.Done(t);
   });
 }
 

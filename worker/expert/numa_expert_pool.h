@@ -1,8 +1,9 @@
 // NumaExpertPool: the expert worker's routed experts in a packed format (bf16, int8 or int4 with
 // group scales; kernels/cpu), each expert's weights bound to the memory of one NUMA node and
-// computed only by that node's threads (never duplicated across nodes). A batch runs in phases
-// (gather, gate+up, down, per-token sum) of (expert, row block) tasks, each node's threads
-// taking its tasks with work stealing. Loading reads and packs expert by expert, so peak memory
+// computed only by that node's threads (never duplicated across nodes). A batch runs as one
+// executor phase of (expert, row range) tasks (MoeStepPlan: gather, gate+up, down, per-token
+// sum, each task waiting only for the earlier tasks it reads from), each node's threads taking
+// its tasks with work stealing. Loading reads and packs expert by expert, so peak memory
 // stays near the packed size. Thread-safe as ExpertPool says; results are identical for any
 // number of threads and nodes.
 #pragma once
@@ -16,6 +17,7 @@
 #include "kernels/cpu/expert_ffn.h"
 #include "model/io/weight_source.h"
 #include "worker/expert/expert_pool.h"
+#include "worker/expert/moe_step_plan.h"
 #include "worker/expert/route_groups.h"
 #include "worker/expert/numa_executor.h"
 #include "worker/expert/numa_memory.h"
@@ -73,6 +75,8 @@ class NumaExpertPool final : public ExpertPool {
   std::vector<float> x_;              // [held routes, hidden]: gathered inputs
   std::vector<float> h_;              // [held routes, intermediate]
   std::vector<float> y_;              // [held routes, hidden]: per-route outputs
+  std::vector<int32_t> slot_node_;    // [slots of the layer]: the node of each
+  MoeStepPlan plan_;
 };
 
 }  // namespace moemesh
