@@ -43,8 +43,8 @@ class CpuMoeStep {
 
   // Phase timing: clock reads around each task's wait and work when on; none when off.
   void set_phases(bool on) { phases_on_ = on; }
-  // About how many (expert, row range) tasks each pool thread gets per kind (default 16, as the
-  // expert pool).
+  // About how many (expert, row range) tasks each pool thread gets per kind (default: the expert
+  // pool's).
   void set_tasks_per_thread(int64_t n) { tasks_per_thread_ = std::max<int64_t>(1, n); }
   void ResetPhases() { phases_ = PhaseTimes{}; }
   const PhaseTimes& phases() const { return phases_; }
@@ -159,7 +159,7 @@ class CpuMoeStep {
   std::vector<int32_t> offsets_, nodes_;
   MoeStepPlan plan_;
   bool phases_on_ = false;
-  int64_t tasks_per_thread_ = 16;
+  int64_t tasks_per_thread_ = MoeStepShape{}.tasks_per_thread;
   PhaseTimes phases_;
   std::atomic<int64_t> thread_ns_[5] = {0, 0, 0, 0, 0};  // waiting, then busy per task kind
 };

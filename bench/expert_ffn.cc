@@ -12,7 +12,7 @@
 //
 //   build/bin/bench_expert_ffn [--quick] [--shapes qwen3-30b-a3b,...] [--formats bf16,...]
 //       [--tokens 1,8,64,512] [--threads N] [--max_gib 8] [--min_time 0.5] [--skew 0.8]
-//       [--amx_threshold N] [--tasks_per_thread 16] [--no_onednn] [--no_pin] [--phases]
+//       [--amx_threshold N] [--tasks_per_thread 8] [--no_onednn] [--no_pin] [--phases]
 //   --tasks_per_thread: about how many (expert, row range) tasks of each kind a thread gets.
 //   --phases: after each of our rows, the shares of thread time in gather, GateUp, Down, the
 //   weighted sum, waiting for inputs and the rest (bench/cpu_moe_step.h PhaseTimes).
@@ -79,7 +79,7 @@ struct Flags {
   bool pin = true;
   bool quick = false;
   bool phases = false;      // per row: shares of step time in gather, GateUp, wait, Down, sum
-  int tasks_per_thread = 16;
+  int tasks_per_thread = MoeStepShape{}.tasks_per_thread;
 };
 
 std::vector<std::string> SplitList(const char* s) {
