@@ -22,18 +22,23 @@
 namespace moemesh::bench {
 
 // Seconds of the steps run with phases on, summed over steps. total: wall time of Run. The rest
-// are thread time divided by the pool's threads (so they add up to about total): each task
-// kind's busy time, `wait` the time tasks spent waiting for their inputs (WaitInputs), and
-// other() what is left: planning, waking the threads, threads idle at the end of the phase.
+// are thread time divided by the pool's threads (so they add up to about total): `plan` the
+// wall time before the phase (paths, task lists: every other thread idles), each task kind's
+// busy time, `wait` the time tasks spent waiting for their inputs (WaitInputs), `start` the
+// threads' delay from the phase's start to their first task, `tail` their idle time after their
+// last task until Run returns, and other() what is left (taking tasks, between tasks).
 struct PhaseTimes {
   int64_t steps = 0;
   double total = 0;
+  double plan = 0;
   double gather = 0;
   double gate_up = 0;
   double down = 0;
   double wait = 0;
   double sum = 0;
-  double other() const { return total - gather - gate_up - down - wait - sum; }
+  double start = 0;
+  double tail = 0;
+  double other() const { return total - plan - gather - gate_up - down - wait - sum - start - tail; }
 };
 
 class CpuMoeStep {
@@ -75,6 +80,11 @@ class CpuMoeStep {
     shape.tasks_per_thread = static_cast<int>(tasks_per_thread_);
     plan_.Build(shape, offsets_, nodes_);
     for (auto& t : thread_ns_) t.store(0, std::memory_order_relaxed);
+    threads_seen_.store(0, std::memory_order_relaxed);
+    first_start_ns_.store(0, std::memory_order_relaxed);
+    last_end_sum_ns_.store(0, std::memory_order_relaxed);
+    ++step_id_;
+    const Stamp t_planned = Now();
 
     pool_.ParallelFor(plan_.counts()[0], [&](int64_t b, int64_t e) {
       thread_local cpu::Scratch scratch;
@@ -125,6 +135,19 @@ class CpuMoeStep {
           const Stamp t2 = Now();
           thread_ns_[0].fetch_add(Ns(t0, t1), std::memory_order_relaxed);
           thread_ns_[1 + t.kind].fetch_add(Ns(t1, t2), std::memory_order_relaxed);
+          // Per thread: its first task's start (once per step) and, kept as a running sum over
+          // threads, its last task's end (each task moves this thread's term to its own end).
+          thread_local int64_t step_seen = -1;
+          thread_local int64_t last_end_ns = 0;
+          const int64_t end_ns = Ns(t_planned, t2);
+          if (step_seen != step_id_) {
+            step_seen = step_id_;
+            last_end_ns = 0;
+            threads_seen_.fetch_add(1, std::memory_order_relaxed);
+            first_start_ns_.fetch_add(Ns(t_planned, t0), std::memory_order_relaxed);
+          }
+          last_end_sum_ns_.fetch_add(end_ns - last_end_ns, std::memory_order_relaxed);
+          last_end_ns = end_ns;
         }
       }
     }, 1);
@@ -133,7 +156,14 @@ class CpuMoeStep {
       auto share = [&](int i) { return thread_ns_[i].load(std::memory_order_relaxed) * 1e-9 / threads; };
       PhaseTimes& p = phases_;
       ++p.steps;
-      p.total += Seconds(t_start, Now());
+      const Stamp t_end = Now();
+      p.total += Seconds(t_start, t_end);
+      p.plan += Seconds(t_start, t_planned);
+      // Threads that took no task idled through the whole phase: all start, no tail.
+      const int64_t seen = threads_seen_.load(std::memory_order_relaxed);
+      const double phase = Seconds(t_planned, t_end);
+      p.start += (first_start_ns_.load(std::memory_order_relaxed) * 1e-9 + (threads - seen) * phase) / threads;
+      p.tail += (seen * phase - last_end_sum_ns_.load(std::memory_order_relaxed) * 1e-9) / threads;
       p.wait += share(0);
       p.gather += share(1 + MoeStepTask::kGather);
       p.gate_up += share(1 + MoeStepTask::kGateUp);
@@ -162,6 +192,8 @@ class CpuMoeStep {
   int64_t tasks_per_thread_ = MoeStepShape{}.tasks_per_thread;
   PhaseTimes phases_;
   std::atomic<int64_t> thread_ns_[5] = {0, 0, 0, 0, 0};  // waiting, then busy per task kind
+  int64_t step_id_ = 0;  // tells a thread's first task of a step
+  std::atomic<int64_t> threads_seen_{0}, first_start_ns_{0}, last_end_sum_ns_{0};
 };
 
 }  // namespace moemesh::bench

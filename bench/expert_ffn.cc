@@ -343,10 +343,12 @@ uint64_t RingTarget(const Context& c, uint64_t budget) {
 void PrintPhases(const PhaseTimes& p) {
   if (p.steps == 0 || p.total <= 0) return;
   auto pct = [&](double v) { return 100 * v / p.total; };
-  std::printf("%-10s thread time over %lld steps: gather %.1f%%, GateUp %.1f%%, Down %.1f%%, "
-              "weighted sum %.1f%%, waiting for inputs %.1f%%, other %.1f%% (mean step %.3f ms)\n",
-              "", static_cast<long long>(p.steps), pct(p.gather), pct(p.gate_up), pct(p.down),
-              pct(p.sum), pct(p.wait), pct(p.other()), 1e3 * p.total / p.steps);
+  std::printf("%-10s thread time over %lld steps: plan %.1f%%, gather %.1f%%, GateUp %.1f%%, Down %.1f%%, "
+              "weighted sum %.1f%%, waiting for inputs %.1f%%, start %.1f%%, tail %.1f%%, other %.1f%% "
+              "(mean step %.3f ms)\n",
+              "", static_cast<long long>(p.steps), pct(p.plan), pct(p.gather), pct(p.gate_up), pct(p.down),
+              pct(p.sum), pct(p.wait), pct(p.start), pct(p.tail), pct(p.other()),
+              1e3 * p.total / p.steps);
 }
 
 void RunShape(Context& c, const MoeShape& s) {
