@@ -83,7 +83,8 @@ class CpuMoeStep {
     threads_seen_.store(0, std::memory_order_relaxed);
     first_start_ns_.store(0, std::memory_order_relaxed);
     last_end_sum_ns_.store(0, std::memory_order_relaxed);
-    ++step_id_;
+    static std::atomic<int64_t> steps_started{0};  // process-wide: threads outlive this object
+    step_id_ = steps_started.fetch_add(1, std::memory_order_relaxed) + 1;
     const Stamp t_planned = Now();
 
     pool_.ParallelFor(plan_.counts()[0], [&](int64_t b, int64_t e) {
@@ -192,7 +193,7 @@ class CpuMoeStep {
   int64_t tasks_per_thread_ = MoeStepShape{}.tasks_per_thread;
   PhaseTimes phases_;
   std::atomic<int64_t> thread_ns_[5] = {0, 0, 0, 0, 0};  // waiting, then busy per task kind
-  int64_t step_id_ = 0;  // tells a thread's first task of a step
+  int64_t step_id_ = 0;  // tells a thread's first task of a step (unique in the process)
   std::atomic<int64_t> threads_seen_{0}, first_start_ns_{0}, last_end_sum_ns_{0};
 };
 
