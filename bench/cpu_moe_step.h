@@ -1,7 +1,7 @@
 // Benchmark helper: one MoE layer step on the CPU expert kernels, run the way the expert pool
-// runs it: the pool's task plan (worker/expert/moe_step_plan.h: gather each expert's tokens,
-// (expert, row range) tasks of GateUp, then of Down, then each token's sum of its experts) in
-// one ThreadPool phase, each task waiting only for the earlier tasks it reads from. Weights
+// runs it: the pool's route grouping, task plan and task bodies (worker/expert/moe_step_plan.h:
+// gather, (expert, row range) tasks of GateUp, then of Down, then ranges of the tokens' sums)
+// in one ThreadPool phase, each task waiting only for the earlier tasks it reads from. Weights
 // come from a caller-chosen PackedExpert per routed expert. Not for the runtime.
 // With phases on, Run also adds up where thread time goes (PhaseTimes). Thread-safety: Run uses
 // the pool; one Run at a time per object.
@@ -17,7 +17,9 @@
 #include "bench/moe_routing.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "runtime/expert_client.h"
 #include "worker/expert/moe_step_plan.h"
+#include "worker/expert/route_groups.h"
 
 namespace moemesh::bench {
 
@@ -41,6 +43,13 @@ struct PhaseTimes {
   double other() const { return total - plan - gather - gate_up - down - wait - sum - start - tail; }
 };
 
+// One task of a step with phases on, times in ns from the end of planning (--timeline).
+struct TaskRecord {
+  int32_t thread;  // order in which the pool's threads took their first task of the step
+  MoeStepTask task;
+  int64_t wait_ns, start_ns, end_ns;  // WaitInputs entered, work started, task done
+};
+
 class CpuMoeStep {
  public:
   CpuMoeStep(ThreadPool& pool, int64_t hidden, int64_t intermediate)
@@ -51,7 +60,10 @@ class CpuMoeStep {
   // About how many (expert, row range) tasks each pool thread gets per kind (default: the expert
   // pool's).
   void set_tasks_per_thread(int64_t n) { tasks_per_thread_ = std::max<int64_t>(1, n); }
+  void set_split_last_downs(bool on) { split_last_downs_ = on; }
   void ResetPhases() { phases_ = PhaseTimes{}; }
+  // The last step's tasks in list order (phases on only; empty otherwise).
+  const std::vector<TaskRecord>& last_step_tasks() const { return records_; }
   const PhaseTimes& phases() const { return phases_; }
 
   // out[t] = sum_j w[t, j] * FFN_{expert(t, j)}(x[t]); experts[g] holds group g's weights.
@@ -59,15 +71,25 @@ class CpuMoeStep {
   void Run(const StepRouting& r, const ExpertGroups& g,
            const std::vector<const cpu::PackedExpert*>& experts, const float* x, float* out) {
     const Stamp t_start = Now();
-    const int64_t routes = static_cast<int64_t>(g.route.size());
     const int64_t groups = g.count();
-    xg_.resize(static_cast<size_t>(routes * hidden_));
+    // The expert pool's grouping (worker/expert/route_groups.h), slots in the groups' order.
+    int32_t max_id = 0;
+    for (int32_t e : g.expert) max_id = std::max(max_id, e);
+    group_of_.assign(static_cast<size_t>(max_id) + 1, -1);
+    for (int64_t i = 0; i < groups; ++i) group_of_[g.expert[i]] = static_cast<int32_t>(i);
+    ExpertBatch batch;
+    batch.num_tokens = r.tokens;
+    batch.hidden = static_cast<int32_t>(hidden_);
+    batch.top_k = r.top_k;
+    batch.hidden_states = absl::MakeConstSpan(x, static_cast<size_t>(r.tokens * hidden_));
+    batch.expert_ids = r.ids;
+    batch.expert_weights = r.weights;
+    GroupRoutes(batch, groups, [&](int32_t e) { return group_of_[e]; }, routes_);
+    const int64_t held = routes_.held();
+    xg_.resize(static_cast<size_t>(held * hidden_));
     yg_.resize(xg_.size());
-    h_.resize(static_cast<size_t>(routes * inter_));
-    const int k = r.top_k;
+    h_.resize(static_cast<size_t>(held * inter_));
     paths_.resize(groups);
-    offsets_.resize(groups + 1);
-    for (int64_t i = 0; i <= groups; ++i) offsets_[i] = static_cast<int32_t>(g.begin[i]);
     nodes_.assign(groups, 0);
     for (int64_t i = 0; i < groups; ++i) {
       paths_[i] = cpu::ChoosePath(experts[i]->gate_up.spec, g.tokens(i));
@@ -78,13 +100,28 @@ class CpuMoeStep {
     shape.num_tokens = r.tokens;
     shape.node_threads = {pool_.num_threads()};
     shape.tasks_per_thread = static_cast<int>(tasks_per_thread_);
-    plan_.Build(shape, offsets_, nodes_);
+    shape.split_last_downs = split_last_downs_;
+    plan_.Build(shape, routes_.offsets, nodes_);
+    MoeStepData d;
+    d.hidden = hidden_;
+    d.intermediate = inter_;
+    d.top_k = r.top_k;
+    d.x = x;
+    d.route_weights = r.weights.data();
+    d.routes = &routes_;
+    d.experts = experts.data();
+    d.paths = paths_.data();
+    d.xg = xg_.data();
+    d.h = h_.data();
+    d.y = yg_.data();
+    d.out = out;
     for (auto& t : thread_ns_) t.store(0, std::memory_order_relaxed);
     threads_seen_.store(0, std::memory_order_relaxed);
     first_start_ns_.store(0, std::memory_order_relaxed);
     last_end_sum_ns_.store(0, std::memory_order_relaxed);
     static std::atomic<int64_t> steps_started{0};  // process-wide: threads outlive this object
     step_id_ = steps_started.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (phases_on_) records_.resize(static_cast<size_t>(plan_.counts()[0]));
     const Stamp t_planned = Now();
 
     pool_.ParallelFor(plan_.counts()[0], [&](int64_t b, int64_t e) {
@@ -94,43 +131,7 @@ class CpuMoeStep {
         const Stamp t0 = Now();
         plan_.WaitInputs(t);
         const Stamp t1 = Now();
-        switch (t.kind) {
-          case MoeStepTask::kGather:  // each expert's token rows
-            for (int32_t p = t.begin; p < t.end; ++p) {
-              std::memcpy(xg_.data() + p * hidden_,
-                          x + static_cast<int64_t>(g.route[p] / k) * hidden_,
-                          hidden_ * sizeof(float));
-            }
-            break;
-          case MoeStepTask::kGateUp: {
-            const int64_t p0 = g.begin[t.slot];
-            cpu::GateUp(*experts[t.slot], xg_.data() + p0 * hidden_, g.tokens(t.slot), t.begin,
-                        t.end, h_.data() + p0 * inter_, paths_[t.slot], scratch);
-            break;
-          }
-          case MoeStepTask::kDown: {
-            const int64_t p0 = g.begin[t.slot];
-            const int64_t n = g.tokens(t.slot);
-            float* y = yg_.data() + p0 * hidden_;
-            for (int64_t row = 0; row < n; ++row) {
-              std::memset(y + row * hidden_ + t.begin, 0, (t.end - t.begin) * sizeof(float));
-            }
-            cpu::Down(*experts[t.slot], h_.data() + p0 * inter_, n, nullptr, t.begin, t.end, y,
-                      paths_[t.slot], scratch);
-            break;
-          }
-          case MoeStepTask::kSum:  // each token's weighted sum over its experts, in choice order
-            for (int64_t tok = t.begin; tok < t.end; ++tok) {
-              float* o = out + tok * hidden_;
-              std::fill(o, o + hidden_, 0.0f);
-              for (int j = 0; j < k; ++j) {
-                const float w = r.weights[tok * k + j];
-                const float* y = yg_.data() + g.pos[tok * k + j] * hidden_;
-                for (int64_t i2 = 0; i2 < hidden_; ++i2) o[i2] += w * y[i2];
-              }
-            }
-            break;
-        }
+        RunMoeStepTask(t, d, scratch);
         plan_.Done(t);
         if (phases_on_) {
           const Stamp t2 = Now();
@@ -140,13 +141,15 @@ class CpuMoeStep {
           // threads, its last task's end (each task moves this thread's term to its own end).
           thread_local int64_t step_seen = -1;
           thread_local int64_t last_end_ns = 0;
+          thread_local int32_t thread_order = 0;
           const int64_t end_ns = Ns(t_planned, t2);
           if (step_seen != step_id_) {
             step_seen = step_id_;
             last_end_ns = 0;
-            threads_seen_.fetch_add(1, std::memory_order_relaxed);
+            thread_order = static_cast<int32_t>(threads_seen_.fetch_add(1, std::memory_order_relaxed));
             first_start_ns_.fetch_add(Ns(t_planned, t0), std::memory_order_relaxed);
           }
+          records_[static_cast<size_t>(i)] = {thread_order, t, Ns(t_planned, t0), Ns(t_planned, t1), end_ns};
           last_end_sum_ns_.fetch_add(end_ns - last_end_ns, std::memory_order_relaxed);
           last_end_ns = end_ns;
         }
@@ -187,11 +190,14 @@ class CpuMoeStep {
   const int64_t inter_;
   std::vector<float> xg_, yg_, h_;
   std::vector<cpu::CpuPath> paths_;
-  std::vector<int32_t> offsets_, nodes_;
+  std::vector<int32_t> nodes_, group_of_;
+  RouteGroups routes_;
   MoeStepPlan plan_;
   bool phases_on_ = false;
   int64_t tasks_per_thread_ = MoeStepShape{}.tasks_per_thread;
+  bool split_last_downs_ = MoeStepShape{}.split_last_downs;
   PhaseTimes phases_;
+  std::vector<TaskRecord> records_;
   std::atomic<int64_t> thread_ns_[5] = {0, 0, 0, 0, 0};  // waiting, then busy per task kind
   int64_t step_id_ = 0;  // tells a thread's first task of a step (unique in the process)
   std::atomic<int64_t> threads_seen_{0}, first_start_ns_{0}, last_end_sum_ns_{0};

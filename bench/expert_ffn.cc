@@ -16,9 +16,14 @@
 //   --tasks_per_thread: about how many (expert, row range) tasks of each kind a thread gets.
 //   --phases: after each of our rows, the shares of thread time in gather, GateUp, Down, the
 //   weighted sum, waiting for inputs and the rest (bench/cpu_moe_step.h PhaseTimes).
+//   --no_split_last_downs: keep each node's last Down tasks whole (MoeStepShape).
+//   --timeline FILE: implies --phases; writes every task of the first 32 timed steps of each of
+//   our rows to FILE as CSV (row, step, thread, kind, slot, begin, end, and the ns from the
+//   end of planning at which it started waiting, started work and finished).
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -79,6 +84,8 @@ struct Flags {
   bool pin = true;
   bool quick = false;
   bool phases = false;      // per row: shares of step time in gather, GateUp, wait, Down, sum
+  bool split_last_downs = true;
+  std::string timeline;     // CSV of every task of the first timed steps; empty: none
   int tasks_per_thread = MoeStepShape{}.tasks_per_thread;
 };
 
@@ -104,6 +111,7 @@ std::optional<Flags> ParseFlags(int argc, char** argv) {
     if (a == "--no_onednn") { f.onednn = false; continue; }
     if (a == "--no_pin") { f.pin = false; continue; }
     if (a == "--phases") { f.phases = true; continue; }
+    if (a == "--no_split_last_downs") { f.split_last_downs = false; continue; }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "flag %s: missing value (or unknown flag)\n", a.c_str());
       return std::nullopt;
@@ -126,6 +134,9 @@ std::optional<Flags> ParseFlags(int argc, char** argv) {
       f.skew = std::atof(v);
     } else if (a == "--amx_threshold") {
       f.amx_threshold = std::atoi(v);
+    } else if (a == "--timeline") {
+      f.timeline = v;
+      f.phases = true;
     } else if (a == "--tasks_per_thread") {
       f.tasks_per_thread = std::atoi(v);
       if (f.tasks_per_thread < 1 || f.tasks_per_thread > 1024) {
@@ -333,6 +344,7 @@ struct Context {
   double read_gbps = 0;
   uint64_t bw_bytes = 0;  // buffer of the read bandwidth test
   std::vector<Row> decode_rows;
+  std::FILE* timeline = nullptr;  // --timeline
 };
 
 uint64_t RingTarget(const Context& c, uint64_t budget) {
@@ -349,6 +361,17 @@ void PrintPhases(const PhaseTimes& p) {
               "", static_cast<long long>(p.steps), pct(p.plan), pct(p.gather), pct(p.gate_up), pct(p.down),
               pct(p.sum), pct(p.wait), pct(p.start), pct(p.tail), pct(p.other()),
               1e3 * p.total / p.steps);
+}
+
+void WriteTimeline(std::FILE* file, const std::string& row, int step,
+                   const std::vector<TaskRecord>& tasks) {
+  static const char* const kKinds[] = {"gather", "gateup", "down", "sum"};
+  for (const TaskRecord& r : tasks) {
+    std::fprintf(file, "%s,%d,%d,%s,%d,%d,%d,%lld,%lld,%lld\n", row.c_str(), step, r.thread,
+                 kKinds[r.task.kind], r.task.slot, r.task.begin, r.task.end,
+                 static_cast<long long>(r.wait_ns), static_cast<long long>(r.start_ns),
+                 static_cast<long long>(r.end_ns));
+  }
 }
 
 void RunShape(Context& c, const MoeShape& s) {
@@ -424,6 +447,7 @@ void RunShape(Context& c, const MoeShape& s) {
     CpuMoeStep step(*c.pool, s.hidden, s.intermediate);
     step.set_phases(f.phases);
     step.set_tasks_per_thread(f.tasks_per_thread);
+    step.set_split_last_downs(f.split_last_downs);
     std::vector<const cpu::PackedExpert*> slots;
     for (int tokens : f.tokens) {
       // The read bandwidth again, just before this row (best of 3): on a shared machine it
@@ -431,11 +455,19 @@ void RunShape(Context& c, const MoeShape& s) {
       const ReadBandwidth now = MeasureReadBandwidth(*c.pool, c.bw_bytes, 3);
       const double read_gbps = now.passes > 0 ? now.best_gbps : c.read_gbps;
       int steps_prepared = 0;
+      std::vector<std::vector<TaskRecord>> recorded;
+      const std::string row = std::string(s.name) + " " + name + " x" + std::to_string(tokens);
       const Timing t = TimeSteps(data, tokens, f, [&](const Routed& r) {
         if (++steps_prepared == 2) step.ResetPhases();  // count the timed steps only
+        if (c.timeline != nullptr && steps_prepared >= 3 && steps_prepared <= 34) {
+          recorded.push_back(step.last_step_tasks());  // written after the row, not between steps
+        }
         slots.clear();
         for (int64_t g = 0; g < r.groups.count(); ++g) slots.push_back(experts.Next());
       }, [&](const Routed& r, float* out) { step.Run(r.routing, r.groups, slots, data.x(tokens), out); });
+      for (size_t i = 0; i < recorded.size(); ++i) {
+        WriteTimeline(c.timeline, row, static_cast<int>(i) + 1, recorded[i]);
+      }
       const double bytes = t.experts_per_step * experts.expert_bytes();
       const double gbps = bytes / t.seconds_per_step / 1e9;
       const double flops = t.routes_per_step * 6.0 * s.hidden * s.intermediate / t.seconds_per_step;
@@ -457,8 +489,7 @@ void RunShape(Context& c, const MoeShape& s) {
       }
       if (f.phases) PrintPhases(step.phases());
       if (tokens <= 8) {
-        c.decode_rows.push_back({std::string(s.name) + " " + name + " x" + std::to_string(tokens),
-                                 gbps / read_gbps, ratio});
+        c.decode_rows.push_back({row, gbps / read_gbps, ratio});
       }
     }
   }
@@ -498,6 +529,17 @@ int main(int argc, char** argv) {
   if (!flags) return 2;
   Context c;
   c.flags = *flags;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> timeline(nullptr, &std::fclose);
+  if (!c.flags.timeline.empty()) {
+    timeline.reset(std::fopen(c.flags.timeline.c_str(), "w"));
+    if (timeline == nullptr) {
+      std::fprintf(stderr, "--timeline: cannot open %s for writing: %s\n", c.flags.timeline.c_str(),
+                   std::strerror(errno));
+      return 2;
+    }
+    std::fprintf(timeline.get(), "row,step,thread,kind,slot,begin,end,wait_ns,start_ns,end_ns\n");
+    c.timeline = timeline.get();
+  }
   for (const std::string& name : c.flags.shapes) {
     bool known = false;
     for (const MoeShape& s : kShapes) known |= name == s.name;
@@ -544,10 +586,11 @@ int main(int argc, char** argv) {
               options.cpusets.empty() ? "not pinned" : "background threads pinned one per core",
               omp_get_max_threads(), LoadAverage().c_str());
   std::printf("flags: shapes %s; formats %s; tokens %s; max_gib %.1f; min_time %.2f s; skew %.2f; "
-              "onednn %s; phases %s; tasks per thread %d\n",
+              "onednn %s; phases %s; tasks per thread %d; split last downs %s\n",
               absl::StrJoin(c.flags.shapes, ",").c_str(), absl::StrJoin(c.flags.formats, ",").c_str(),
               absl::StrJoin(c.flags.tokens, ",").c_str(), c.flags.max_gib, c.flags.min_time, c.flags.skew,
-              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off", c.flags.tasks_per_thread);
+              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off", c.flags.tasks_per_thread,
+              c.flags.split_last_downs ? "on" : "off");
 
   const uint64_t bw_bytes = std::min<uint64_t>(std::max<uint64_t>(4 * c.llc.bytes_total, 1ull << 30),
                                                static_cast<uint64_t>(c.flags.max_gib * (1ull << 30)) / 2);

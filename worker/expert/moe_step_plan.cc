@@ -1,6 +1,7 @@
 #include "worker/expert/moe_step_plan.h"
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 
 #include "common/status.h"
@@ -69,7 +70,8 @@ void MoeStepPlan::Build(const MoeStepShape& shape, absl::Span<const int32_t> rou
   for (int64_t s = 0; s < n_slots; ++s) {  // gathers
     const int32_t slot = static_cast<int32_t>(s);
     int32_t count = 0;
-    for (int32_t p = route_offsets[s]; p < route_offsets[s + 1]; p += kGatherRoutes, ++count) {
+    const int32_t gather_end = Gathers(routes(s)) ? route_offsets[s + 1] : route_offsets[s];
+    for (int32_t p = route_offsets[s]; p < gather_end; p += kGatherRoutes, ++count) {
       tasks_[slot_node[s]].push_back(
           {MoeStepTask::kGather, slot, p, std::min(route_offsets[s + 1], p + kGatherRoutes)});
     }
@@ -86,19 +88,48 @@ void MoeStepPlan::Build(const MoeStepShape& shape, absl::Span<const int32_t> rou
     }
     gate_ups_left_[s].store(count, std::memory_order_relaxed);
   }
-  int64_t downs = 0;
+  std::vector<size_t> first_down(nodes);
+  for (int n = 0; n < nodes; ++n) first_down[n] = tasks_[n].size();
   for (int64_t s = 0; s < n_slots; ++s) {  // down
     if (routes(s) == 0) continue;
     SplitRows(shape.hidden, pieces(s), [&](int64_t o0, int64_t o1) {
       tasks_[slot_node[s]].push_back({MoeStepTask::kDown, static_cast<int32_t>(s),
                                       static_cast<int32_t>(o0), static_cast<int32_t>(o1)});
-      ++downs;
     });
   }
+  int64_t downs = 0;
+  for (int n = 0; n < nodes; ++n) {
+    std::vector<MoeStepTask>& list = tasks_[n];
+    if (shape.split_last_downs) {
+      // Cut the last node_threads Down tasks (of 2+ row blocks) at a row block in their middle.
+      const size_t tail = std::min(list.size() - first_down[n], static_cast<size_t>(shape.node_threads[n]));
+      std::vector<MoeStepTask> halves;
+      for (size_t i = list.size() - tail; i < list.size(); ++i) {
+        const MoeStepTask t = list[i];
+        const int32_t blocks = (t.end - t.begin + cpu::kRowBlock - 1) / cpu::kRowBlock;
+        if (blocks < 2) {
+          halves.push_back(t);
+          continue;
+        }
+        const int32_t mid = t.begin + blocks / 2 * static_cast<int32_t>(cpu::kRowBlock);
+        halves.push_back({t.kind, t.slot, t.begin, mid});
+        halves.push_back({t.kind, t.slot, mid, t.end});
+      }
+      list.resize(list.size() - tail);
+      list.insert(list.end(), halves.begin(), halves.end());
+    }
+    downs += static_cast<int64_t>(list.size() - first_down[n]);
+  }
   downs_left_.store(downs, std::memory_order_relaxed);
-  for (int64_t t = 0, block = 0; t < shape.num_tokens; t += kSumTokens, ++block) {
-    tasks_[block % nodes].push_back({MoeStepTask::kSum, -1, static_cast<int32_t>(t),
-                                     static_cast<int32_t>(std::min(shape.num_tokens, t + kSumTokens))});
+  // Sums: about two ranges of the output per thread, whole 64-byte lines, round robin over nodes.
+  int64_t all_threads = 0;
+  for (int n : shape.node_threads) all_threads += n;
+  const int64_t elements = shape.num_tokens * shape.hidden;
+  const int64_t piece =
+      std::max(kMinSumElements, RoundUp((elements + 2 * all_threads - 1) / (2 * all_threads), 16));
+  for (int64_t e = 0, i = 0; e < elements; e += piece, ++i) {
+    tasks_[i % nodes].push_back({MoeStepTask::kSum, -1, static_cast<int32_t>(e),
+                                 static_cast<int32_t>(std::min(elements, e + piece))});
   }
   counts_.resize(nodes);
   for (int n = 0; n < nodes; ++n) counts_[n] = static_cast<int64_t>(tasks_[n].size());
@@ -129,6 +160,38 @@ void MoeStepPlan::Done(const MoeStepTask& t) {
       downs_left_.fetch_sub(1, std::memory_order_release);
       return;
     case MoeStepTask::kSum:
+      return;
+  }
+}
+
+void RunMoeStepTask(const MoeStepTask& t, const MoeStepData& d, cpu::Scratch& scratch) {
+  const RouteGroups& g = *d.routes;
+  const int64_t hd = d.hidden;
+  switch (t.kind) {
+    case MoeStepTask::kGather:
+      for (int32_t p = t.begin; p < t.end; ++p) {
+        std::memcpy(d.xg + p * hd, d.x + static_cast<int64_t>(g.token[p]) * hd, hd * sizeof(float));
+      }
+      return;
+    case MoeStepTask::kGateUp: {
+      const int64_t p0 = g.offsets[t.slot];
+      const int64_t n = g.offsets[t.slot + 1] - p0;
+      const float* x = MoeStepPlan::Gathers(n) ? d.xg + p0 * hd : d.x + static_cast<int64_t>(g.token[p0]) * hd;
+      cpu::GateUp(*d.experts[t.slot], x, n, t.begin, t.end, d.h + p0 * d.intermediate,
+                  d.paths[t.slot], scratch);
+      return;
+    }
+    case MoeStepTask::kDown: {
+      const int64_t p0 = g.offsets[t.slot];
+      const int64_t n = g.offsets[t.slot + 1] - p0;
+      float* y = d.y + p0 * hd;
+      for (int64_t r = 0; r < n; ++r) std::fill(y + r * hd + t.begin, y + r * hd + t.end, 0.0f);
+      cpu::Down(*d.experts[t.slot], d.h + p0 * d.intermediate, n, nullptr, t.begin, t.end, y,
+                d.paths[t.slot], scratch);
+      return;
+    }
+    case MoeStepTask::kSum:
+      SumRoutes(g, d.top_k, hd, d.route_weights, d.y, t.begin, t.end, d.out);
       return;
   }
 }

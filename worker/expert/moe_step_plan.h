@@ -1,8 +1,9 @@
 // MoeStepPlan: the tasks of one MoE layer step on the CPU expert kernels, laid out for a single
 // executor phase (NumaExecutor::Run, or ThreadPool::ParallelFor with chunk 1) in which each
 // node's threads take that node's tasks in list order. Per node the list is
-//   gather (an expert's token rows, 32 routes at a time) -> GateUp (intermediate row ranges)
-//   -> Down (output row ranges) -> per-token sums (blocks of 8 tokens, round robin over nodes),
+//   gather (the token rows of an expert with 2+ routes, 32 routes at a time; an expert with one
+//   route reads its token's row in place) -> GateUp (intermediate row ranges) -> Down (output
+//   row ranges) -> sums (ranges of the step's [tokens, hidden] output, round robin over nodes),
 // and each task first waits (WaitInputs) for the earlier tasks whose output it reads: GateUp for
 // its expert's gathers, Down for its expert's GateUps, a sum for every Down of the step. The
 // kinds used to be separate phases; each phase boundary woke every thread and waited for the
@@ -16,8 +17,11 @@
 // been taken by a running thread, and by induction over list positions every task completes.
 // Expert rows are split in proportion to each expert's share of its node's work (weights
 // streamed plus tokens), about tasks_per_thread tasks per thread, so skewed routing keeps every
-// thread busy. Thread-safety: Build while no phase runs; during a phase, WaitInputs and Done
-// from any thread.
+// thread busy; the last Down tasks of each node are cut in half, so the threads that take them
+// finish close together. The sums are cut into about two ranges per thread: one thread summing
+// 8 tokens of 8 experts (data the other cores just wrote) took 5% of a decode step while every
+// other thread waited. Thread-safety: Build while no phase runs; during a phase, WaitInputs,
+// Done and RunMoeStepTask from any thread.
 #pragma once
 
 #include <atomic>
@@ -26,6 +30,8 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "kernels/cpu/expert_ffn.h"
+#include "worker/expert/route_groups.h"
 
 namespace moemesh {
 
@@ -33,7 +39,9 @@ struct MoeStepTask {
   enum Kind : uint8_t { kGather, kGateUp, kDown, kSum };
   Kind kind;
   int32_t slot;   // the expert's slot; -1 for a sum
-  int32_t begin;  // grouped routes (gather), rows (GateUp, Down) or tokens (sum): [begin, end)
+  // [begin, end): grouped routes (gather), rows (GateUp, Down), or elements of the row-major
+  // [num_tokens, hidden] output (sum).
+  int32_t begin;
   int32_t end;
 };
 
@@ -46,12 +54,17 @@ struct MoeStepShape {
   // end waits for the slowest last task, and 8 measured faster than 16 on decode steps of small
   // experts (per-task costs: activation quantization, each task's stream starting cold).
   int tasks_per_thread = 8;
+  // Cut each node's last node_threads Down tasks in half (see the class comment).
+  bool split_last_downs = true;
 };
 
 class MoeStepPlan {
  public:
   static constexpr int32_t kGatherRoutes = 32;  // routes per gather task
-  static constexpr int32_t kSumTokens = 8;      // tokens per sum task
+  static constexpr int64_t kMinSumElements = 256;  // a sum task's least output elements
+
+  // Whether a slot with `routes` routes has its token rows gathered (else read in place).
+  static bool Gathers(int64_t routes) { return routes > 1; }
 
   // route_offsets: per slot its first grouped route, n_slots + 1 entries (the last = routes);
   // slot_node: per slot the node whose threads compute it. Slots without routes get no tasks.
@@ -75,5 +88,26 @@ class MoeStepPlan {
   size_t slots_capacity_ = 0;
   std::atomic<int64_t> downs_left_{0};
 };
+
+// What one step's tasks read and write, for RunMoeStepTask. Slots index experts and paths.
+struct MoeStepData {
+  int64_t hidden = 0;
+  int64_t intermediate = 0;
+  int64_t top_k = 0;
+  const float* x = nullptr;              // [num_tokens, hidden]
+  const float* route_weights = nullptr;  // [num_tokens, top_k]
+  const RouteGroups* routes = nullptr;   // grouped by slot, as the plan was built from
+  const cpu::PackedExpert* const* experts = nullptr;  // per slot
+  const cpu::CpuPath* paths = nullptr;                // per slot
+  float* xg = nullptr;   // [held, hidden]: gathered token rows
+  float* h = nullptr;    // [held, intermediate]
+  float* y = nullptr;    // [held, hidden]: each grouped route's expert output
+  float* out = nullptr;  // [num_tokens, hidden]
+};
+
+// The work of task `t` (its inputs complete: call WaitInputs first, Done after). Each token's
+// output is summed over its routes in choice order, so results do not depend on threads,
+// nodes or how rows were cut.
+void RunMoeStepTask(const MoeStepTask& t, const MoeStepData& d, cpu::Scratch& scratch);
 
 }  // namespace moemesh

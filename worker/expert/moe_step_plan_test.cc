@@ -30,6 +30,7 @@ Scenario RandomScenario(std::mt19937& rng) {
   s.shape.intermediate = std::uniform_int_distribution<int>(1, 200)(rng);
   s.shape.num_tokens = std::uniform_int_distribution<int>(1, 40)(rng);
   s.shape.tasks_per_thread = std::uniform_int_distribution<int>(1, 20)(rng);
+  s.shape.split_last_downs = rng() % 2 == 0;
   const int slots = std::uniform_int_distribution<int>(1, 12)(rng);
   s.offsets.push_back(0);
   for (int i = 0; i < slots; ++i) {
@@ -57,7 +58,8 @@ TEST(MoeStepPlanTest, CoversEverythingOnceInDependencyOrder) {
       gate_up[sl].assign(s.shape.intermediate, 0);
       down[sl].assign(s.shape.hidden, 0);
     }
-    std::vector<int> summed(s.shape.num_tokens, 0);
+    std::vector<int> summed(s.shape.num_tokens * s.shape.hidden, 0);
+    int sums = 0;
     for (int n = 0; n < nodes; ++n) {
       int last_kind = MoeStepTask::kGather;
       for (int64_t i = 0; i < plan.counts()[n]; ++i) {
@@ -66,7 +68,9 @@ TEST(MoeStepPlanTest, CoversEverythingOnceInDependencyOrder) {
         last_kind = t.kind;
         ASSERT_LT(t.begin, t.end);
         if (t.kind == MoeStepTask::kSum) {
-          for (int32_t tok = t.begin; tok < t.end; ++tok) ++summed.at(tok);
+          for (int32_t e = t.begin; e < t.end; ++e) ++summed.at(e);
+          EXPECT_EQ(t.begin % 16, 0) << "a sum range that does not start a 64-byte line";
+          ++sums;
           continue;
         }
         ASSERT_EQ(s.node[t.slot], n) << "a task of slot " << t.slot << " on another node";
@@ -81,12 +85,20 @@ TEST(MoeStepPlanTest, CoversEverythingOnceInDependencyOrder) {
       }
     }
     for (int sl = 0; sl < slots; ++sl) {
-      const int want = s.offsets[sl + 1] > s.offsets[sl] ? 1 : 0;  // no tasks for an idle expert
-      for (int c : gathered[sl]) ASSERT_EQ(c, 1);
+      const int routes = s.offsets[sl + 1] - s.offsets[sl];
+      const int want = routes > 0 ? 1 : 0;  // no tasks for an idle expert
+      // A single route is read in place, not gathered.
+      for (int c : gathered[sl]) ASSERT_EQ(c, routes > 1 ? 1 : 0) << "slot " << sl;
       for (int c : gate_up[sl]) ASSERT_EQ(c, want) << "slot " << sl;
       for (int c : down[sl]) ASSERT_EQ(c, want) << "slot " << sl;
     }
     for (int c : summed) ASSERT_EQ(c, 1);
+    // Two ranges per thread or fewer, none under the minimum unless the output is.
+    int threads = 0;
+    for (int n : s.shape.node_threads) threads += n;
+    const int64_t elements = s.shape.num_tokens * s.shape.hidden;
+    EXPECT_LE(sums, std::max<int64_t>(2 * threads, 1));
+    EXPECT_LE(sums, (elements + MoeStepPlan::kMinSumElements - 1) / MoeStepPlan::kMinSumElements);
   }
 }
 

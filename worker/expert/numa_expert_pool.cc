@@ -264,12 +264,14 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   h_.resize(static_cast<size_t>(held * inter));
   y_.resize(static_cast<size_t>(held * h));
 
-  std::vector<cpu::CpuPath> path(n_slots, cpu::CpuPath::kScalar);
+  path_.assign(n_slots, cpu::CpuPath::kScalar);
   slot_node_.resize(n_slots);
+  packed_.resize(n_slots);
   for (int64_t s = 0; s < n_slots; ++s) {
     slot_node_[s] = experts[s].node;
+    packed_[s] = &experts[s].packed;
     const int32_t n = routes_.offsets[s + 1] - routes_.offsets[s];
-    if (n > 0) path[s] = cpu::ChoosePath(format_, n);
+    if (n > 0) path_[s] = cpu::ChoosePath(format_, n);
   }
   MoeStepShape shape;
   shape.hidden = h;
@@ -279,39 +281,26 @@ void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   for (int n = 0; n < nodes; ++n) shape.node_threads[n] = executor_->node_threads(n);
   plan_.Build(shape, routes_.offsets, slot_node_);
 
-  // One phase: gather each expert's tokens next to it (on its node's threads), gate+up, down,
-  // then each token's sum in j order (independent of which thread ran which expert).
-  thread_local cpu::Scratch scratch;
+  MoeStepData d;
+  d.hidden = h;
+  d.intermediate = inter;
+  d.top_k = b.top_k;
+  d.x = b.hidden_states.data();
+  d.route_weights = b.expert_weights.data();
+  d.routes = &routes_;
+  d.experts = packed_.data();
+  d.paths = path_.data();
+  d.xg = x_.data();
+  d.h = h_.data();
+  d.y = y_.data();
+  d.out = out.data();
+  // One phase: gather the tokens of experts with several, gate+up, down, then each token's sum
+  // in j order (independent of which thread ran which expert).
   executor_->Run(plan_.counts(), [&](int node, int64_t i) {
+    thread_local cpu::Scratch scratch;
     const MoeStepTask& t = plan_.task(node, i);
     plan_.WaitInputs(t);
-    switch (t.kind) {
-      case MoeStepTask::kGather:
-        for (int32_t p = t.begin; p < t.end; ++p) {
-          std::memcpy(x_.data() + p * h,
-                      b.hidden_states.data() + static_cast<int64_t>(routes_.token[p]) * h,
-                      h * sizeof(float));
-          std::fill(y_.data() + p * h, y_.data() + (p + 1) * h, 0.0f);
-        }
-        break;
-      case MoeStepTask::kGateUp: {
-        const int64_t p0 = routes_.offsets[t.slot];
-        const int64_t n = routes_.offsets[t.slot + 1] - p0;
-        cpu::GateUp(experts[t.slot].packed, x_.data() + p0 * h, n, t.begin, t.end,
-                    h_.data() + p0 * inter, path[t.slot], scratch);
-        break;
-      }
-      case MoeStepTask::kDown: {
-        const int64_t p0 = routes_.offsets[t.slot];
-        const int64_t n = routes_.offsets[t.slot + 1] - p0;
-        cpu::Down(experts[t.slot].packed, h_.data() + p0 * inter, n, nullptr, t.begin, t.end,
-                  y_.data() + p0 * h, path[t.slot], scratch);
-        break;
-      }
-      case MoeStepTask::kSum:
-        SumRoutes(b, routes_, y_.data(), t.begin, t.end, out.data());
-        break;
-    }
+    RunMoeStepTask(t, d, scratch);
     plan_.Done(t);
   });
 }

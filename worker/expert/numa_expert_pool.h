@@ -76,6 +76,8 @@ class NumaExpertPool final : public ExpertPool {
   std::vector<float> h_;              // [held routes, intermediate]
   std::vector<float> y_;              // [held routes, hidden]: per-route outputs
   std::vector<int32_t> slot_node_;    // [slots of the layer]: the node of each
+  std::vector<cpu::CpuPath> path_;    // [slots of the layer]: the kernel path of each
+  std::vector<const cpu::PackedExpert*> packed_;  // [slots of the layer]
   MoeStepPlan plan_;
 };
 

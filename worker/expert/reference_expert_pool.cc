@@ -152,7 +152,8 @@ void ReferenceExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
 
   // Per token, in j order: the sum does not depend on which thread ran which expert.
   pool_->ParallelFor(b.num_tokens, [&](int64_t begin, int64_t end) {
-    SumRoutes(b, routes_, route_out_.data(), begin, end, out.data());
+    SumRoutes(routes_, b.top_k, h, b.expert_weights.data(), route_out_.data(), begin * h, end * h,
+              out.data());
   });
 }
 

@@ -28,19 +28,19 @@ void GroupRoutes(const ExpertBatch& b, int64_t n_slots, absl::FunctionRef<int32_
   }
 }
 
-void SumRoutes(const ExpertBatch& b, const RouteGroups& g, const float* route_out, int64_t t_begin,
-               int64_t t_end, float* out) {
-  const int64_t k = b.top_k;
-  const int64_t h = b.hidden;
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    float* o = out + t * h;
-    std::fill(o, o + h, 0.0f);
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t p = g.position[t * k + j];
+void SumRoutes(const RouteGroups& g, int64_t top_k, int64_t hidden, const float* weights,
+               const float* route_out, int64_t e_begin, int64_t e_end, float* out) {
+  for (int64_t t = e_begin / hidden; t * hidden < e_end; ++t) {
+    const int64_t c0 = std::max<int64_t>(e_begin - t * hidden, 0);
+    const int64_t c1 = std::min<int64_t>(e_end - t * hidden, hidden);
+    float* o = out + t * hidden;
+    std::fill(o + c0, o + c1, 0.0f);
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int32_t p = g.position[t * top_k + j];
       if (p < 0) continue;
-      const float w = b.expert_weights[t * k + j];
-      const float* y = route_out + static_cast<int64_t>(p) * h;
-      for (int64_t c = 0; c < h; ++c) o[c] += w * y[c];
+      const float w = weights[t * top_k + j];
+      const float* y = route_out + static_cast<int64_t>(p) * hidden;
+      for (int64_t c = c0; c < c1; ++c) o[c] += w * y[c];
     }
   }
 }

@@ -21,10 +21,11 @@ struct RouteGroups {
 void GroupRoutes(const ExpertBatch& batch, int64_t n_slots,
                  absl::FunctionRef<int32_t(int32_t expert)> slot, RouteGroups& groups);
 
-// out[t] = sum over j (in j order) of weight[t, j] * route_out[position(t, j)] for tokens
-// [t_begin, t_end): each token's sum does not depend on which thread computed which route.
-// route_out: [held, hidden] per grouped position; out: [num_tokens, hidden].
-void SumRoutes(const ExpertBatch& batch, const RouteGroups& groups, const float* route_out,
-               int64_t t_begin, int64_t t_end, float* out);
+// out[t, c] = sum over j (in j order) of weight[t, j] * route_out[position(t, j), c] for the
+// elements [e_begin, e_end) of the row-major [num_tokens, hidden] output: each token's sum does
+// not depend on which thread computed which route or summed which range.
+// weights: [num_tokens, top_k]; route_out: [held, hidden] per grouped position.
+void SumRoutes(const RouteGroups& groups, int64_t top_k, int64_t hidden, const float* weights,
+               const float* route_out, int64_t e_begin, int64_t e_end, float* out);
 
 }  // namespace moemesh
