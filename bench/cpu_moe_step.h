@@ -60,7 +60,6 @@ class CpuMoeStep {
   // About how many (expert, row range) tasks each pool thread gets per kind (default: the expert
   // pool's).
   void set_tasks_per_thread(int64_t n) { tasks_per_thread_ = std::max<int64_t>(1, n); }
-  void set_split_last_downs(bool on) { split_last_downs_ = on; }
   void ResetPhases() { phases_ = PhaseTimes{}; }
   // The last step's tasks in list order (phases on only; empty otherwise).
   const std::vector<TaskRecord>& last_step_tasks() const { return records_; }
@@ -100,7 +99,6 @@ class CpuMoeStep {
     shape.num_tokens = r.tokens;
     shape.node_threads = {pool_.num_threads()};
     shape.tasks_per_thread = static_cast<int>(tasks_per_thread_);
-    shape.split_last_downs = split_last_downs_;
     plan_.Build(shape, routes_.offsets, nodes_);
     MoeStepData d;
     d.hidden = hidden_;
@@ -195,7 +193,6 @@ class CpuMoeStep {
   MoeStepPlan plan_;
   bool phases_on_ = false;
   int64_t tasks_per_thread_ = MoeStepShape{}.tasks_per_thread;
-  bool split_last_downs_ = MoeStepShape{}.split_last_downs;
   PhaseTimes phases_;
   std::vector<TaskRecord> records_;
   std::atomic<int64_t> thread_ns_[5] = {0, 0, 0, 0, 0};  // waiting, then busy per task kind

@@ -12,11 +12,11 @@
 //
 //   build/bin/bench_expert_ffn [--quick] [--shapes qwen3-30b-a3b,...] [--formats bf16,...]
 //       [--tokens 1,8,64,512] [--threads N] [--max_gib 8] [--min_time 0.5] [--skew 0.8]
-//       [--amx_threshold N] [--tasks_per_thread 8] [--no_onednn] [--no_pin] [--phases]
+//       [--amx_threshold N] [--tasks_per_thread 4] [--no_onednn] [--no_pin] [--phases]
+//       [--timeline FILE]
 //   --tasks_per_thread: about how many (expert, row range) tasks of each kind a thread gets.
 //   --phases: after each of our rows, the shares of thread time in gather, GateUp, Down, the
 //   weighted sum, waiting for inputs and the rest (bench/cpu_moe_step.h PhaseTimes).
-//   --no_split_last_downs: keep each node's last Down tasks whole (MoeStepShape).
 //   --timeline FILE: implies --phases; writes every task of the first 32 timed steps of each of
 //   our rows to FILE as CSV (row, step, thread, kind, slot, begin, end, and the ns from the
 //   end of planning at which it started waiting, started work and finished).
@@ -84,7 +84,6 @@ struct Flags {
   bool pin = true;
   bool quick = false;
   bool phases = false;      // per row: shares of step time in gather, GateUp, wait, Down, sum
-  bool split_last_downs = true;
   std::string timeline;     // CSV of every task of the first timed steps; empty: none
   int tasks_per_thread = MoeStepShape{}.tasks_per_thread;
 };
@@ -111,7 +110,6 @@ std::optional<Flags> ParseFlags(int argc, char** argv) {
     if (a == "--no_onednn") { f.onednn = false; continue; }
     if (a == "--no_pin") { f.pin = false; continue; }
     if (a == "--phases") { f.phases = true; continue; }
-    if (a == "--no_split_last_downs") { f.split_last_downs = false; continue; }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "flag %s: missing value (or unknown flag)\n", a.c_str());
       return std::nullopt;
@@ -447,7 +445,6 @@ void RunShape(Context& c, const MoeShape& s) {
     CpuMoeStep step(*c.pool, s.hidden, s.intermediate);
     step.set_phases(f.phases);
     step.set_tasks_per_thread(f.tasks_per_thread);
-    step.set_split_last_downs(f.split_last_downs);
     std::vector<const cpu::PackedExpert*> slots;
     for (int tokens : f.tokens) {
       // The read bandwidth again, just before this row (best of 3): on a shared machine it
@@ -586,11 +583,10 @@ int main(int argc, char** argv) {
               options.cpusets.empty() ? "not pinned" : "background threads pinned one per core",
               omp_get_max_threads(), LoadAverage().c_str());
   std::printf("flags: shapes %s; formats %s; tokens %s; max_gib %.1f; min_time %.2f s; skew %.2f; "
-              "onednn %s; phases %s; tasks per thread %d; split last downs %s\n",
+              "onednn %s; phases %s; tasks per thread %d\n",
               absl::StrJoin(c.flags.shapes, ",").c_str(), absl::StrJoin(c.flags.formats, ",").c_str(),
               absl::StrJoin(c.flags.tokens, ",").c_str(), c.flags.max_gib, c.flags.min_time, c.flags.skew,
-              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off", c.flags.tasks_per_thread,
-              c.flags.split_last_downs ? "on" : "off");
+              c.flags.onednn ? "on" : "off", c.flags.phases ? "on" : "off", c.flags.tasks_per_thread);
 
   const uint64_t bw_bytes = std::min<uint64_t>(std::max<uint64_t>(4 * c.llc.bytes_total, 1ull << 30),
                                                static_cast<uint64_t>(c.flags.max_gib * (1ull << 30)) / 2);

@@ -98,28 +98,7 @@ void MoeStepPlan::Build(const MoeStepShape& shape, absl::Span<const int32_t> rou
     });
   }
   int64_t downs = 0;
-  for (int n = 0; n < nodes; ++n) {
-    std::vector<MoeStepTask>& list = tasks_[n];
-    if (shape.split_last_downs) {
-      // Cut the last node_threads Down tasks (of 2+ row blocks) at a row block in their middle.
-      const size_t tail = std::min(list.size() - first_down[n], static_cast<size_t>(shape.node_threads[n]));
-      std::vector<MoeStepTask> halves;
-      for (size_t i = list.size() - tail; i < list.size(); ++i) {
-        const MoeStepTask t = list[i];
-        const int32_t blocks = (t.end - t.begin + cpu::kRowBlock - 1) / cpu::kRowBlock;
-        if (blocks < 2) {
-          halves.push_back(t);
-          continue;
-        }
-        const int32_t mid = t.begin + blocks / 2 * static_cast<int32_t>(cpu::kRowBlock);
-        halves.push_back({t.kind, t.slot, t.begin, mid});
-        halves.push_back({t.kind, t.slot, mid, t.end});
-      }
-      list.resize(list.size() - tail);
-      list.insert(list.end(), halves.begin(), halves.end());
-    }
-    downs += static_cast<int64_t>(list.size() - first_down[n]);
-  }
+  for (int n = 0; n < nodes; ++n) downs += static_cast<int64_t>(tasks_[n].size() - first_down[n]);
   downs_left_.store(downs, std::memory_order_relaxed);
   // Sums: about two ranges of the output per thread, whole 64-byte lines, round robin over nodes.
   int64_t all_threads = 0;

@@ -30,7 +30,6 @@ Scenario RandomScenario(std::mt19937& rng) {
   s.shape.intermediate = std::uniform_int_distribution<int>(1, 200)(rng);
   s.shape.num_tokens = std::uniform_int_distribution<int>(1, 40)(rng);
   s.shape.tasks_per_thread = std::uniform_int_distribution<int>(1, 20)(rng);
-  s.shape.split_last_downs = rng() % 2 == 0;
   const int slots = std::uniform_int_distribution<int>(1, 12)(rng);
   s.offsets.push_back(0);
   for (int i = 0; i < slots; ++i) {
