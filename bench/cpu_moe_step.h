@@ -19,7 +19,6 @@
 #include "kernels/cpu/expert_ffn.h"
 #include "runtime/expert_client.h"
 #include "worker/expert/moe_step_plan.h"
-#include "worker/expert/route_groups.h"
 
 namespace moemesh::bench {
 
@@ -83,54 +82,33 @@ class CpuMoeStep {
     batch.hidden_states = absl::MakeConstSpan(x, static_cast<size_t>(r.tokens * hidden_));
     batch.expert_ids = r.ids;
     batch.expert_weights = r.weights;
-    GroupRoutes(batch, groups, [&](int32_t e) { return group_of_[e]; }, routes_);
-    const int64_t held = routes_.held();
-    xg_.resize(static_cast<size_t>(held * hidden_));
-    yg_.resize(xg_.size());
-    h_.resize(static_cast<size_t>(held * inter_));
-    paths_.resize(groups);
     nodes_.assign(groups, 0);
-    for (int64_t i = 0; i < groups; ++i) {
-      paths_[i] = cpu::ChoosePath(experts[i]->gate_up.spec, g.tokens(i));
-    }
     MoeStepShape shape;
     shape.hidden = hidden_;
     shape.intermediate = inter_;
-    shape.num_tokens = r.tokens;
     shape.node_threads = {pool_.num_threads()};
     shape.tasks_per_thread = static_cast<int>(tasks_per_thread_);
-    plan_.Build(shape, routes_.offsets, nodes_);
-    MoeStepData d;
-    d.hidden = hidden_;
-    d.intermediate = inter_;
-    d.top_k = r.top_k;
-    d.x = x;
-    d.route_weights = r.weights.data();
-    d.routes = &routes_;
-    d.experts = experts.data();
-    d.paths = paths_.data();
-    d.xg = xg_.data();
-    d.h = h_.data();
-    d.y = yg_.data();
-    d.out = out;
+    const MoeStepData& d = step_.Prepare(batch, [&](int32_t e) { return group_of_[e]; }, experts,
+                                         nodes_, shape, out);
+    MoeStepPlan& plan = step_.plan();
     for (auto& t : thread_ns_) t.store(0, std::memory_order_relaxed);
     threads_seen_.store(0, std::memory_order_relaxed);
     first_start_ns_.store(0, std::memory_order_relaxed);
     last_end_sum_ns_.store(0, std::memory_order_relaxed);
     static std::atomic<int64_t> steps_started{0};  // process-wide: threads outlive this object
     step_id_ = steps_started.fetch_add(1, std::memory_order_relaxed) + 1;
-    if (phases_on_) records_.resize(static_cast<size_t>(plan_.counts()[0]));
+    if (phases_on_) records_.resize(static_cast<size_t>(plan.counts()[0]));
     const Stamp t_planned = Now();
 
-    pool_.ParallelFor(plan_.counts()[0], [&](int64_t b, int64_t e) {
+    pool_.ParallelFor(plan.counts()[0], [&](int64_t b, int64_t e) {
       thread_local cpu::Scratch scratch;
       for (int64_t i = b; i < e; ++i) {
-        const MoeStepTask& t = plan_.task(0, i);
+        const MoeStepTask& t = plan.task(0, i);
         const Stamp t0 = Now();
-        plan_.WaitInputs(t);
+        plan.WaitInputs(t);
         const Stamp t1 = Now();
         RunMoeStepTask(t, d, scratch);
-        plan_.Done(t);
+        plan.Done(t);
         if (phases_on_) {
           const Stamp t2 = Now();
           thread_ns_[0].fetch_add(Ns(t0, t1), std::memory_order_relaxed);
@@ -186,11 +164,8 @@ class CpuMoeStep {
   ThreadPool& pool_;
   const int64_t hidden_;
   const int64_t inter_;
-  std::vector<float> xg_, yg_, h_;
-  std::vector<cpu::CpuPath> paths_;
   std::vector<int32_t> nodes_, group_of_;
-  RouteGroups routes_;
-  MoeStepPlan plan_;
+  MoeStep step_;
   bool phases_on_ = false;
   int64_t tasks_per_thread_ = MoeStepShape{}.tasks_per_thread;
   PhaseTimes phases_;

@@ -175,4 +175,37 @@ void RunMoeStepTask(const MoeStepTask& t, const MoeStepData& d, cpu::Scratch& sc
   }
 }
 
+const MoeStepData& MoeStep::Prepare(const ExpertBatch& b, absl::FunctionRef<int32_t(int32_t)> slot,
+                                    absl::Span<const cpu::PackedExpert* const> experts,
+                                    absl::Span<const int32_t> slot_node, MoeStepShape shape,
+                                    float* out) {
+  const int64_t n_slots = static_cast<int64_t>(experts.size());
+  MM_CHECK(static_cast<int64_t>(slot_node.size()) == n_slots);
+  GroupRoutes(b, n_slots, slot, routes_);
+  const int64_t held = routes_.held();
+  xg_.resize(static_cast<size_t>(held * shape.hidden));
+  y_.resize(xg_.size());
+  h_.resize(static_cast<size_t>(held * shape.intermediate));
+  paths_.assign(n_slots, cpu::CpuPath::kScalar);
+  for (int64_t s = 0; s < n_slots; ++s) {
+    const int32_t n = routes_.offsets[s + 1] - routes_.offsets[s];
+    if (n > 0) paths_[s] = cpu::ChoosePath(experts[s]->gate_up.spec, n);
+  }
+  shape.num_tokens = b.num_tokens;
+  plan_.Build(shape, routes_.offsets, slot_node);
+  data_.hidden = shape.hidden;
+  data_.intermediate = shape.intermediate;
+  data_.top_k = b.top_k;
+  data_.x = b.hidden_states.data();
+  data_.route_weights = b.expert_weights.data();
+  data_.routes = &routes_;
+  data_.experts = experts.data();
+  data_.paths = paths_.data();
+  data_.xg = xg_.data();
+  data_.h = h_.data();
+  data_.y = y_.data();
+  data_.out = out;
+  return data_;
+}
+
 }  // namespace moemesh

@@ -28,8 +28,10 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/types/span.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "runtime/expert_client.h"
 #include "worker/expert/route_groups.h"
 
 namespace moemesh {
@@ -107,5 +109,30 @@ struct MoeStepData {
 // output is summed over its routes in choice order, so results do not depend on threads,
 // nodes or how rows were cut.
 void RunMoeStepTask(const MoeStepTask& t, const MoeStepData& d, cpu::Scratch& scratch);
+
+// What a MoE layer step keeps from one step to the next: the batch's routes grouped by slot,
+// the gathered rows, intermediate and per-route outputs, each slot's kernel path and the plan.
+// The expert pool and bench_expert_ffn prepare their steps through it. Thread-safety: Prepare
+// while no phase runs; a phase's tasks then read data() and the plan.
+class MoeStep {
+ public:
+  // Prepares a step of batch `b`, writing `out` ([num_tokens, hidden]): groups its routes by
+  // slot (`slot` maps an expert id of the batch to its slot), picks each routed slot's kernel
+  // path for its token count (cpu::ChoosePath), sizes the buffers and builds the plan from
+  // `shape` (hidden, intermediate, node_threads, tasks_per_thread; num_tokens is b's).
+  // experts[s] holds slot s's weights and slot_node[s] its node; both outlive the step.
+  const MoeStepData& Prepare(const ExpertBatch& b, absl::FunctionRef<int32_t(int32_t)> slot,
+                             absl::Span<const cpu::PackedExpert* const> experts,
+                             absl::Span<const int32_t> slot_node, MoeStepShape shape, float* out);
+  const MoeStepData& data() const { return data_; }
+  MoeStepPlan& plan() { return plan_; }
+
+ private:
+  RouteGroups routes_;
+  std::vector<float> xg_, h_, y_;
+  std::vector<cpu::CpuPath> paths_;
+  MoeStepPlan plan_;
+  MoeStepData data_;
+};
 
 }  // namespace moemesh

@@ -254,54 +254,27 @@ const cpu::PackedExpert& NumaExpertPool::Packed(int layer, int expert) const {
 void NumaExpertPool::Compute(const ExpertBatch& b, absl::Span<float> out) {
   const std::vector<Held>& experts = experts_[b.layer];
   const int64_t n_slots = static_cast<int64_t>(experts.size());
-  const int64_t h = b.hidden;
-  const int64_t inter = config().expert_intermediate_size;
-  const int nodes = executor_->num_nodes();
-
-  GroupRoutes(b, n_slots, [&](int32_t e) { return Slot(b.layer, e); }, routes_);
-  const int64_t held = routes_.held();
-  x_.resize(static_cast<size_t>(held * h));
-  h_.resize(static_cast<size_t>(held * inter));
-  y_.resize(static_cast<size_t>(held * h));
-
-  path_.assign(n_slots, cpu::CpuPath::kScalar);
   slot_node_.resize(n_slots);
   packed_.resize(n_slots);
   for (int64_t s = 0; s < n_slots; ++s) {
     slot_node_[s] = experts[s].node;
     packed_[s] = &experts[s].packed;
-    const int32_t n = routes_.offsets[s + 1] - routes_.offsets[s];
-    if (n > 0) path_[s] = cpu::ChoosePath(format_, n);
   }
   MoeStepShape shape;
-  shape.hidden = h;
-  shape.intermediate = inter;
-  shape.num_tokens = b.num_tokens;
-  shape.node_threads.resize(nodes);
-  for (int n = 0; n < nodes; ++n) shape.node_threads[n] = executor_->node_threads(n);
-  plan_.Build(shape, routes_.offsets, slot_node_);
-
-  MoeStepData d;
-  d.hidden = h;
-  d.intermediate = inter;
-  d.top_k = b.top_k;
-  d.x = b.hidden_states.data();
-  d.route_weights = b.expert_weights.data();
-  d.routes = &routes_;
-  d.experts = packed_.data();
-  d.paths = path_.data();
-  d.xg = x_.data();
-  d.h = h_.data();
-  d.y = y_.data();
-  d.out = out.data();
+  shape.hidden = b.hidden;
+  shape.intermediate = config().expert_intermediate_size;
+  for (int n = 0; n < executor_->num_nodes(); ++n) shape.node_threads.push_back(executor_->node_threads(n));
+  const MoeStepData& d = step_.Prepare(b, [&](int32_t e) { return Slot(b.layer, e); }, packed_,
+                                       slot_node_, shape, out.data());
+  MoeStepPlan& plan = step_.plan();
   // One phase: gather the tokens of experts with several, gate+up, down, then each token's sum
   // in j order (independent of which thread ran which expert).
-  executor_->Run(plan_.counts(), [&](int node, int64_t i) {
+  executor_->Run(plan.counts(), [&](int node, int64_t i) {
     thread_local cpu::Scratch scratch;
-    const MoeStepTask& t = plan_.task(node, i);
-    plan_.WaitInputs(t);
+    const MoeStepTask& t = plan.task(node, i);
+    plan.WaitInputs(t);
     RunMoeStepTask(t, d, scratch);
-    plan_.Done(t);
+    plan.Done(t);
   });
 }
 

@@ -71,14 +71,9 @@ class NumaExpertPool final : public ExpertPool {
   bool show_progress_ = false;
 
   // Scratch reused across calls (Compute calls are serialised).
-  RouteGroups routes_;  // the current batch's routes grouped by expert
-  std::vector<float> x_;              // [held routes, hidden]: gathered inputs
-  std::vector<float> h_;              // [held routes, intermediate]
-  std::vector<float> y_;              // [held routes, hidden]: per-route outputs
-  std::vector<int32_t> slot_node_;    // [slots of the layer]: the node of each
-  std::vector<cpu::CpuPath> path_;    // [slots of the layer]: the kernel path of each
+  std::vector<int32_t> slot_node_;                // [slots of the layer]: the node of each
   std::vector<const cpu::PackedExpert*> packed_;  // [slots of the layer]
-  MoeStepPlan plan_;
+  MoeStep step_;
 };
 
 }  // namespace moemesh
