@@ -11,7 +11,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "bench/moe_routing.h"
@@ -174,5 +176,37 @@ class CpuMoeStep {
   int64_t step_id_ = 0;  // tells a thread's first task of a step (unique in the process)
   std::atomic<int64_t> threads_seen_{0}, first_start_ns_{0}, last_end_sum_ns_{0};
 };
+
+// One line of shares of thread time (bench_expert_ffn --phases).
+inline void PrintPhases(const PhaseTimes& p) {
+  if (p.steps == 0 || p.total <= 0) return;
+  auto pct = [&](double v) { return 100 * v / p.total; };
+  std::printf("%-10s thread time over %lld steps: plan %.1f%%, gather %.1f%%, GateUp %.1f%%, Down %.1f%%, "
+              "weighted sum %.1f%%, waiting for inputs %.1f%%, start %.1f%%, tail %.1f%%, other %.1f%% "
+              "(mean step %.3f ms)\n",
+              "", static_cast<long long>(p.steps), pct(p.plan), pct(p.gather), pct(p.gate_up), pct(p.down),
+              pct(p.sum), pct(p.wait), pct(p.start), pct(p.tail), pct(p.other()),
+              1e3 * p.total / p.steps);
+}
+
+// bench_expert_ffn --timeline: a CSV file with its header line (nullptr and errno when it
+// cannot be created), and the lines of a row's recorded steps (numbered from 1), a line per task.
+inline std::FILE* OpenTimeline(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f != nullptr) std::fprintf(f, "row,step,thread,kind,slot,begin,end,wait_ns,start_ns,end_ns\n");
+  return f;
+}
+inline void WriteTimeline(std::FILE* file, const std::string& row,
+                          const std::vector<std::vector<TaskRecord>>& steps) {
+  static const char* const kKinds[] = {"gather", "gateup", "down", "sum"};
+  for (size_t i = 0; i < steps.size(); ++i) {
+    for (const TaskRecord& r : steps[i]) {
+      std::fprintf(file, "%s,%zu,%d,%s,%d,%d,%d,%lld,%lld,%lld\n", row.c_str(), i + 1, r.thread,
+                   kKinds[r.task.kind], r.task.slot, r.task.begin, r.task.end,
+                   static_cast<long long>(r.wait_ns), static_cast<long long>(r.start_ns),
+                   static_cast<long long>(r.end_ns));
+    }
+  }
+}
 
 }  // namespace moemesh::bench

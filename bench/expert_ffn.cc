@@ -350,28 +350,6 @@ uint64_t RingTarget(const Context& c, uint64_t budget) {
   return std::min(want, budget);
 }
 
-void PrintPhases(const PhaseTimes& p) {
-  if (p.steps == 0 || p.total <= 0) return;
-  auto pct = [&](double v) { return 100 * v / p.total; };
-  std::printf("%-10s thread time over %lld steps: plan %.1f%%, gather %.1f%%, GateUp %.1f%%, Down %.1f%%, "
-              "weighted sum %.1f%%, waiting for inputs %.1f%%, start %.1f%%, tail %.1f%%, other %.1f%% "
-              "(mean step %.3f ms)\n",
-              "", static_cast<long long>(p.steps), pct(p.plan), pct(p.gather), pct(p.gate_up), pct(p.down),
-              pct(p.sum), pct(p.wait), pct(p.start), pct(p.tail), pct(p.other()),
-              1e3 * p.total / p.steps);
-}
-
-void WriteTimeline(std::FILE* file, const std::string& row, int step,
-                   const std::vector<TaskRecord>& tasks) {
-  static const char* const kKinds[] = {"gather", "gateup", "down", "sum"};
-  for (const TaskRecord& r : tasks) {
-    std::fprintf(file, "%s,%d,%d,%s,%d,%d,%d,%lld,%lld,%lld\n", row.c_str(), step, r.thread,
-                 kKinds[r.task.kind], r.task.slot, r.task.begin, r.task.end,
-                 static_cast<long long>(r.wait_ns), static_cast<long long>(r.start_ns),
-                 static_cast<long long>(r.end_ns));
-  }
-}
-
 void RunShape(Context& c, const MoeShape& s) {
   const Flags& f = c.flags;
   const int max_tokens = *std::max_element(f.tokens.begin(), f.tokens.end());
@@ -456,15 +434,12 @@ void RunShape(Context& c, const MoeShape& s) {
       const std::string row = std::string(s.name) + " " + name + " x" + std::to_string(tokens);
       const Timing t = TimeSteps(data, tokens, f, [&](const Routed& r) {
         if (++steps_prepared == 2) step.ResetPhases();  // count the timed steps only
-        if (c.timeline != nullptr && steps_prepared >= 3 && steps_prepared <= 34) {
-          recorded.push_back(step.last_step_tasks());  // written after the row, not between steps
-        }
+        // Kept, and written after the row: writing between steps would slow the next one.
+        if (c.timeline && steps_prepared >= 3 && steps_prepared <= 34) recorded.push_back(step.last_step_tasks());
         slots.clear();
         for (int64_t g = 0; g < r.groups.count(); ++g) slots.push_back(experts.Next());
       }, [&](const Routed& r, float* out) { step.Run(r.routing, r.groups, slots, data.x(tokens), out); });
-      for (size_t i = 0; i < recorded.size(); ++i) {
-        WriteTimeline(c.timeline, row, static_cast<int>(i) + 1, recorded[i]);
-      }
+      if (c.timeline != nullptr) WriteTimeline(c.timeline, row, recorded);
       const double bytes = t.experts_per_step * experts.expert_bytes();
       const double gbps = bytes / t.seconds_per_step / 1e9;
       const double flops = t.routes_per_step * 6.0 * s.hidden * s.intermediate / t.seconds_per_step;
@@ -528,13 +503,12 @@ int main(int argc, char** argv) {
   c.flags = *flags;
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> timeline(nullptr, &std::fclose);
   if (!c.flags.timeline.empty()) {
-    timeline.reset(std::fopen(c.flags.timeline.c_str(), "w"));
+    timeline.reset(OpenTimeline(c.flags.timeline));
     if (timeline == nullptr) {
       std::fprintf(stderr, "--timeline: cannot open %s for writing: %s\n", c.flags.timeline.c_str(),
                    std::strerror(errno));
       return 2;
     }
-    std::fprintf(timeline.get(), "row,step,thread,kind,slot,begin,end,wait_ns,start_ns,end_ns\n");
     c.timeline = timeline.get();
   }
   for (const std::string& name : c.flags.shapes) {
