@@ -69,6 +69,7 @@ struct Options {
   moemesh::cuda::DecodeParams::SplitMerge split_merge =
       moemesh::cuda::DecodeParams::SplitMerge::kAuto;
   bool timeline = false;  // per-CTA start / KV-stream-end times of one plain call
+  int max_splits = 0;     // DecodeParams::max_splits (0: automatic)
   std::vector<Shape> shapes;
 };
 
@@ -88,7 +89,7 @@ std::vector<Shape> DefaultShapes() {
   std::fprintf(stderr,
                "%s\nusage: bench_attention_decode [--torch PYTHON] [--torch_script PATH] "
                "[--launches N] [--min_ms MS] [--shapes batch:ctx:kv_heads:group,...]\n"
-               "       [--replicas N] [--split_merge auto|global|cluster] [--timeline]\n"
+               "       [--replicas N] [--split_merge auto|global|cluster] [--max_splits N] [--timeline]\n"
                "  --replicas: KV copies the launches rotate over (default: at least 3x L2, so\n"
                "    reads come from HBM; 1: the KV stays in L2 when it fits)\n"
                "  --timeline: per shape, the spread of CTA start and KV-stream-end times of one\n"
@@ -128,6 +129,9 @@ Options ParseArgs(int argc, char** argv) {
       } else {
         Usage(("--split_merge: " + v + " is not auto, global or cluster").c_str());
       }
+    } else if (arg == "--max_splits") {
+      o.max_splits = std::atoi(value().c_str());
+      if (o.max_splits < 0) Usage("--max_splits must be >= 0");
     } else if (arg == "--timeline") {
       o.timeline = true;
     } else if (arg == "--shapes") {
@@ -371,6 +375,7 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   p.max_kv_len = s.ctx;
   p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
   p.split_merge = o.split_merge;
+  p.max_splits = o.max_splits;
   m.splits = moemesh::cuda::DecodeSplits(cache, p);
 
   cudaStream_t stream;
