@@ -363,6 +363,44 @@ TEST(CudaAttention, WorkspaceSharedAcrossShapesWithoutRezeroing) {
   }
 }
 
+// The split plan of short, small-batch calls on a 132-SM GPU (H100 SXM, H200; 2 resident CTAs
+// per SM): up to 4 (sequence, KV head) pairs take 16 splits each, merged in 16-CTA clusters;
+// with 8 pairs, 16-CTA clusters would need almost every SM and 8-CTA clusters are faster
+// (measured; see PlanSplits) while each split streams at most 512 tokens. No call is run.
+TEST(CudaAttention, SmallGridClusterPlans) {
+  MM_REQUIRE_CUDA();
+  int device = 0, sms = 0;
+  MM_CUDA_CHECK(cudaGetDevice(&device));
+  MM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (sms != 132) GTEST_SKIP() << "the expected plans are for 132-SM GPUs; this one has " << sms;
+  cuda::PagedKv cache;
+  cache.block_size = 16;
+  cache.head_dim = 128;
+  struct Want {
+    int batch, kv_heads, ctx, splits;
+  };
+  for (const Want& w : std::vector<Want>{{1, 1, 1024, 16},
+                                         {1, 1, 4096, 16},
+                                         {4, 1, 4096, 16},
+                                         {2, 2, 1024, 16},
+                                         {8, 1, 1024, 8},
+                                         {8, 1, 4096, 8},
+                                         {1, 8, 4096, 8},
+                                         {2, 4, 1024, 8},
+                                         {8, 1, 8192, 16}}) {
+    cache.kv_heads = w.kv_heads;
+    cuda::DecodeParams p;
+    p.batch = w.batch;
+    p.n_heads = w.kv_heads * 8;
+    p.max_kv_len = w.ctx;
+    p.max_blocks_per_seq = w.ctx / 16;
+    const std::string what = std::to_string(w.batch) + " x " + std::to_string(w.ctx) + " x " +
+                             std::to_string(w.kv_heads) + " KV heads";
+    EXPECT_EQ(cuda::DecodeSplits(cache, p), w.splits) << what;
+    EXPECT_TRUE(cuda::DecodeClusterMerge(cache, p)) << what;
+  }
+}
+
 #else  // !MOEMESH_HAVE_CUDA
 
 TEST(CudaDecodeAttention, MatchesReference) { MM_REQUIRE_CUDA(); }
