@@ -89,7 +89,8 @@ std::vector<Shape> DefaultShapes() {
   std::fprintf(stderr,
                "%s\nusage: bench_attention_decode [--torch PYTHON] [--torch_script PATH] "
                "[--launches N] [--min_ms MS] [--shapes batch:ctx:kv_heads:group,...]\n"
-               "       [--replicas N] [--split_merge auto|global|cluster] [--max_splits N] [--timeline]\n"
+               "       [--replicas N] [--split_merge auto|global|cluster] [--max_splits N]\n"
+               "       [--timeline]\n"
                "  --replicas: KV copies the launches rotate over (default: at least 3x L2, so\n"
                "    reads come from HBM; 1: the KV stays in L2 when it fits)\n"
                "  --timeline: per shape, the spread of CTA start and KV-stream-end times of one\n"
