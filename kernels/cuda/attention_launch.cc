@@ -134,7 +134,7 @@ SplitPlan PlanSplits(int64_t pairs, int64_t range_bound, int slots, int max_spli
   // slots each) and the halves still stream at most kShortSplitTokens each. Measured on an H200
   // with 8 (sequence, KV head) pairs (batch 8 x 1 KV head, batch 1 x 8 KV heads), 1K and 4K
   // tokens: 64 CTAs in clusters of 8 are 4-13% faster than 128 in clusters of 16 (12 splits are
-  // slower than both); with 1 to 7 pairs of 4K tokens, 16 splits stay 12-36% faster than 8;
+  // slower than both); with 1 or 4-7 pairs of 4K tokens, 16 splits stay 12-36% faster than 8;
   // 8 pairs of 8K tokens (halves of 1K tokens) gain only 2%.
   const bool half_clusters =
       clusters && pairs * kMaxMergeInputs * 16 > static_cast<int64_t>(slots) * 7 &&
