@@ -4,16 +4,19 @@
 //
 // Decode, one CTA per (split, KV head x row tile, sequence), 4 warps:
 //   - Up to 8 query heads of one KV head share a CTA (a "row tile"), so each K/V byte is read
-//     once per sequence. Their fp32 queries are split into three bf16 parts: hi and lo fill the
-//     16 rows of one mma.sync m16n8k16 A tile (hi in rows 0-7, lo in rows 8-15) and lo2 rows 0-7
-//     of a second one. Products with bf16 K are exact and hi + lo + lo2 leaves a 2^-24 relative
-//     residual, so the scores are fp32-class even when they are large (a two-part split leaves
-//     2^-16, ~1e-4 on sharp softmaxes). The probabilities, in [0, 1], are split in two (hi, lo)
-//     for P.V. A lane holds row g and row g + 8 of every accumulator, so the parts are summed in
-//     registers.
+//     once per sequence. The products are transposed so that the heads are the n = 8 columns of
+//     mma.sync m16n8k16 and the 16 tokens (or head dims) its rows, with no padding rows:
+//     S^T = K Q^T (K tile as the A operand, the queries as B) and O^T = V^T P^T. The fp32
+//     queries are split into three bf16 parts (hi, lo, lo2), one accumulator chain each:
+//     products with bf16 K are exact and hi + lo + lo2 leaves a 2^-24 relative residual, so the
+//     scores are fp32-class even when they are large (two parts leave 2^-16, ~1e-4 on sharp
+//     softmaxes). The probabilities, in [0, 1], are split in two (hi, lo); their S^T fragments
+//     become P^T B operands by an in-register transpose (movmatrix), and both parts accumulate
+//     into one tile product.
 //   - Each warp streams its own 16-token tiles of K and V (cp.async, kStages deep, XOR-swizzled
 //     so that ldmatrix is free of bank conflicts, L2 evict-first so the stream does not push
-//     out reused data) and keeps an online softmax in base 2 (the query carries
+//     out reused data; a tile inside one cache block is 16 copies per lane at fixed offsets
+//     from one address) and keeps an online softmax in base 2 (the query carries
 //     scale * log2(e)). Per-tile P.V products start from zero accumulators and are added in
 //     fp32 registers, so long sequences do not build up tensor-core rounding.
 //   - Warps of a CTA are merged in shared memory. A sequence whose attended range spans several
@@ -59,21 +62,25 @@ using warp_mma::ClusterArriveRelaxed;
 using warp_mma::ClusterSmemAddr;
 using warp_mma::ClusterWait;
 using warp_mma::CpAsync16;
+using warp_mma::CpAsync16Full;
 using warp_mma::CpAsyncCommit;
 using warp_mma::CpAsyncWait;
 using warp_mma::EvictFirstPolicy;
+using warp_mma::Exp2Approx;
 using warp_mma::GlobalTimerNs;
+using warp_mma::KTokenRows;
 using warp_mma::LaunchDependents;
-using warp_mma::ScoreTile;
 using warp_mma::Mma;
 using warp_mma::PrefetchL1;
 using warp_mma::PrefetchL2Bulk;
+using warp_mma::RowsOffsets;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair3;
 using warp_mma::SplitPair;
 using warp_mma::StoreClusterF32;
 using warp_mma::StoreClusterF32x4;
-using warp_mma::VFragments;
+using warp_mma::TransposeB16;
+using warp_mma::VDimRows;
 using warp_mma::WaitForPrerequisites;
 
 using decode::AddScaled;
@@ -234,6 +241,18 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const int row_first = lane / kChunksPerRow;
   const uint64_t policy = EvictFirstPolicy();
 
+  // This lane's 16-byte copies of a tile: rows row_first + j * kRowsPerPass. The XOR swizzle
+  // of a row repeats every 8 rows, so the destination offsets of the kPasses copies are
+  // swz[j % kSwz] + (j / kSwz) * 8 rows, computed once here.
+  constexpr int kSwz = 8 / kRowsPerPass;
+  uint32_t swz[kSwz];
+#pragma unroll
+  for (int j = 0; j < kSwz; ++j) {
+    const int r = row_first + j * kRowsPerPass;
+    swz[j] = r * kRowBytes + ((chunk_col ^ (r & 7)) << 4);
+  }
+  const int64_t lane_src = static_cast<int64_t>(row_first) * D + chunk_col * 8;
+
   // Starts the copies of this warp's it-th tile into stage it % kStages.
   auto issue = [&](int it) {
     const int p0 = lo + (warp + it * kWarps) * kTileTokens;
@@ -241,33 +260,34 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     const uint32_t k_dst = SmemAddr(wbuf + (it % Cfg::kStages) * Cfg::kStageBytes);
     const uint32_t v_dst = k_dst + Cfg::kTileBytes;
     const uint32_t blk_first = a.block_div.Div(static_cast<uint32_t>(p0));
-    const uint32_t blk_last = a.block_div.Div(static_cast<uint32_t>(p0 + n_valid - 1));
-    if (blk_first == blk_last) {  // the whole tile sits in one cache block
-      const int in_block = p0 - static_cast<int>(blk_first) * a.block_size;
+    const int in_block = p0 - static_cast<int>(blk_first) * a.block_size;
+    if (n_valid == kTileTokens && in_block + kTileTokens <= a.block_size) {
+      // The common case: 16 valid rows in one cache block, contiguous in the pools, so every
+      // copy is a fixed offset from one pointer (no per-row table read or validity operand).
       const int64_t base =
           ((static_cast<int64_t>(table[blk_first]) * a.kv_heads + h) * a.block_size + in_block) *
               D +
-          chunk_col * 8;
+          lane_src;
+      const __nv_bfloat16* ks = a.k + base;
+      const __nv_bfloat16* vs = a.v + base;
 #pragma unroll
       for (int j = 0; j < kPasses; ++j) {
-        const int r = row_first + j * kRowsPerPass;
-        const bool valid = r < n_valid;
-        const int64_t src = valid ? base + static_cast<int64_t>(r) * D : 0;
-        const uint32_t dst = r * kRowBytes + ((chunk_col ^ (r & 7)) << 4);
-        CpAsync16(k_dst + dst, a.k + src, valid, policy);
-        CpAsync16(v_dst + dst, a.v + src, valid, policy);
+        const uint32_t dst = swz[j % kSwz] + (j / kSwz) * 8 * kRowBytes;
+        CpAsync16Full(k_dst + dst, ks + j * kRowsPerPass * D, policy);
+        CpAsync16Full(v_dst + dst, vs + j * kRowsPerPass * D, policy);
       }
-    } else {
+      return;
+    }
+    // A partial tile (the range's end) or one across cache blocks: each row on its own.
 #pragma unroll
-      for (int j = 0; j < kPasses; ++j) {
-        const int r = row_first + j * kRowsPerPass;
-        const bool valid = r < n_valid;
-        int64_t src = 0;
-        if (valid) src = KvRowOffset(a, table, a.kv_heads, h, p0 + r, D) + chunk_col * 8;
-        const uint32_t dst = r * kRowBytes + ((chunk_col ^ (r & 7)) << 4);
-        CpAsync16(k_dst + dst, a.k + src, valid, policy);
-        CpAsync16(v_dst + dst, a.v + src, valid, policy);
-      }
+    for (int j = 0; j < kPasses; ++j) {
+      const int r = row_first + j * kRowsPerPass;
+      const bool valid = r < n_valid;
+      int64_t src = 0;
+      if (valid) src = KvRowOffset(a, table, a.kv_heads, h, p0 + r, D) + chunk_col * 8;
+      const uint32_t dst = swz[j % kSwz] + (j / kSwz) * 8 * kRowBytes;
+      CpAsync16(k_dst + dst, a.k + src, valid, policy);
+      CpAsync16(v_dst + dst, a.v + src, valid, policy);
     }
   };
   // Pulls the table entries of this warp's it-th tile into L1 ahead of issue(it), whose table
@@ -286,10 +306,9 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   }
   prefetch_table(Cfg::kStages - 1);
 
-  // Query fragments (A operands of S = Q K^T): qa rows g = hi(q), g + 8 = lo(q); qa2 holds the
-  // row-g registers (cols 2t.., 2t+8..) of a tile whose rows are lo2(q) and, below, zero.
-  uint32_t qa[D / 16][4];
-  uint32_t qa2[D / 16][2];
+  // Query fragments, B operands of S^T = K Q^T (16 head dims x 8 query heads): head g, dims
+  // kk * 16 + 2t, 2t + 1 and those + 8, as three bf16 parts (hi, lo, lo2).
+  uint32_t qb[3][D / 16][2];
   {
     const bool row_ok = g < rows;
 #pragma unroll
@@ -298,17 +317,20 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       for (int half = 0; half < 2; ++half) {
         const float x0 = row_ok ? qv[kk][half].x * a.q_scale : 0.f;
         const float x1 = row_ok ? qv[kk][half].y * a.q_scale : 0.f;
-        SplitPair3(x0, x1, qa[kk][half * 2], qa[kk][half * 2 + 1], qa2[kk][half]);
+        SplitPair3(x0, x1, qb[0][kk][half], qb[1][kk][half], qb[2][kk][half]);
       }
     }
   }
 
-  float m_run = -INFINITY;  // running max of row g (log2 units), same in the 4 lanes of a row
-  float l_run = 0.f;        // this lane's share of the row's running sum
-  float o[D / 8][2];        // row g, dims n * 8 + 2t + e
+  // Heads 2t and 2t + 1 (index e): running max (log2 units, the same in the 8 lanes of a
+  // column) and this lane's share of the running sum (its tokens g and g + 8).
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+  float o[D / 16][4];  // O^T: dims dm * 16 + g (+ 8 for i >= 2), head 2t + (i & 1)
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.f;
+  for (int dm = 0; dm < D / 16; ++dm) o[dm][0] = o[dm][1] = o[dm][2] = o[dm][3] = 0.f;
   const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+  const RowsOffsets rows_off(kRowBytes, lane);
 
   for (int it = 0; it < my_tiles; ++it) {
     if (it + Cfg::kStages - 1 < my_tiles) issue(it + Cfg::kStages - 1);
@@ -320,79 +342,96 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     const uint32_t v_tile = k_tile + Cfg::kTileBytes;
     const int n_valid = min(kTileTokens, hi - (lo + (warp + it * kWarps) * kTileTokens));
 
-    // S = Q K^T for tokens j * 8 + (0..7), two accumulators per token octet (even, odd k-step);
-    // the lo2 tile adds into rows 0-7 (its rows 8-15 are zero).
-    float sacc[2][2][4];
-    ScoreTile<D>(k_tile, kRowBytes, lane, sacc,
-                 [&](float (&even)[4], float (&odd)[4], int kk2, const uint32_t (&kb)[4]) {
-                   Mma(even, qa[2 * kk2], kb[0], kb[1], even);
-                   Mma(odd, qa[2 * kk2 + 1], kb[2], kb[3], odd);
-                   const uint32_t lo2_even[4] = {qa2[2 * kk2][0], 0u, qa2[2 * kk2][1], 0u};
-                   const uint32_t lo2_odd[4] = {qa2[2 * kk2 + 1][0], 0u, qa2[2 * kk2 + 1][1], 0u};
-                   Mma(even, lo2_even, kb[0], kb[1], even);
-                   Mma(odd, lo2_odd, kb[2], kb[3], odd);
-                 });
-
-    // Online softmax of row g over the tile: lane holds tokens j * 8 + 2t + e.
-    float sv[2][2];
-    float tile_max = -INFINITY;
+    // S^T = K Q^T, one accumulator chain per part of q: tokens g (i < 2) and g + 8, heads
+    // 2t + (i & 1).
+    float st[3][4];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int part = 0; part < 3; ++part) {
+      st[part][0] = st[part][1] = st[part][2] = st[part][3] = 0.f;
+    }
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float x = (sacc[j][0][e] + sacc[j][0][2 + e]) + (sacc[j][1][e] + sacc[j][1][2 + e]);
-        sv[j][e] = j * 8 + 2 * t + e < n_valid ? x : -INFINITY;
-        tile_max = fmaxf(tile_max, sv[j][e]);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4];
+      KTokenRows(k_tile, rows_off, kk, ka);
+#pragma unroll
+      for (int part = 0; part < 3; ++part) {
+        Mma(st[part], ka, qb[part][kk][0], qb[part][kk][1], st[part]);
       }
     }
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-    const float m_new = fmaxf(m_run, tile_max);  // finite: token 0 of a tile is always valid
-    const float alpha = exp2f(m_run - m_new);    // 0 on the first tile
-    m_run = m_new;
-    uint32_t pa[4];  // A operand of P.V: row g = hi(p), row g + 8 = lo(p)
-    float psum = 0.f;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const float p0 = exp2f(sv[j][0] - m_new);
-      const float p1 = exp2f(sv[j][1] - m_new);
-      psum += p0 + p1;
-      SplitPair(p0, p1, pa[2 * j], pa[2 * j + 1]);
-    }
-    l_run = fmaf(l_run, alpha, psum);
 
-    // O = O * alpha + P V, for dims n * 8 .. + 7.
+    // Online softmax of each head over the tile's tokens (a column of S^T: the lanes of one t).
+    float sv[4];
+    float mx[2];
 #pragma unroll
-    for (int dn2 = 0; dn2 < D / 16; ++dn2) {
-      uint32_t vb[4];
-      VFragments(v_tile, kRowBytes, dn2, lane, vb);
-      float c0[4], c1[4];
-      Mma(c0, pa, vb[0], vb[1], zero);
-      Mma(c1, pa, vb[2], vb[3], zero);
-      o[2 * dn2][0] = fmaf(o[2 * dn2][0], alpha, c0[0] + c0[2]);
-      o[2 * dn2][1] = fmaf(o[2 * dn2][1], alpha, c0[1] + c0[3]);
-      o[2 * dn2 + 1][0] = fmaf(o[2 * dn2 + 1][0], alpha, c1[0] + c1[2]);
-      o[2 * dn2 + 1][1] = fmaf(o[2 * dn2 + 1][1], alpha, c1[1] + c1[3]);
+    for (int i = 0; i < 4; ++i) {
+      const float x = (st[2][i] + st[1][i]) + st[0][i];
+      sv[i] = g + (i >> 1) * 8 < n_valid ? x : -INFINITY;
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      mx[e] = fmaxf(sv[e], sv[2 + e]);
+#pragma unroll
+      for (int x = 4; x < 32; x *= 2) mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffffu, mx[e], x));
+    }
+    float alpha[2], m_new[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      m_new[e] = fmaxf(m_run[e], mx[e]);  // finite: token 0 of a tile is always valid
+      alpha[e] = Exp2Approx(m_run[e] - m_new[e]);  // 0 on the first tile
+      m_run[e] = m_new[e];
+    }
+    float p[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) p[i] = Exp2Approx(sv[i] - m_new[i & 1]);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) l_run[e] = fmaf(l_run[e], alpha[e], p[e] + p[2 + e]);
+    // P^T as B operands of O^T = V^T P^T (16 tokens x 8 heads: head g, tokens 2t, 2t + 1 and
+    // those + 8), hi and lo parts: the S^T fragments transposed in registers.
+    uint32_t hi01, lo01, hi23, lo23;
+    SplitPair(p[0], p[1], hi01, lo01);
+    SplitPair(p[2], p[3], hi23, lo23);
+    const uint32_t pb_hi0 = TransposeB16(hi01), pb_hi1 = TransposeB16(hi23);
+    const uint32_t pb_lo0 = TransposeB16(lo01), pb_lo1 = TransposeB16(lo23);
+
+    // O^T = O^T * alpha + V^T P^T, 16 dims at a time; the tile's products start from zero.
+#pragma unroll
+    for (int dm = 0; dm < D / 16; ++dm) {
+      uint32_t va[4];
+      VDimRows(v_tile, rows_off, dm, va);
+      float c[4];
+      Mma(c, va, pb_hi0, pb_hi1, zero);
+      Mma(c, va, pb_lo0, pb_lo1, c);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[dm][i] = fmaf(o[dm][i], alpha[i & 1], c[i]);
     }
     __syncwarp();  // every lane is done with this stage before it is refilled
   }
   CpAsyncWait<0>();
   LaunchDependents();  // (CTAs that return earlier count as having triggered)
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+#pragma unroll
+    for (int x = 4; x < 32; x *= 2) l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], x);
+  }
 
   // Merge the warps (the stage buffers become [warp][row][kMergeStride] floats).
   __syncthreads();
   if (a.cta_times != nullptr && threadIdx.x == 0) a.cta_times[2 * cta_id + 1] = GlobalTimerNs();
   float* s_o = reinterpret_cast<float*>(smem);
-  if (t == 0) {
-    s_m[warp][g] = m_run;
-    s_l[warp][g] = l_run;
+  if (g == 0) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s_m[warp][2 * t + e] = m_run[e];
+      s_l[warp][2 * t + e] = l_run[e];
+    }
   }
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    *reinterpret_cast<float2*>(s_o + (warp * kRowsPerTile + g) * Cfg::kMergeStride + n * 8 +
-                               2 * t) = make_float2(o[n][0], o[n][1]);
+  for (int dm = 0; dm < D / 16; ++dm) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      s_o[(warp * kRowsPerTile + 2 * t + (i & 1)) * Cfg::kMergeStride + dm * 16 + g +
+          (i >> 1) * 8] = o[dm][i];
+    }
   }
   __syncthreads();
 

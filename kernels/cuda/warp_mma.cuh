@@ -39,6 +39,22 @@ __device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool va
                : "memory");
 }
 
+// The same copy for a source known to be valid (no source-size operand to compute per copy).
+__device__ __forceinline__ void CpAsync16Full(uint32_t dst, const void* src, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst),
+               "l"(src), "l"(policy)
+               : "memory");
+}
+
+// 2^x by the hardware approximation (ex2.approx.ftz: about 2 ulp, results below 2^-126 flushed
+// to 0), without exp2f's rescaling of arguments below -126: softmax weights that small are 0
+// to fp32 sums anyway. 2^-inf = 0.
+__device__ __forceinline__ float Exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // 16-byte global -> shared copy through L2 only (cp.async.cg, no L1, no cache hint): for data
 // other CTAs wrote, which their fences and an arrival atomic order before the copy.
 __device__ __forceinline__ void CpAsync16L2(uint32_t dst, const void* src) {
@@ -146,6 +162,45 @@ __device__ __forceinline__ void VFragments(uint32_t tile, int row_bytes, int dn2
   const int tok = ((lane >> 3) & 1) * 8 + (lane & 7);
   const int chunk = dn2 * 2 + (lane >> 4);
   LdMatrixX4Trans(tile + tok * row_bytes + ((chunk ^ (tok & 7)) << 4), r);
+}
+
+// A operands of a 16-token tile for the transposed products S^T = K Q^T and O^T = V^T P^T
+// (tokens or head dims in the 16 rows, so 8 query heads fill the n = 8 columns with no padding),
+// from the swizzled layout of KFragments. KTokenRows: K, rows tokens 0..15, columns head dims
+// 16 * kk .. + 15 (matrices: tokens 0-7 and 8-15 of chunk 2kk, then of chunk 2kk + 1).
+// VDimRows: V^T, rows head dims 16 * kk .. + 15, columns tokens 0..15 (transposed loads of
+// tokens 0-7 in chunks 2kk and 2kk + 1, then of tokens 8-15). The swizzle of chunk 2kk + c
+// depends on kk only through kk % 4, so a lane's address is one of four offsets, computed once
+// (RowsOffsets), plus (kk / 4) * 128 bytes.
+struct RowsOffsets {
+  uint32_t k[4];
+  uint32_t v[4];
+  __device__ __forceinline__ RowsOffsets(int row_bytes, int lane) {
+    const int k_tok = ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int v_tok = (lane >> 4) * 8 + (lane & 7);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      k[j] = k_tok * row_bytes + (((2 * j + (lane >> 4)) ^ (lane & 7)) << 4);
+      v[j] = v_tok * row_bytes + (((2 * j + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
+    }
+  }
+};
+__device__ __forceinline__ void KTokenRows(uint32_t tile, const RowsOffsets& off, int kk,
+                                           uint32_t (&r)[4]) {
+  LdMatrixX4(tile + off.k[kk & 3] + (kk >> 2) * 128, r);
+}
+__device__ __forceinline__ void VDimRows(uint32_t tile, const RowsOffsets& off, int kk,
+                                         uint32_t (&r)[4]) {
+  LdMatrixX4Trans(tile + off.v[kk & 3] + (kk >> 2) * 128, r);
+}
+
+// Transposes an 8x8 matrix of 16-bit values held as mma fragments (lane holds row lane / 4,
+// columns 2 * (lane % 4) and + 1, the lower column in the low half): an accumulator tile's
+// rows become B-operand columns.
+__device__ __forceinline__ uint32_t TransposeB16(uint32_t x) {
+  uint32_t y;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
 // S = Q K^T of a 16-token K tile in shared memory (rows of row_bytes, KFragments' layout) over

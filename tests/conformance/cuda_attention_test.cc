@@ -207,6 +207,10 @@ std::vector<DecodeCase> DecodeCases() {
       Case("b17_ctx1to4099_kv2_g8_d128_bs16_padding", MixedLens(17, 4099, 5, 5), 2, 8, 128, 16));
   cases.push_back(Case("b17_ctx97_kv4_g4_d64_bs16", std::vector<int>(17, 97), 4, 4, 64, 16));
   cases.push_back(Case("b17_ctx1_kv2_g6_d128_bs7", std::vector<int>(17, 1), 2, 6, 128, 7));
+  // Cache blocks of 32 and 48: whole 16-token tiles at offsets 16 and 32 inside a block (the
+  // kernel's single-address copy path), and the partial last tiles.
+  cases.push_back(Case("b3_ctx4099_1000_33_kv2_g8_d128_bs32", {4099, 1000, 33}, 2, 8, 128, 32));
+  cases.push_back(Case("b2_ctx999_80_kv1_g6_d64_bs48", {999, 80}, 1, 6, 64, 48));
   {
     DecodeCase c =
         Case("b3_ctx4099_3000_97_kv1_g5_d128_bs16_window1000", {4099, 3000, 97}, 1, 5, 128, 16);
