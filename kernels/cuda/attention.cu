@@ -7,7 +7,7 @@
 //     once per sequence. The products are transposed so that the heads are the n = 8 columns of
 //     mma.sync m16n8k16 and the 16 tokens (or head dims) its rows, with no padding rows:
 //     S^T = K Q^T (K tile as the A operand, the queries as B) and O^T = V^T P^T. The fp32
-//     queries are split into three bf16 parts (hi, lo, lo2), one accumulator chain each:
+//     queries are split into three bf16 parts (hi, lo, lo2), two accumulator chains each:
 //     products with bf16 K are exact and hi + lo + lo2 leaves a 2^-24 relative residual, so the
 //     scores are fp32-class even when they are large (two parts leave 2^-16, ~1e-4 on sharp
 //     softmaxes). The probabilities, in [0, 1], are split in two (hi, lo); their S^T fragments
@@ -342,12 +342,15 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     const uint32_t v_tile = k_tile + Cfg::kTileBytes;
     const int n_valid = min(kTileTokens, hi - (lo + (warp + it * kWarps) * kTileTokens));
 
-    // S^T = K Q^T, one accumulator chain per part of q: tokens g (i < 2) and g + 8, heads
-    // 2t + (i & 1).
-    float st[3][4];
+    // S^T = K Q^T, two accumulator chains (even and odd 16-dim steps) per part of q: tokens g
+    // (i < 2) and g + 8, heads 2t + (i & 1).
+    float st[3][2][4];
 #pragma unroll
     for (int part = 0; part < 3; ++part) {
-      st[part][0] = st[part][1] = st[part][2] = st[part][3] = 0.f;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        st[part][c][0] = st[part][c][1] = st[part][c][2] = st[part][c][3] = 0.f;
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -355,7 +358,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       KTokenRows(k_tile, rows_off, kk, ka);
 #pragma unroll
       for (int part = 0; part < 3; ++part) {
-        Mma(st[part], ka, qb[part][kk][0], qb[part][kk][1], st[part]);
+        Mma(st[part][kk & 1], ka, qb[part][kk][0], qb[part][kk][1], st[part][kk & 1]);
       }
     }
 
@@ -364,7 +367,8 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     float mx[2];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float x = (st[2][i] + st[1][i]) + st[0][i];
+      const float x = ((st[2][0][i] + st[2][1][i]) + (st[1][0][i] + st[1][1][i])) +
+                      (st[0][0][i] + st[0][1][i]);
       sv[i] = g + (i >> 1) * 8 < n_valid ? x : -INFINITY;
     }
 #pragma unroll
