@@ -165,7 +165,9 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ClusterPrefix, ::testing::ValuesIn(Cases()), 
 
 // 24 blocks of 4 tokens. Eight requests share an 8-token system prompt (2 blocks) and each
 // needs 4 more blocks for its 23 positions: 34 blocks in all, so the oldest cached blocks are
-// evicted, and eight at once preempt each other; tokens still equal the reference engine's.
+// evicted. Then all eight at once with 40 new tokens each (53 positions, 12 private blocks):
+// any two that overlap need 26 blocks, so they preempt each other however the eight calls are
+// spread in time; tokens still equal the reference engine's.
 TEST(ClusterPrefixEviction, SmallPoolEvictsAndPreemptsWithTheSameTokens) {
   const auto model = testing::FixtureDir() / "models" / "qwen3_moe_f32";
   auto config = LoadModelConfig(model.string());
@@ -198,17 +200,20 @@ TEST(ClusterPrefixEviction, SmallPoolEvictsAndPreemptsWithTheSameTokens) {
   EXPECT_LT(first.usage.cached_tokens(), static_cast<int>(prompts[0].size()) - 1)
       << "nothing was evicted";
 
-  // All eight at once: they cannot all fit, so some are preempted and recomputed.
+  // All eight at once, longer: no two fit together, so some are preempted and recomputed.
+  const int long_tokens = 40;
+  const auto expected_long = ReferenceTokens(model, prompts, long_tokens);
+  ASSERT_EQ(expected_long.size(), prompts.size());
   std::vector<std::future<Completion>> calls;
   for (const auto& prompt : prompts) {
-    const auto request = testing::GreedyIds(prompt, max_tokens);
+    const auto request = testing::GreedyIds(prompt, long_tokens);
     calls.push_back(std::async(std::launch::async,
                                [&, request] { return Complete(cluster->stub(), request); }));
   }
   for (size_t i = 0; i < calls.size(); ++i) {
     const Completion got = calls[i].get();
     ASSERT_TRUE(got.status.ok()) << got.status.error_message() << "\n" << cluster->Log();
-    EXPECT_EQ(got.tokens, expected[i]) << "concurrent " << i << "\n" << cluster->Log();
+    EXPECT_EQ(got.tokens, expected_long[i]) << "concurrent " << i << "\n" << cluster->Log();
   }
   const v1::ModelInfoResponse info = Settled(cluster->stub());
   EXPECT_GT(info.preemptions(), 0u);
