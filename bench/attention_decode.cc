@@ -70,6 +70,7 @@ struct Options {
       moemesh::cuda::DecodeParams::SplitMerge::kAuto;
   bool timeline = false;  // per-CTA start / KV-stream-end times of one plain call
   int max_splits = 0;     // DecodeParams::max_splits (0: automatic)
+  int prefetch_tokens = -1;  // DecodeParams::overlap_prefetch_tokens of "ours" (-1: default)
   std::vector<Shape> shapes;
 };
 
@@ -90,10 +91,12 @@ std::vector<Shape> DefaultShapes() {
                "%s\nusage: bench_attention_decode [--torch PYTHON] [--torch_script PATH] "
                "[--launches N] [--min_ms MS] [--shapes batch:ctx:kv_heads:group,...]\n"
                "       [--replicas N] [--split_merge auto|global|cluster] [--max_splits N]\n"
-               "       [--timeline]\n"
+               "       [--prefetch_tokens N] [--timeline]\n"
+               "  --prefetch_tokens: L2 prefetch per CTA of the overlapped launches timed as\n"
+               "    'ours' (DecodeParams::overlap_prefetch_tokens; default: its default)\n"
                "  --replicas: KV copies the launches rotate over (default: at least 3x L2, so\n"
                "    reads come from HBM; 1: the KV stays in L2 when it fits)\n"
-               "  --timeline: per shape, the spread of CTA start and KV-stream-end times of one\n"
+               "  --timeline: per shape, CTA start, first-tile, KV-stream-end and end times of one\n"
                "    plain call (DecodeParams::cta_times)\n",
                why);
   std::exit(2);
@@ -133,6 +136,9 @@ Options ParseArgs(int argc, char** argv) {
     } else if (arg == "--max_splits") {
       o.max_splits = std::atoi(value().c_str());
       if (o.max_splits < 0) Usage("--max_splits must be >= 0");
+    } else if (arg == "--prefetch_tokens") {
+      o.prefetch_tokens = std::atoi(value().c_str());
+      if (o.prefetch_tokens < 0) Usage("--prefetch_tokens must be >= 0");
     } else if (arg == "--timeline") {
       o.timeline = true;
     } else if (arg == "--shapes") {
@@ -255,47 +261,52 @@ struct Measured {
   double no_prefetch_us = 0;  // overlapped launches without the L2 prefetch
   double empty_us = 0;        // the same launches with every length 0: each CTA reads its length
                               // and returns (the floor of a call of this grid)
-  std::string timeline;       // --timeline: CTA start / stream-end spread
+  std::string timeline;       // --timeline: CTA clocks of one plain call
   bool cluster = false;
   int splits = 0, replicas = 0, launches = 0;
 };
 
-// One plain call with DecodeParams::cta_times: when the CTAs started and when their KV streams
-// ended, in us after the first start (min / median / 90th percentile / max).
+// One plain call with DecodeParams::cta_times: when the CTAs started, when their first tiles
+// landed, when their KV streams ended and when they were done, in us after the first start.
 std::string Timeline(const moemesh::cuda::PagedKv& cache, moemesh::cuda::DecodeParams p,
                      const Shape& s, const int32_t* tables, void* ws, size_t ws_bytes,
                      cudaStream_t stream) {
+  constexpr int kStamps = moemesh::cuda::kDecodeStamps;
   const int64_t ctas = static_cast<int64_t>(moemesh::cuda::DecodeSplits(cache, p)) *
                        s.kv_heads * ((s.group + 7) / 8) * s.batch;
   uint64_t* times;
-  MM_CUDA_CHECK(cudaMalloc(&times, 2 * ctas * sizeof(uint64_t)));
+  MM_CUDA_CHECK(cudaMalloc(&times, kStamps * ctas * sizeof(uint64_t)));
   p.overlap = false;
   p.block_tables = tables;
   p.cta_times = times;
   moemesh::cuda::DecodeAttention(cache, p, ws, ws_bytes, stream);
   MM_CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<uint64_t> host(2 * ctas);
+  std::vector<uint64_t> host(kStamps * ctas);
   MM_CUDA_CHECK(cudaMemcpy(host.data(), times, host.size() * sizeof(uint64_t),
                            cudaMemcpyDeviceToHost));
   MM_CUDA_CHECK(cudaFree(times));
   uint64_t first = UINT64_MAX;
-  for (int64_t i = 0; i < ctas; ++i) first = std::min(first, host[2 * i]);
-  std::vector<double> starts, ends;
+  for (int64_t i = 0; i < ctas; ++i) first = std::min(first, host[kStamps * i]);
+  std::vector<double> at_k[kStamps];  // us after the first CTA's start, sorted
   for (int64_t i = 0; i < ctas; ++i) {
-    starts.push_back((host[2 * i] - first) * 1e-3);
-    if (host[2 * i + 1] != 0) ends.push_back((host[2 * i + 1] - first) * 1e-3);
+    for (int k = 0; k < kStamps; ++k) {
+      const uint64_t t = host[kStamps * i + k];
+      if (k == 0 || t != 0) at_k[k].push_back((t - first) * 1e-3);
+    }
   }
-  std::sort(starts.begin(), starts.end());
-  std::sort(ends.begin(), ends.end());
+  for (auto& v : at_k) std::sort(v.begin(), v.end());
   auto at = [](const std::vector<double>& v, double q) {
     return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
   };
-  char text[200];
-  std::snprintf(text, sizeof(text),
-                "CTAs %lld: started within %.2f us; KV streams ended min %.2f / p50 %.2f / p90 "
-                "%.2f / max %.2f us",
-                static_cast<long long>(ctas), starts.back(), at(ends, 0), at(ends, 0.5),
-                at(ends, 0.9), ends.empty() ? 0.0 : ends.back());
+  static const char* const kNames[kStamps] = {"started", "first tile landed", "KV stream ended",
+                                               "done"};
+  char text[400];
+  int len = std::snprintf(text, sizeof(text), "CTAs %lld (us p50 / max):",
+                          static_cast<long long>(ctas));
+  for (int k = 0; k < kStamps && len < static_cast<int>(sizeof(text)); ++k) {
+    len += std::snprintf(text + len, sizeof(text) - len, "%s %s %.2f / %.2f", k ? ";" : "",
+                         kNames[k], at(at_k[k], 0.5), at_k[k].empty() ? 0.0 : at_k[k].back());
+  }
   return text;
 }
 
@@ -407,7 +418,9 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   const moemesh::cuda::DecodeParams defaults;
   m.plain_us = time_launches(false, 0);
   m.no_prefetch_us = time_launches(true, 0);
-  m.us = time_launches(true, defaults.overlap_prefetch_tokens);
+  const int prefetch =
+      o.prefetch_tokens >= 0 ? o.prefetch_tokens : defaults.overlap_prefetch_tokens;
+  m.us = time_launches(true, prefetch);
   m.ran = true;
   if (o.timeline) m.timeline = Timeline(cache, p, s, tables, ws, ws_bytes, stream);
 
@@ -423,7 +436,7 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   }
   // The floor: the same grid with every sequence empty (after the output check above).
   MM_CUDA_CHECK(cudaMemset(lens, 0, s.batch * sizeof(int32_t)));
-  m.empty_us = time_launches(true, defaults.overlap_prefetch_tokens);
+  m.empty_us = time_launches(true, prefetch);
   MM_CUDA_CHECK(cudaStreamDestroy(stream));
   for (void* ptr : {static_cast<void*>(k_pool), static_cast<void*>(v_pool),
                     static_cast<void*>(tables), static_cast<void*>(lens), static_cast<void*>(q),

@@ -27,9 +27,11 @@
 //     inputs to shared memory (every copy in flight at once), so it costs one L2 round trip
 //     however many splits it combines; up to 16 splits take one merge level. On a small grid
 //     (at most half the GPU) whose splits fit in one thread-block cluster (up to 16 on Hopper),
-//     the splits of a sequence are one cluster instead: after a cluster barrier each CTA merges
-//     a slice of the head dimensions from every CTA's shared memory (ClusterMerge), with no
-//     global round trip, fence or atomic.
+//     the splits of a sequence are one cluster instead: each CTA pushes its state's slices to
+//     the CTAs that merge them (asynchronous distributed-shared-memory stores that complete on
+//     the receiver's mbarrier) and merges its own slice once everything addressed to it has
+//     landed (ClusterReduce), with no global round trip, fence, atomic or second cluster
+//     barrier.
 //   - The table entries a warp's next tile needs are prefetched into L1 one tile ahead, so that
 //     the copies of a tile do not wait for an L2 round trip on the table.
 // The launch shape depends only on host values (batch, heads, the host bound max_kv_len, the
@@ -57,7 +59,6 @@
 namespace moemesh::cuda {
 namespace {
 
-using warp_mma::ClusterArrive;
 using warp_mma::ClusterArriveRelaxed;
 using warp_mma::ClusterSmemAddr;
 using warp_mma::ClusterWait;
@@ -77,8 +78,11 @@ using warp_mma::RowsOffsets;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair3;
 using warp_mma::SplitPair;
-using warp_mma::StoreClusterF32;
-using warp_mma::StoreClusterF32x4;
+using warp_mma::MbarrierExpectBytes;
+using warp_mma::MbarrierInitForCluster;
+using warp_mma::MbarrierWaitCluster;
+using warp_mma::StAsyncF32;
+using warp_mma::StAsyncF32x4;
 using warp_mma::TransposeB16;
 using warp_mma::VDimRows;
 using warp_mma::WaitForPrerequisites;
@@ -147,12 +151,19 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   __shared__ float s_l[kWarps][kRowsPerTile];
   __shared__ float s_lse[kMaxMergeInputs * kRowsPerTile];
   __shared__ int s_flag;
+  __shared__ uint64_t s_recv_bar;  // cluster merge: completes when every push has landed
   const int64_t cta_id =
       blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + int64_t{gridDim.y} * blockIdx.z);
+  // Diagnostics: clock k of this CTA (DecodeParams::cta_times), by thread 0.
+  auto stamp = [&](int k) {
+    if (a.cta_times != nullptr && threadIdx.x == 0) {
+      a.cta_times[kDecodeStamps * cta_id + k] = GlobalTimerNs();
+    }
+  };
   if (a.cta_times != nullptr && threadIdx.x == 0) {
-    a.cta_times[2 * cta_id] = GlobalTimerNs();
-    a.cta_times[2 * cta_id + 1] = 0;
+    for (int k = 1; k < kDecodeStamps; ++k) a.cta_times[kDecodeStamps * cta_id + k] = 0;
   }
+  stamp(0);
 
   const int split = blockIdx.x;
   const int h = blockIdx.y / a.row_tiles;
@@ -215,20 +226,32 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const bool cluster_merge = a.cluster > 1 && n_active > 1;
   // Cluster merge: what the other CTAs push (after the stream buffers; LSEs in s_lse).
   float4* s_recv = reinterpret_cast<float4*>(smem + Cfg::kStreamBytes);
-  if (cluster_merge) ClusterArriveRelaxed();  // waited for before the first push
+  if (cluster_merge) {
+    // The receive barrier expects this CTA's slice of every active CTA's output and a row of
+    // LSEs from every CTA; its initialisation is published by the cluster barrier that every
+    // CTA waits for before its first push.
+    if (threadIdx.x == 0) {
+      constexpr int kQuads = D / 4;
+      const int nq = SliceBegin(split + 1, a.cluster, kQuads) - SliceBegin(split, a.cluster, kQuads);
+      MbarrierInitForCluster(&s_recv_bar);
+      MbarrierExpectBytes(&s_recv_bar,
+                          static_cast<uint32_t>((n_active * nq * 16 + a.cluster * 4) * rows));
+    }
+    ClusterArriveRelaxed();  // waited for before the first push
+  }
   if (split >= n_active) {
     if (!cluster_merge) return;
     LaunchDependents();
     ClusterWait();  // every CTA of the cluster has started: its shared memory exists
     if (threadIdx.x < rows) {
       for (int k = 0; k < a.cluster; ++k) {
-        StoreClusterF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + threadIdx.x, k),
-                        -INFINITY);
+        StAsyncF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + threadIdx.x, k), -INFINITY,
+                   ClusterSmemAddr(&s_recv_bar, k));
       }
     }
-    ClusterArrive();
-    ClusterWait();
+    MbarrierWaitCluster(&s_recv_bar, 0);
     ClusterReduce<D>(a.out, a.lse, row0, rows, split, a.cluster, s_recv, s_lse);
+    stamp(3);
     return;
   }
   const int lo = start + split * chunk;
@@ -338,6 +361,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     CpAsyncCommit();
     CpAsyncWait<Cfg::kStages - 1>();
     __syncwarp();
+    if (it == 0) stamp(1);
     const uint32_t k_tile = SmemAddr(wbuf + (it % Cfg::kStages) * Cfg::kStageBytes);
     const uint32_t v_tile = k_tile + Cfg::kTileBytes;
     const int n_valid = min(kTileTokens, hi - (lo + (warp + it * kWarps) * kTileTokens));
@@ -420,7 +444,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
 
   // Merge the warps (the stage buffers become [warp][row][kMergeStride] floats).
   __syncthreads();
-  if (a.cta_times != nullptr && threadIdx.x == 0) a.cta_times[2 * cta_id + 1] = GlobalTimerNs();
+  stamp(2);
   float* s_o = reinterpret_cast<float*>(smem);
   if (g == 0) {
 #pragma unroll
@@ -472,11 +496,13 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       const int k = SliceOwner(d4, n, kQuads);
       const int q0 = SliceBegin(k, n, kQuads);
       const int nq = SliceBegin(k + 1, n, kQuads) - q0;
-      StoreClusterF32x4(ClusterSmemAddr(s_recv + RecvChunk(split, r, d4 - q0, nq), k),
-                        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
+      StAsyncF32x4(ClusterSmemAddr(s_recv + RecvChunk(split, r, d4 - q0, nq), k),
+                   make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv),
+                   ClusterSmemAddr(&s_recv_bar, k));
       if (d4 == 0) {
         for (int j = 0; j < n; ++j) {
-          StoreClusterF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + r, j), lse2);
+          StAsyncF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + r, j), lse2,
+                     ClusterSmemAddr(&s_recv_bar, j));
         }
       }
     } else {
@@ -486,11 +512,14 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       if (d4 == 0) a.part_lse[slot] = lse2;
     }
   }
-  if (direct) return;
+  if (direct) {
+    stamp(3);
+    return;
+  }
   if (cluster_merge) {
-    ClusterArrive();  // publishes the pushes above
-    ClusterWait();
+    MbarrierWaitCluster(&s_recv_bar, 0);  // every CTA's pushes to this one have landed
     ClusterReduce<D>(a.out, a.lse, row0, rows, split, a.cluster, s_recv, s_lse);
+    stamp(3);
     return;
   }
 
@@ -501,23 +530,31 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const int grp_first = grp * a.merge_group;
   const int grp_count = min(a.merge_group, n_active - grp_first);
   const int n_groups = (n_active + a.merge_group - 1) / a.merge_group;
-  if (!ArriveLast(&counters[grp], grp_count, &s_flag)) return;
+  if (!ArriveLast(&counters[grp], grp_count, &s_flag)) {
+    stamp(3);
+    return;
+  }
   float* s_in = reinterpret_cast<float*>(smem);  // free: the warp merge above is done
   const int64_t ps = a.splits;
   if (n_groups == 1) {
     MergeStates<D>(a.part_o + (row0 * ps + grp_first) * D, a.part_lse + row0 * ps + grp_first,
                    ps * D, ps, grp_count, rows, a.out + row0 * D,
                    a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in, s_lse);
+    stamp(3);
     return;
   }
   const int64_t pg = a.splits;  // group slots are sized like split slots (groups <= splits)
   MergeStates<D>(a.part_o + (row0 * ps + grp_first) * D, a.part_lse + row0 * ps + grp_first, ps * D,
                  ps, grp_count, rows, a.group_o + (row0 * pg + grp) * D,
                  a.group_lse + row0 * pg + grp, pg * D, pg, 1.f, s_in, s_lse);
-  if (!ArriveLast(&counters[kMaxMergeInputs], n_groups, &s_flag)) return;
+  if (!ArriveLast(&counters[kMaxMergeInputs], n_groups, &s_flag)) {
+    stamp(3);
+    return;
+  }
   MergeStates<D>(a.group_o + row0 * pg * D, a.group_lse + row0 * pg, pg * D, pg, n_groups, rows,
                  a.out + row0 * D, a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in,
                  s_lse);
+  stamp(3);
 }
 
 }  // namespace

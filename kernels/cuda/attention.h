@@ -33,6 +33,9 @@ struct PagedKv {
 void AppendKv(const PagedKv& cache, const float* k_new, const float* v_new, const int32_t* slots,
               int64_t n, cudaStream_t stream);
 
+// Clocks per CTA in DecodeParams::cta_times.
+constexpr int kDecodeStamps = 4;
+
 struct DecodeParams {
   const float* q = nullptr;            // [batch, n_heads, head_dim]
   float* out = nullptr;                // [batch, n_heads, head_dim]
@@ -55,16 +58,19 @@ struct DecodeParams {
   SplitMerge split_merge = SplitMerge::kAuto;  // kCluster falls back to kGlobal where unsupported
   // Programmatic dependent launch: the call's CTAs may start while the previous kernel of the
   // stream (or graph) is still running. Until that kernel completes they only pull the first
-  // overlap_prefetch_tokens tokens of their share of K/V into L2 (a hint: lengths and tables
-  // read then may be stale without harm), so any earlier kernel may still write q, the cache,
-  // the tables or the lengths. false: an ordinary launch (for timing comparisons).
+  // tokens of their share of K/V into L2 (a hint: lengths and tables read then may be stale
+  // without harm), so any earlier kernel may still write q, the cache, the tables or the
+  // lengths. false: an ordinary launch (for timing comparisons).
   bool overlap = true;
-  int32_t overlap_prefetch_tokens = 256;  // tuning/testing: per CTA; 0 = no prefetch
+  // Tokens per CTA pulled into L2 that way: -1 a quarter of the CTA's share, 64 to 192 (the
+  // default); 0 no prefetch; > 0 that many (tuning and tests).
+  int32_t overlap_prefetch_tokens = -1;
   // Diagnostics (benchmarks): when set, each CTA of the head_dim 64/128 kernel writes the device
-  // clock (%globaltimer, ns) at its start to cta_times[2 i] and at the end of its KV stream to
-  // cta_times[2 i + 1] (0 for a CTA without one), i = split + splits * (y + y_count * sequence)
-  // with y = KV head * row tiles + row tile, row tiles = ceil(group / 8): size it
-  // 2 * DecodeSplits(...) * kv_heads * row tiles * batch.
+  // clock (%globaltimer, ns) to cta_times[kDecodeStamps * i + k]: k = 0 its start, 1 when its
+  // first warp's first tile has landed, 2 the end of its KV stream, 3 its end (its merges done),
+  // 0 for a point the CTA does not reach; i = split + splits * (y + y_count * sequence) with
+  // y = KV head * row tiles + row tile, row tiles = ceil(group / 8): size it
+  // kDecodeStamps * DecodeSplits(...) * kv_heads * row tiles * batch.
   uint64_t* cta_times = nullptr;
 };
 

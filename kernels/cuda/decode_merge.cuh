@@ -160,9 +160,9 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
 // the head dimensions are split among the n CTAs (CTA k merges 16-byte chunks [SliceBegin(k),
 // SliceBegin(k + 1))). Every CTA stores its normalised partial output of each chunk straight
 // into the receive buffer of the chunk's owner and its log2-sum-exps into every CTA's
-// (distributed shared memory stores, no round trip); a CTA without positions sends -inf LSEs
-// only. One cluster barrier then publishes all of it and each CTA reduces its slice from its own
-// shared memory (ClusterReduce). Receive layout at CTA k: chunk (r, d4) from source s at float4
+// (asynchronous distributed shared memory stores, no round trip); a CTA without positions sends
+// -inf LSEs only. The stores complete on the receiver's mbarrier, which expects all of those
+// bytes; once it has, each CTA reduces its slice from its own shared memory (ClusterReduce). Receive layout at CTA k: chunk (r, d4) from source s at float4
 // RecvChunk(s, r, d4 - begin(k), nq(k)); LSE (s, r) at recv_lse[s * kRowsPerTile + r].
 __device__ __forceinline__ int SliceBegin(int k, int n, int quads) { return k * quads / n; }
 __device__ __forceinline__ int SliceOwner(int d4, int n, int quads) {
@@ -172,7 +172,7 @@ __device__ __forceinline__ int RecvChunk(int src, int r, int c, int nq) {
   return (src * kRowsPerTile + r) * nq + c;
 }
 
-// After the publishing barrier: CTA `rank` of `n` merges its slice for `rows` rows from
+// Once everything addressed to it has landed: CTA `rank` of `n` merges its slice for `rows` rows from
 // `recv` / `recv_lse` and writes that slice of out ([row][D], rows from row0) and, if out_lse,
 // the merged LSE in natural-log units. One thread per (row, chunk, source);
 // the kLanes (a power of two >= n, at most 16) threads of a (row, chunk) combine by shuffles

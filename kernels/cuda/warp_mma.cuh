@@ -71,19 +71,11 @@ __device__ __forceinline__ void PrefetchL2Bulk(const void* p, uint32_t bytes) {
 }
 
 // Distributed shared memory (thread-block clusters, sm_90+): the address of `p` (this CTA's
-// shared memory) in the shared memory of cluster CTA `rank`, and stores to such an address.
+// shared memory) in the shared memory of cluster CTA `rank`.
 __device__ __forceinline__ uint32_t ClusterSmemAddr(const void* p, int rank) {
   uint32_t out;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(SmemAddr(p)), "r"(rank));
   return out;
-}
-__device__ __forceinline__ void StoreClusterF32(uint32_t addr, float x) {
-  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(x) : "memory");
-}
-__device__ __forceinline__ void StoreClusterF32x4(uint32_t addr, float4 x) {
-  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(x.x),
-               "f"(x.y), "f"(x.z), "f"(x.w)
-               : "memory");
 }
 // Loads from another CTA's shared memory (an address from ClusterSmemAddr); order them after the
 // writes they read with a cluster barrier (ClusterArrive / ClusterWait).
@@ -99,6 +91,51 @@ __device__ __forceinline__ float4 LoadClusterF32x4(uint32_t addr) {
                : "r"(addr)
                : "memory");
   return x;
+}
+// Asynchronous stores into another cluster CTA's shared memory (addresses from ClusterSmemAddr)
+// that complete on an mbarrier in that CTA (`bar`, also from ClusterSmemAddr): the receiver
+// learns that they landed by waiting on its own barrier, with no cluster barrier or fence on
+// the sender's side (the completion releases the data at cluster scope).
+__device__ __forceinline__ void StAsyncF32(uint32_t addr, float x, uint32_t bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::
+                   "r"(addr), "r"(__float_as_uint(x)), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ void StAsyncF32x4(uint32_t addr, float4 x, uint32_t bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, "
+      "[%5];\n" ::"r"(addr),
+      "r"(__float_as_uint(x.x)), "r"(__float_as_uint(x.y)), "r"(__float_as_uint(x.z)),
+      "r"(__float_as_uint(x.w)), "r"(bar)
+      : "memory");
+}
+// An mbarrier in this CTA's shared memory: initialised for one arrival by one thread, made
+// visible to the cluster by the fence before the cluster barrier other CTAs wait on; the
+// receiving thread announces the bytes it expects (its own arrival) and every thread waits
+// for the phase (parity 0) to complete, acquiring what the stores wrote.
+__device__ __forceinline__ void MbarrierInitForCluster(uint64_t* bar) {
+  asm volatile(
+      "mbarrier.init.shared::cta.b64 [%0], 1;\n"
+      "fence.mbarrier_init.release.cluster;\n" ::"r"(SmemAddr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void MbarrierExpectBytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile(
+      "mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+          SmemAddr(bar)),
+      "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void MbarrierWaitCluster(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(SmemAddr(bar)),
+      "r"(parity)
+      : "memory");
 }
 // Cluster barrier halves, called by every thread of every CTA of the cluster at CTA-uniform
 // points. ClusterArriveRelaxed orders nothing (for "every CTA has started" before the first

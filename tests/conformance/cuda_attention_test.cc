@@ -86,7 +86,7 @@ struct DecodeCase {
   float q_stddev = 1.0f;
   bool graph = false;  // also capture into a CUDA graph and replay with new q and lengths
   bool overlap = true;       // DecodeParams::overlap
-  int prefetch_tokens = 256;  // DecodeParams::overlap_prefetch_tokens
+  int prefetch_tokens = -1;  // DecodeParams::overlap_prefetch_tokens (-1: automatic)
 };
 
 std::ostream& operator<<(std::ostream& os, const DecodeCase& c) { return os << c.name; }
@@ -273,7 +273,8 @@ std::vector<DecodeCase> DecodeCases() {
     c.graph = true;
     cases.push_back(c);
   }
-  {  // an ordinary launch, and an overlapped one that prefetches nothing (the others prefetch)
+  {  // an ordinary launch, overlapped ones that prefetch nothing or whole shares (the others
+     // prefetch the automatic amount)
     DecodeCase c = Case("b17_ctx1to4099_kv2_g8_d128_bs16_padding_graph_no_overlap",
                         MixedLens(17, 4099, 6, 5), 2, 8, 128, 16);
     c.graph = true;
@@ -283,6 +284,9 @@ std::vector<DecodeCase> DecodeCases() {
              128, 16);
     c.graph = true;
     c.prefetch_tokens = 0;
+    cases.push_back(c);
+    c.name = "b8_ctx4096_kv1_g8_d128_bs16_graph_prefetch_whole_share";
+    c.prefetch_tokens = 1 << 20;
     cases.push_back(c);
   }
   return cases;
