@@ -71,16 +71,18 @@ using warp_mma::Exp2Approx;
 using warp_mma::GlobalTimerNs;
 using warp_mma::KTokenRows;
 using warp_mma::LaunchDependents;
+using warp_mma::Log2Approx;
+using warp_mma::MbarrierExpectBytes;
+using warp_mma::MbarrierInitForCluster;
+using warp_mma::MbarrierWaitCluster;
 using warp_mma::Mma;
 using warp_mma::PrefetchL1;
 using warp_mma::PrefetchL2Bulk;
+using warp_mma::RcpApprox;
 using warp_mma::RowsOffsets;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair3;
 using warp_mma::SplitPair;
-using warp_mma::MbarrierExpectBytes;
-using warp_mma::MbarrierInitForCluster;
-using warp_mma::MbarrierWaitCluster;
 using warp_mma::StAsyncF32;
 using warp_mma::StAsyncF32x4;
 using warp_mma::TransposeB16;
@@ -232,7 +234,8 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     // CTA waits for before its first push.
     if (threadIdx.x == 0) {
       constexpr int kQuads = D / 4;
-      const int nq = SliceBegin(split + 1, a.cluster, kQuads) - SliceBegin(split, a.cluster, kQuads);
+      const int nq =
+          SliceBegin(split + 1, a.cluster, kQuads) - SliceBegin(split, a.cluster, kQuads);
       MbarrierInitForCluster(&s_recv_bar);
       MbarrierExpectBytes(&s_recv_bar,
                           static_cast<uint32_t>((n_active * nq * 16 + a.cluster * 4) * rows));
@@ -442,10 +445,38 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     for (int x = 4; x < 32; x *= 2) l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], x);
   }
 
-  // Merge the warps (the stage buffers become [warp][row][kMergeStride] floats).
-  __syncthreads();
-  stamp(2);
-  float* s_o = reinterpret_cast<float*>(smem);
+  // After the warp merge below, a thread per (row, 16-byte chunk) writes or pushes the CTA's
+  // state. The chunk d4 is the same in all of a thread's rows (kThreads is a multiple of kQuads),
+  // so where it goes is worked out once, here, while the CTA's other warps finish their tiles.
+  const bool direct = n_active == 1;  // the only split: write the final output
+  constexpr int kQuads = D / 4;
+  constexpr int kRowStep = kThreads / kQuads;
+  static_assert(kThreads % kQuads == 0 && kMaxMergeInputs <= kQuads, "thread-to-chunk layout");
+  const int d4 = threadIdx.x % kQuads;
+  uint32_t push_o = 0, push_o_bar = 0, push_lse = 0, push_lse_bar = 0;
+  int push_o_row = 0;  // bytes between rows in the owner's receive buffer
+  bool push_lse_here = false;
+  if (cluster_merge) {
+    const int n = a.cluster;
+    const int k = SliceOwner(d4, n, kQuads);
+    const int q0 = SliceBegin(k, n, kQuads);
+    const int nq = SliceBegin(k + 1, n, kQuads) - q0;
+    push_o = ClusterSmemAddr(s_recv + RecvChunk(split, 0, d4 - q0, nq), k);
+    push_o_bar = ClusterSmemAddr(&s_recv_bar, k);
+    push_o_row = nq * 16;
+    // The row's LSE to every CTA: the threads of a row hold the same value, so thread d4 sends
+    // it to CTA d4 (n <= kQuads), all in parallel.
+    push_lse_here = d4 < n;
+    if (push_lse_here) {
+      push_lse = ClusterSmemAddr(s_lse + split * kRowsPerTile, d4);
+      push_lse_bar = ClusterSmemAddr(&s_recv_bar, d4);
+    }
+    ClusterWait();  // every CTA of the cluster has started
+  }
+
+  // Merge the warps: each leaves its state in its own stage buffers, which it is done with
+  // ([row][kMergeStride] floats at the start of them), so only one CTA barrier is needed.
+  const auto s_o = [&](int w) { return reinterpret_cast<float*>(smem + w * Cfg::kWarpBytes); };
   if (g == 0) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
@@ -457,18 +488,13 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   for (int dm = 0; dm < D / 16; ++dm) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      s_o[(warp * kRowsPerTile + 2 * t + (i & 1)) * Cfg::kMergeStride + dm * 16 + g +
-          (i >> 1) * 8] = o[dm][i];
+      s_o(warp)[(2 * t + (i & 1)) * Cfg::kMergeStride + dm * 16 + g + (i >> 1) * 8] = o[dm][i];
     }
   }
   __syncthreads();
+  stamp(2);
 
-  const bool direct = n_active == 1;  // the only split: write the final output
-  constexpr int kQuads = D / 4;
-  if (cluster_merge) ClusterWait();  // every CTA of the cluster has started
-  for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
-    const int r = item / kQuads, d4 = item % kQuads;
-    if (r >= rows) continue;
+  for (int r = threadIdx.x / kQuads; r < rows; r += kRowStep) {
     float m = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_m[w][r]);  // finite: warp 0 has a tile
@@ -476,39 +502,28 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
-      const float wt = exp2f(s_m[w][r] - m);  // 0 for a warp without tiles
-      const float4 x = *reinterpret_cast<const float4*>(
-          s_o + (w * kRowsPerTile + r) * Cfg::kMergeStride + d4 * 4);
+      const float wt = Exp2Approx(s_m[w][r] - m);  // 0 for a warp without tiles
+      const float4 x =
+          *reinterpret_cast<const float4*>(s_o(w) + r * Cfg::kMergeStride + d4 * 4);
       sum = fmaf(wt, s_l[w][r], sum);
       AddScaled(acc, wt, x);
     }
-    const float inv = 1.f / sum;
-    const float lse2 = m + log2f(sum);
-    if (direct) {
+    const float inv = RcpApprox(sum);  // sum >= 1: the row's maximum has weight 1
+    const float lse2 = m + Log2Approx(sum);
+    const float4 o4 = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (direct) {  // out may be only 4-byte aligned here
       float* dst = a.out + (row0 + r) * D + d4 * 4;
-      dst[0] = acc.x * inv;
-      dst[1] = acc.y * inv;
-      dst[2] = acc.z * inv;
-      dst[3] = acc.w * inv;
+      dst[0] = o4.x;
+      dst[1] = o4.y;
+      dst[2] = o4.z;
+      dst[3] = o4.w;
       if (d4 == 0 && a.lse != nullptr) a.lse[row0 + r] = lse2 * kLn2;
     } else if (cluster_merge) {
-      const int n = a.cluster;
-      const int k = SliceOwner(d4, n, kQuads);
-      const int q0 = SliceBegin(k, n, kQuads);
-      const int nq = SliceBegin(k + 1, n, kQuads) - q0;
-      StAsyncF32x4(ClusterSmemAddr(s_recv + RecvChunk(split, r, d4 - q0, nq), k),
-                   make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv),
-                   ClusterSmemAddr(&s_recv_bar, k));
-      if (d4 == 0) {
-        for (int j = 0; j < n; ++j) {
-          StAsyncF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + r, j), lse2,
-                     ClusterSmemAddr(&s_recv_bar, j));
-        }
-      }
+      StAsyncF32x4(push_o + r * push_o_row, o4, push_o_bar);
+      if (push_lse_here) StAsyncF32(push_lse + r * 4, lse2, push_lse_bar);
     } else {
       const int64_t slot = (row0 + r) * a.splits + split;
-      *reinterpret_cast<float4*>(a.part_o + slot * D + d4 * 4) =
-          make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+      *reinterpret_cast<float4*>(a.part_o + slot * D + d4 * 4) = o4;
       if (d4 == 0) a.part_lse[slot] = lse2;
     }
   }

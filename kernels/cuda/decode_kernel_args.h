@@ -44,7 +44,7 @@ struct DecodeConfig {
   // may arrive while this CTA still streams.
   static constexpr int kRecvBytes = kRowsPerTile * (D / 4 + kMaxMergeInputs) * 16;
   static constexpr int kSmemBytes = kStreamBytes + kRecvBytes;
-  static_assert(kWarps * kRowsPerTile * kMergeStride * 4 <= kStreamBytes, "merge buffer");
+  static_assert(kRowsPerTile * kMergeStride * 4 <= kWarpBytes, "a warp's merge buffer");
   static_assert(kMaxMergeInputs * kRowsPerTile * D * 4 <= kStreamBytes, "split-merge staging");
 };
 

@@ -44,14 +44,14 @@ __device__ __forceinline__ float RowWeights(int count, int slots, LseOf lse_of, 
   float sum = 0.f;
   for (int i = 0; i < count; ++i) {
     const float l = weight(i);
-    const float e = l == -INFINITY ? 0.f : exp2f(l - m);  // m finite when any l is
+    const float e = l == -INFINITY ? 0.f : warp_mma::Exp2Approx(l - m);  // m finite if any l is
     weight(i) = e;
     sum += e;
   }
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const float inv = sum > 0.f ? warp_mma::RcpApprox(sum) : 0.f;
   for (int i = 0; i < count; ++i) weight(i) *= inv;
   for (int i = count; i < slots; ++i) weight(i) = 0.f;
-  return sum > 0.f ? m + log2f(sum) : -INFINITY;
+  return sum > 0.f ? m + warp_mma::Log2Approx(sum) : -INFINITY;
 }
 
 // sum_i w(i) * x(i) over i < count (x(i): a float4 in shared memory), in four independent
@@ -162,8 +162,9 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
 // into the receive buffer of the chunk's owner and its log2-sum-exps into every CTA's
 // (asynchronous distributed shared memory stores, no round trip); a CTA without positions sends
 // -inf LSEs only. The stores complete on the receiver's mbarrier, which expects all of those
-// bytes; once it has, each CTA reduces its slice from its own shared memory (ClusterReduce). Receive layout at CTA k: chunk (r, d4) from source s at float4
-// RecvChunk(s, r, d4 - begin(k), nq(k)); LSE (s, r) at recv_lse[s * kRowsPerTile + r].
+// bytes; once it has, each CTA reduces its slice from its own shared memory (ClusterReduce).
+// Receive layout at CTA k: chunk (r, d4) from source s at float4 RecvChunk(s, r, d4 - begin(k),
+// nq(k)); LSE (s, r) at recv_lse[s * kRowsPerTile + r].
 __device__ __forceinline__ int SliceBegin(int k, int n, int quads) { return k * quads / n; }
 __device__ __forceinline__ int SliceOwner(int d4, int n, int quads) {
   return ((d4 + 1) * n + quads - 1) / quads - 1;  // the largest k with SliceBegin(k) <= d4
@@ -172,53 +173,50 @@ __device__ __forceinline__ int RecvChunk(int src, int r, int c, int nq) {
   return (src * kRowsPerTile + r) * nq + c;
 }
 
-// Once everything addressed to it has landed: CTA `rank` of `n` merges its slice for `rows` rows from
-// `recv` / `recv_lse` and writes that slice of out ([row][D], rows from row0) and, if out_lse,
-// the merged LSE in natural-log units. One thread per (row, chunk, source);
-// the kLanes (a power of two >= n, at most 16) threads of a (row, chunk) combine by shuffles
-// (unrolled: kLanes is a template argument, see ClusterReduce).
-template <int D, int kLanes>
-__device__ void ClusterReduceLanes(float* out, float* out_lse, int64_t row0, int rows, int rank,
-                                   int n, const float4* recv, const float* recv_lse) {
+// Once everything addressed to it has landed: CTA `rank` of `n` merges its slice for `rows` rows
+// from `recv` / `recv_lse` and writes that slice of out ([row][D], rows from row0, 16-byte
+// aligned) and, if out_lse, the merged LSE in natural-log units. A thread per (row, chunk) reads
+// all of its sources at once and combines them in registers: with one or two warps per scheduler
+// this step is bound by its dependent latencies, which shuffle rounds across sources lengthen.
+// (kSources >= n: the sources' loops are unrolled for that many, see ClusterReduce.)
+template <int D, int kSources>
+__device__ void ClusterReduceN(float* out, float* out_lse, int64_t row0, int rows, int rank,
+                               int n, const float4* recv, const float* recv_lse) {
   constexpr int kQuads = D / 4;
-  constexpr int kPerPass = kThreads / kLanes;
   const int q0 = SliceBegin(rank, n, kQuads);
   const int nq = SliceBegin(rank + 1, n, kQuads) - q0;
-  const int items = rows * nq;
-  const int src = threadIdx.x % kLanes;
-  for (int base = 0; base < items; base += kPerPass) {  // the same trips in every thread
-    const int item = base + threadIdx.x / kLanes;
-    const int r = item / nq, c = item % nq;
-    float li = -INFINITY;
-    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (item < items && src < n) {
-      li = recv_lse[src * kRowsPerTile + r];
-      x = recv[RecvChunk(src, r, c, nq)];
-    }
-    float m = li;
+  // item / nq as a multiply-high: exact for item * nq < 2^16 (items <= 8 rows x 32 chunks).
+  const uint32_t nq_magic = (65536u + static_cast<uint32_t>(nq) - 1) / static_cast<uint32_t>(nq);
+  for (int item = threadIdx.x; item < rows * nq; item += kThreads) {
+    const int r = static_cast<int>((static_cast<uint32_t>(item) * nq_magic) >> 16);
+    const int c = item - r * nq;
+    float l[kSources];
+    float4 x[kSources];
+    float m = -INFINITY;
 #pragma unroll
-    for (int off = kLanes / 2; off > 0; off /= 2) {
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    for (int s = 0; s < kSources; ++s) {  // every load in flight before the first use
+      l[s] = -INFINITY;
+      if (s < n) {
+        l[s] = recv_lse[s * kRowsPerTile + r];
+        x[s] = recv[RecvChunk(s, r, c, nq)];
+      }
+      m = fmaxf(m, l[s]);
     }
-    const bool has = li != -INFINITY;  // then m is finite too; a source without it sent no x
-    float w = has ? exp2f(li - m) : 0.f;
-    float4 acc =
-        has ? make_float4(w * x.x, w * x.y, w * x.z, w * x.w) : make_float4(0.f, 0.f, 0.f, 0.f);
+    float sum = 0.f;
+    float4 acc[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
 #pragma unroll
-    for (int off = kLanes / 2; off > 0; off /= 2) {
-      w += __shfl_xor_sync(0xffffffffu, w, off);
-      acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-      acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-      acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-      acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    for (int s = 0; s < kSources; ++s) {
+      if (l[s] == -INFINITY) continue;  // an absent source (or s >= n): it sent no x
+      const float w = warp_mma::Exp2Approx(l[s] - m);  // m is finite: this source has an LSE
+      sum += w;
+      AddScaled(acc[s & 1], w, x[s]);
     }
-    if (item >= items || src != 0) continue;
-    const int d4 = q0 + c;
-    const float inv = w > 0.f ? __frcp_rn(w) : 0.f;
-    *reinterpret_cast<float4*>(out + (row0 + r) * D + d4 * 4) =
-        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (d4 == 0 && out_lse != nullptr) {
-      out_lse[row0 + r] = w > 0.f ? (m + log2f(w)) * kLn2 : -INFINITY;
+    const float inv = sum > 0.f ? warp_mma::RcpApprox(sum) : 0.f;
+    *reinterpret_cast<float4*>(out + (row0 + r) * D + (q0 + c) * 4) =
+        make_float4((acc[0].x + acc[1].x) * inv, (acc[0].y + acc[1].y) * inv,
+                    (acc[0].z + acc[1].z) * inv, (acc[0].w + acc[1].w) * inv);
+    if (q0 + c == 0 && out_lse != nullptr) {
+      out_lse[row0 + r] = sum > 0.f ? (m + warp_mma::Log2Approx(sum)) * kLn2 : -INFINITY;
     }
   }
 }
@@ -226,14 +224,15 @@ __device__ void ClusterReduceLanes(float* out, float* out_lse, int64_t row0, int
 template <int D>
 __device__ void ClusterReduce(float* out, float* out_lse, int64_t row0, int rows, int rank,
                               int n, const float4* recv, const float* recv_lse) {
+  static_assert(kMaxMergeInputs == 16, "ClusterReduce unrolls for up to 16 sources");
   if (n <= 2) {
-    ClusterReduceLanes<D, 2>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+    ClusterReduceN<D, 2>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
   } else if (n <= 4) {
-    ClusterReduceLanes<D, 4>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+    ClusterReduceN<D, 4>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
   } else if (n <= 8) {
-    ClusterReduceLanes<D, 8>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+    ClusterReduceN<D, 8>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
   } else {
-    ClusterReduceLanes<D, 16>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
+    ClusterReduceN<D, 16>(out, out_lse, row0, rows, rank, n, recv, recv_lse);
   }
 }
 

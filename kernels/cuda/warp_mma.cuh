@@ -55,6 +55,20 @@ __device__ __forceinline__ float Exp2Approx(float x) {
   return y;
 }
 
+// log2(x) and 1/x by the hardware approximations (lg2.approx.ftz: absolute error about 2^-22;
+// rcp.approx.ftz: about 1 ulp), for the merges' few per-row weights and log-sum-exps, where the
+// library functions' range handling is most of a short, latency-bound step. log2(0) = -inf.
+__device__ __forceinline__ float Log2Approx(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float RcpApprox(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // 16-byte global -> shared copy through L2 only (cp.async.cg, no L1, no cache hint): for data
 // other CTAs wrote, which their fences and an arrival atomic order before the copy.
 __device__ __forceinline__ void CpAsync16L2(uint32_t dst, const void* src) {
