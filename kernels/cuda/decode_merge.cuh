@@ -76,22 +76,31 @@ __device__ __forceinline__ float4 WeightedSum(int count, W w, X x) {
 }
 
 // Block-wide: this CTA's global writes are published, then it takes a ticket; true in the CTA
-// that arrives last of `count` (which resets the counter for the next launch). count <= 1: the
-// only arrival, no atomics. Shared with the cascade kernel (cascade.cu).
+// that arrives last of `count` (which resets the counter for the next launch), which may then
+// read what every arrival wrote before arriving. count <= 1: the only arrival, no atomics.
+// The CTA barrier orders all threads' writes before thread 0's ticket, whose acquire-release
+// atomic at GPU scope publishes them (release is cumulative) and, in the last CTA, orders the
+// others' writes before the reads after the second barrier: no thread runs a full fence.
+// Shared with the cascade kernel (cascade.cu).
 __device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_flag) {
-  __threadfence();
+  if (count <= 1) {  // (CTA-uniform) the CTA reads back its own writes, through L2
+    __threadfence();
+    __syncthreads();
+    return true;
+  }
   __syncthreads();
-  if (count <= 1) return true;
   if (threadIdx.x == 0) {
-    const uint32_t prev = atomicAdd(counter, 1u);
+    uint32_t prev;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n"
+                 : "=r"(prev)
+                 : "l"(counter)
+                 : "memory");
     const bool last = prev + 1 == static_cast<uint32_t>(count);
     if (last) atomicExch(counter, 0u);
     *s_flag = last ? 1 : 0;
   }
   __syncthreads();
-  const bool last = *s_flag != 0;
-  if (last) __threadfence();
-  return last;
+  return *s_flag != 0;
 }
 
 // Merges `count` (1..kMaxMergeInputs) attention states of `rows` query heads. Input i of row r:
