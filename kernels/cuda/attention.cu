@@ -84,7 +84,6 @@ using warp_mma::SmemAddr;
 using warp_mma::SplitPair3;
 using warp_mma::SplitPair;
 using warp_mma::StAsyncF32;
-using warp_mma::StAsyncF32x4;
 using warp_mma::TransposeB16;
 using warp_mma::VDimRows;
 using warp_mma::WaitForPrerequisites;
@@ -92,6 +91,7 @@ using warp_mma::WaitForPrerequisites;
 using decode::AddScaled;
 using decode::ArriveLast;
 using decode::ChunkTokens;
+using decode::ClusterPush;
 using decode::ClusterReduce;
 using decode::DecodeArgs;
 using decode::DecodeConfig;
@@ -453,24 +453,9 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   constexpr int kRowStep = kThreads / kQuads;
   static_assert(kThreads % kQuads == 0 && kMaxMergeInputs <= kQuads, "thread-to-chunk layout");
   const int d4 = threadIdx.x % kQuads;
-  uint32_t push_o = 0, push_o_bar = 0, push_lse = 0, push_lse_bar = 0;
-  int push_o_row = 0;  // bytes between rows in the owner's receive buffer
-  bool push_lse_here = false;
+  ClusterPush push;
   if (cluster_merge) {
-    const int n = a.cluster;
-    const int k = SliceOwner(d4, n, kQuads);
-    const int q0 = SliceBegin(k, n, kQuads);
-    const int nq = SliceBegin(k + 1, n, kQuads) - q0;
-    push_o = ClusterSmemAddr(s_recv + RecvChunk(split, 0, d4 - q0, nq), k);
-    push_o_bar = ClusterSmemAddr(&s_recv_bar, k);
-    push_o_row = nq * 16;
-    // The row's LSE to every CTA: the threads of a row hold the same value, so thread d4 sends
-    // it to CTA d4 (n <= kQuads), all in parallel.
-    push_lse_here = d4 < n;
-    if (push_lse_here) {
-      push_lse = ClusterSmemAddr(s_lse + split * kRowsPerTile, d4);
-      push_lse_bar = ClusterSmemAddr(&s_recv_bar, d4);
-    }
+    push = ClusterPush(a.cluster, split, d4, D / 4, s_recv, s_lse, &s_recv_bar);
     ClusterWait();  // every CTA of the cluster has started
   }
 
@@ -519,8 +504,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       dst[3] = o4.w;
       if (d4 == 0 && a.lse != nullptr) a.lse[row0 + r] = lse2 * kLn2;
     } else if (cluster_merge) {
-      StAsyncF32x4(push_o + r * push_o_row, o4, push_o_bar);
-      if (push_lse_here) StAsyncF32(push_lse + r * 4, lse2, push_lse_bar);
+      push.Row(r, o4, lse2);
     } else {
       const int64_t slot = (row0 + r) * a.splits + split;
       *reinterpret_cast<float4*>(a.part_o + slot * D + d4 * 4) = o4;

@@ -1,8 +1,8 @@
 // Device-side merging of split-KV attention states for the decode kernel (attention.cu): the
 // merge through global memory by the last CTA to arrive (ArriveLast, MergeStates) and the merge
-// inside a thread-block cluster (SliceBegin, SliceOwner, RecvChunk, ClusterReduce). States are
-// normalised outputs with log2-sum-exps. Included by attention.cu (and by cascade_merge.cuh, for
-// ArriveLast and the per-row steps RowWeights and WeightedSum); stateless.
+// inside a thread-block cluster (SliceBegin, SliceOwner, RecvChunk, ClusterPush, ClusterReduce).
+// States are normalised outputs with log2-sum-exps. Included by attention.cu (and by
+// cascade_merge.cuh, for ArriveLast and the per-row steps RowWeights and WeightedSum); stateless.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -181,6 +181,39 @@ __device__ __forceinline__ int SliceOwner(int d4, int n, int quads) {
 __device__ __forceinline__ int RecvChunk(int src, int r, int c, int nq) {
   return (src * kRowsPerTile + r) * nq + c;
 }
+
+// The pushes of one thread of CTA `src` of a cluster of n: its 16-byte chunk d4 of each of its
+// rows goes to the chunk's owner (st.async onto the owner's receive barrier `bar`, the same
+// shared variable in every CTA), and the row's LSE to CTA d4 when d4 < n: the threads of a row
+// hold the same LSE, so the n CTAs get it from n threads at once (n <= quads). The addresses
+// are worked out once per thread.
+class ClusterPush {
+ public:
+  ClusterPush() = default;
+  __device__ ClusterPush(int n, int src, int d4, int quads, const float4* recv,
+                         const float* recv_lse, uint64_t* bar) {
+    const int k = SliceOwner(d4, n, quads);
+    const int q0 = SliceBegin(k, n, quads);
+    const int nq = SliceBegin(k + 1, n, quads) - q0;
+    o_ = warp_mma::ClusterSmemAddr(recv + RecvChunk(src, 0, d4 - q0, nq), k);
+    o_bar_ = warp_mma::ClusterSmemAddr(bar, k);
+    o_row_bytes_ = nq * 16;
+    lse_here_ = d4 < n;
+    if (lse_here_) {
+      lse_ = warp_mma::ClusterSmemAddr(recv_lse + src * kRowsPerTile, d4);
+      lse_bar_ = warp_mma::ClusterSmemAddr(bar, d4);
+    }
+  }
+  __device__ void Row(int r, float4 o, float lse2) const {
+    warp_mma::StAsyncF32x4(o_ + r * o_row_bytes_, o, o_bar_);
+    if (lse_here_) warp_mma::StAsyncF32(lse_ + r * 4, lse2, lse_bar_);
+  }
+
+ private:
+  uint32_t o_ = 0, o_bar_ = 0, lse_ = 0, lse_bar_ = 0;
+  int o_row_bytes_ = 0;
+  bool lse_here_ = false;
+};
 
 // Once everything addressed to it has landed: CTA `rank` of `n` merges its slice for `rows` rows
 // from `recv` / `recv_lse` and writes that slice of out ([row][D], rows from row0, 16-byte
