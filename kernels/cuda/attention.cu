@@ -83,7 +83,6 @@ using warp_mma::RowsOffsets;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair3;
 using warp_mma::SplitPair;
-using warp_mma::StAsyncF32;
 using warp_mma::TransposeB16;
 using warp_mma::VDimRows;
 using warp_mma::WaitForPrerequisites;
@@ -103,9 +102,6 @@ using decode::kThreads;
 using decode::kTileTokens;
 using decode::kWarps;
 using decode::MergeStates;
-using decode::RecvChunk;
-using decode::SliceBegin;
-using decode::SliceOwner;
 
 
 // ---------------------------------------------------------------------------------------------
@@ -233,25 +229,19 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     // LSEs from every CTA; its initialisation is published by the cluster barrier that every
     // CTA waits for before its first push.
     if (threadIdx.x == 0) {
-      constexpr int kQuads = D / 4;
-      const int nq =
-          SliceBegin(split + 1, a.cluster, kQuads) - SliceBegin(split, a.cluster, kQuads);
       MbarrierInitForCluster(&s_recv_bar);
       MbarrierExpectBytes(&s_recv_bar,
-                          static_cast<uint32_t>((n_active * nq * 16 + a.cluster * 4) * rows));
+                          ClusterPush::RecvBytes(split, a.cluster, n_active, rows, D / 4));
     }
     ClusterArriveRelaxed();  // waited for before the first push
   }
   if (split >= n_active) {
     if (!cluster_merge) return;
     LaunchDependents();
+    const ClusterPush push(a.cluster, split, threadIdx.x % (D / 4), D / 4, s_recv, s_lse,
+                           &s_recv_bar);
     ClusterWait();  // every CTA of the cluster has started: its shared memory exists
-    if (threadIdx.x < rows) {
-      for (int k = 0; k < a.cluster; ++k) {
-        StAsyncF32(ClusterSmemAddr(s_lse + split * kRowsPerTile + threadIdx.x, k), -INFINITY,
-                   ClusterSmemAddr(&s_recv_bar, k));
-      }
-    }
+    for (int r = threadIdx.x / (D / 4); r < rows; r += kThreads / (D / 4)) push.Lse(r, -INFINITY);
     MbarrierWaitCluster(&s_recv_bar, 0);
     ClusterReduce<D>(a.out, a.lse, row0, rows, split, a.cluster, s_recv, s_lse);
     stamp(3);
@@ -455,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const int d4 = threadIdx.x % kQuads;
   ClusterPush push;
   if (cluster_merge) {
-    push = ClusterPush(a.cluster, split, d4, D / 4, s_recv, s_lse, &s_recv_bar);
+    push = ClusterPush(a.cluster, split, d4, kQuads, s_recv, s_lse, &s_recv_bar);
     ClusterWait();  // every CTA of the cluster has started
   }
 

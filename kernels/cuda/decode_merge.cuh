@@ -204,9 +204,20 @@ class ClusterPush {
       lse_bar_ = warp_mma::ClusterSmemAddr(bar, d4);
     }
   }
+  // Row r of an active CTA: its chunk and its LSE.
   __device__ void Row(int r, float4 o, float lse2) const {
     warp_mma::StAsyncF32x4(o_ + r * o_row_bytes_, o, o_bar_);
+    Lse(r, lse2);
+  }
+  // The LSE alone: what a CTA without positions sends (-inf) for each of its rows.
+  __device__ void Lse(int r, float lse2) const {
     if (lse_here_) warp_mma::StAsyncF32(lse_ + r * 4, lse2, lse_bar_);
+  }
+  // What CTA `rank`'s receive barrier expects: its slice of `rows` rows from each of the
+  // `active` CTAs with positions, and the rows' LSEs from all n.
+  __device__ static uint32_t RecvBytes(int rank, int n, int active, int rows, int quads) {
+    const int nq = SliceBegin(rank + 1, n, quads) - SliceBegin(rank, n, quads);
+    return static_cast<uint32_t>((active * nq * 16 + n * 4) * rows);
   }
 
  private:
