@@ -15,7 +15,8 @@
 // margin); fused cascade faster than flat on (a); >= 2x on (b); >= 5x on (c).
 //
 //   build/bin/bench_cascade [--cases abcd] [--launches 20] [--min_ms 200]
-//       [--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] [--q_parts 2|3]
+//       [--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N]
+//       [--q_parts 1|2|3]
 //       [--cluster 0|1|2|4|8|16] (the fused launch's shape, CascadeParams::cluster; each case
 //       also times the flat-grid shape as a baseline)
 //       [--sweep]   (also times the fused form over prefix tile rows x split caps, for tuning)
@@ -84,7 +85,7 @@ struct Options {
   std::fprintf(stderr,
                "%s\nusage: bench_cascade [--cases abcd] [--launches N] [--min_ms MS] "
                "[--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] "
-               "[--q_parts 2|3] [--cluster 0|1|2|4|8|16] [--sweep] [--timeline]\n",
+               "[--q_parts 1|2|3] [--cluster 0|1|2|4|8|16] [--sweep] [--timeline]\n",
                why);
   std::exit(2);
 }

@@ -22,7 +22,8 @@ namespace moemesh {
 // - prefix_bytes_per_second: shared KV bytes / time of the prefix pass alone, at few rows (its
 //   parallelism is limited: one row tile per KV head when members x group <= the tile);
 // - prefix_flops_per_second: 4 * rows * tokens * head_dim / time of the prefix pass at many
-//   rows (it turns compute-bound near rows ~ 200-300 on Hopper);
+//   rows (it turns compute-bound near rows ~ 200-300 on Hopper); the CUDA worker takes the lower
+//   rate of 64 and 512 rows per KV head, which run on different tile kernels;
 // - level_seconds: time of (cascade - flat) on a tiny shared range, i.e. the launches and
 //   merge pass one more level adds;
 // - merge_seconds_per_row: the growth of that difference per (member x query head) row: the

@@ -3,7 +3,8 @@
 // units (cascade_plan.h says what each CTA does).
 //
 // Every CTA (4 warps) attends a tile of query rows against a range of positions of one KV head
-// (the KV stream, ComputeChunk, is in cascade_chunk.cuh).
+// (the KV stream: ComputeChunk in cascade_chunk.cuh for 16-row tiles, ComputeChunkWide in
+// cascade_wide.cuh, on the warpgroup MMA, for 64-row tiles).
 // Results: a prefix tile whose range is one split writes its members' prefix states; otherwise
 // each split writes a partial state and the last split of the tile to finish (atomic counter)
 // merges them (two levels of merges above 16 splits). A suffix split writes a partial state and
@@ -45,6 +46,18 @@ using cs::Stamp;
 using cs::StoreResults;
 using decode::ArriveLast;
 
+// The KV stream of a tile of `tile_rows` (16 or 64) rows; results at the start of smem.
+template <int D, int QP>
+__device__ void Stream(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
+                       int tile_rows, unsigned char* smem, Shared& sh) {
+  float* res = reinterpret_cast<float*>(smem);
+  if (tile_rows == 64) {
+    cs::ComputeChunkWide<D, QP>(a, table, h, lo, hi, res, smem, sh);
+  } else {
+    ComputeChunk<D, QP>(a, table, h, lo, hi, res, smem, sh);
+  }
+}
+
 template <int D, int QP>
 __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Shared& sh) {
   const cs::PrefixWork w = cs::ResolvePrefix(cta, a.plan, a.dims, a.layout);
@@ -65,8 +78,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   }
   __syncthreads();
   Stamp(a, 1);
-  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, w.rows, a.plan.pre_tile_rows / 16,
-                      reinterpret_cast<float*>(smem), smem, sh);
+  Stream<D, QP>(a, table, w.head, w.lo, w.hi, a.plan.pre_tile_rows, smem, sh);
   Stamp(a, 5);
   if (w.n_active == 1) {  // the only split: its result is the members' prefix state
     StoreResults<D>(
@@ -119,8 +131,7 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   }
   __syncthreads();
   Stamp(a, 1);
-  ComputeChunk<D, QP>(a, table, w.head, w.lo, w.hi, group, a.plan.suf_tile_rows / 16,
-                      reinterpret_cast<float*>(smem), smem, sh);
+  Stream<D, QP>(a, table, w.head, w.lo, w.hi, a.plan.suf_tile_rows, smem, sh);
   Stamp(a, 5);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
@@ -142,7 +153,7 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
 
 template <int D, int QP>
 __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];  // cascade_wide.cuh's layout
   __shared__ Shared sh;
   const int cta = static_cast<int>(blockIdx.x);
   if (a.cta_times != nullptr && threadIdx.x == 0) {
@@ -164,13 +175,14 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a)
 
 // CTAs of CascadeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
-  // The 2-part variants have the same shared memory and launch bounds as the 3-part ones.
-  static ResidentCtas ctas("CascadeAttention",
-                           reinterpret_cast<const void*>(CascadeKernel<64, 3>), Cfg<64>::kSmemBytes,
-                           reinterpret_cast<const void*>(CascadeKernel<128, 3>),
-                           Cfg<128>::kSmemBytes, kThreads,
-                           reinterpret_cast<const void*>(CascadeKernel<64, 2>),
-                           reinterpret_cast<const void*>(CascadeKernel<128, 2>));
+  // The 2- and 1-part variants have the same shared memory and launch bounds as the 3-part ones.
+  static ResidentCtas ctas(
+      "CascadeAttention", reinterpret_cast<const void*>(CascadeKernel<64, 3>), Cfg<64>::kSmemBytes,
+      reinterpret_cast<const void*>(CascadeKernel<128, 3>), Cfg<128>::kSmemBytes, kThreads,
+      reinterpret_cast<const void*>(CascadeKernel<64, 2>),
+      reinterpret_cast<const void*>(CascadeKernel<128, 2>),
+      reinterpret_cast<const void*>(CascadeKernel<64, 1>),
+      reinterpret_cast<const void*>(CascadeKernel<128, 1>));
   return ctas.For(head_dim);
 }
 
@@ -182,17 +194,14 @@ int CascadeResidentSlots(int head_dim) { return ResidentSlots(head_dim); }
 
 void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
                          cudaStream_t stream) {
-  if (head_dim == 128) {
-    if (q_parts == 2) {
-      CascadeKernel<128, 2><<<grid, kThreads, Cfg<128>::kSmemBytes, stream>>>(a);
-    } else {
-      CascadeKernel<128, 3><<<grid, kThreads, Cfg<128>::kSmemBytes, stream>>>(a);
-    }
-  } else if (q_parts == 2) {
-    CascadeKernel<64, 2><<<grid, kThreads, Cfg<64>::kSmemBytes, stream>>>(a);
-  } else {
-    CascadeKernel<64, 3><<<grid, kThreads, Cfg<64>::kSmemBytes, stream>>>(a);
-  }
+  const unsigned smem = head_dim == 128 ? Cfg<128>::kSmemBytes : Cfg<64>::kSmemBytes;
+  auto kernel = head_dim == 128 ? (q_parts == 1   ? CascadeKernel<128, 1>
+                                   : q_parts == 2 ? CascadeKernel<128, 2>
+                                                  : CascadeKernel<128, 3>)
+                                : (q_parts == 1   ? CascadeKernel<64, 1>
+                                   : q_parts == 2 ? CascadeKernel<64, 2>
+                                                  : CascadeKernel<64, 3>);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
   MM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -22,7 +22,8 @@
 //     prefix tile, once merged, arrives at each member's (sequence, KV head) counter, and
 //     whichever CTA arrives last merges that sequence (any levels, nested too).
 // Accuracy is DecodeAttention's (fp32 q split into three bf16 parts, P into two): ~1e-5 relative
-// to fp32 math on the same bf16 K/V. Launch shapes depend only on host values; every length,
+// to fp32 math on the same bf16 K/V (q_parts below trades it for speed). 64-row tiles run on
+// Hopper's warpgroup MMA (cascade_wide.cuh), 16-row tiles on mma.sync. Launch shapes depend only on host values; every length,
 // table and level is read on the device. Thread-safe (stateless launches).
 #pragma once
 
@@ -59,7 +60,9 @@ struct CascadeParams {
                        // must have kv_len <= window, so that the window sees all their levels)
   // Tuning and testing (0 = automatic): prefix row tile (16 or 64; 16 needs group <= 16), caps on
   // the splits of a prefix tile and of a (sequence, KV head), and the bf16 parts of q (3: fp32
-  // class; 2: faster, ~1e-5 typical but ~1e-4 on sharp softmaxes).
+  // class; 2: faster, ~1e-5 typical but ~1e-4 on sharp softmaxes; 1: q and P rounded to bf16
+  // once, the accuracy of bf16 flash-attention kernels, ~5e-4 on the conformance cases, and
+  // 2.5x fewer tensor-core products than 3 where the prefix pass is compute-bound).
   int32_t prefix_tile_rows = 0;
   int32_t max_prefix_splits = 0;
   int32_t max_suffix_splits = 0;

@@ -249,28 +249,36 @@ CascadeTimings MeasureCascadeCosts(int kv_heads, int n_heads, int head_dim, int 
                   members, n_heads, shared, bytes / 1048576.0, s * 1e6, bytes / s / 1e9);
     t.detail += line;
   }
-  {  // Prefix pass at many rows: flops per second.
-    const int members = std::max(2, (512 + group - 1) / group);
-    const int64_t shared_blocks = std::min<int64_t>(16 * blocks_per_seq, 8192 / block_size + 1);
-    std::vector<int32_t> tables(static_cast<size_t>(members) * (shared_blocks + 1));
-    for (int m = 0; m < members; ++m) {
-      for (int64_t i = 0; i <= shared_blocks; ++i) {
-        tables[m * (shared_blocks + 1) + i] = static_cast<int32_t>(i);
+  {  // Prefix pass at many rows: flops per second, the lower rate of 64 and 512 rows per KV head
+     // (64-row tiles run on the warpgroup MMA; fewer rows take 16-row tiles and run slower).
+    t.prefix_flops_per_second = 0;
+    for (const int rows : {64, 512}) {
+      const int members = std::max(2, (rows + group - 1) / group);
+      const int64_t shared_blocks = std::min<int64_t>(16 * blocks_per_seq, 8192 / block_size + 1);
+      std::vector<int32_t> tables(static_cast<size_t>(members) * (shared_blocks + 1));
+      for (int m = 0; m < members; ++m) {
+        for (int64_t i = 0; i <= shared_blocks; ++i) {
+          tables[m * (shared_blocks + 1) + i] = static_cast<int32_t>(i);
+        }
       }
+      const int shared = static_cast<int>(shared_blocks * block_size);
+      const std::vector<int32_t> lens(members, shared + 1);
+      Batch b;
+      Setup(cache, n_heads, tables, static_cast<int>(shared_blocks + 1), lens, members, shared,
+            &b);
+      const double s = TimeCalls(stream, [&] {
+        CascadePrefixPass(cache, b.cascade, b.cascade_ws, b.cascade_ws_bytes, stream);
+      });
+      const double flops = 4.0 * members * n_heads * static_cast<double>(shared) * head_dim;
+      const double rate = flops / s;
+      if (t.prefix_flops_per_second == 0 || rate < t.prefix_flops_per_second) {
+        t.prefix_flops_per_second = rate;
+      }
+      std::snprintf(line, sizeof(line),
+                    "prefix (flops): %d members x %d heads, %d tokens: %.2f us, %.1f TFLOP/s\n",
+                    members, n_heads, shared, s * 1e6, rate / 1e12);
+      t.detail += line;
     }
-    const int shared = static_cast<int>(shared_blocks * block_size);
-    const std::vector<int32_t> lens(members, shared + 1);
-    Batch b;
-    Setup(cache, n_heads, tables, static_cast<int>(shared_blocks + 1), lens, members, shared, &b);
-    const double s = TimeCalls(stream, [&] {
-      CascadePrefixPass(cache, b.cascade, b.cascade_ws, b.cascade_ws_bytes, stream);
-    });
-    const double flops = 4.0 * members * n_heads * static_cast<double>(shared) * head_dim;
-    t.prefix_flops_per_second = flops / s;
-    std::snprintf(line, sizeof(line),
-                  "prefix (flops): %d members x %d heads, %d tokens: %.2f us, %.1f TFLOP/s\n",
-                  members, n_heads, shared, s * 1e6, flops / s / 1e12);
-    t.detail += line;
   }
   {  // The fixed cost of a level and its growth per row: one shared block, 8 and 64 members.
     double fused_diff[2], two_diff[2];

@@ -1,15 +1,16 @@
-// The KV stream of the CUDA cascade kernels (cascade.cu, cascade_cluster.cu): a CTA of 4 warps
-// attends a tile of query rows against a range of positions of one KV head and leaves the
-// normalised result and log2-sum-exp of each row in shared memory (ComputeChunk); StoreResults
-// copies them out. Included by those two files only; stateless.
-//   - Rows are folded into mma.sync m16n8k16 tiles of 16 rows per warp. A 64-row tile gives each
-//     warp its own 16 rows over every position; a 16-row tile gives the 4 warps the same rows and
-//     a quarter of the positions each (merged in shared memory at the end).
+// The KV stream of the CUDA cascade kernels' 16-row tiles (cascade.cu, cascade_cluster.cu): a CTA
+// of 4 warps attends up to 16 query rows against a range of positions of one KV head and leaves
+// the normalised result and log2-sum-exp of each row in shared memory (ComputeChunk);
+// StoreResults copies them out (also for the 64-row tiles of cascade_wide.cuh). Included by those
+// two files only; stateless.
+//   - The rows are one mma.sync m16n8k16 tile; the 4 warps attend a quarter of the positions each
+//     (merged in shared memory at the end).
 //   - fp32 queries (pre-scaled by scale * log2(e)) are split into three bf16 parts (hi, lo, lo2):
 //     bf16 K products are exact and the parts leave a 2^-24 relative residual, so scores are
-//     fp32-class; probabilities (in [0, 1]) are split in two for P.V. Each 16-position step's
-//     P.V starts from zero accumulators and is added in fp32 registers, so long ranges do not
-//     build up tensor-core rounding. Online softmax in base 2.
+//     fp32-class; probabilities (in [0, 1]) are split in two for P.V (q_parts 2: two parts of q;
+//     1: one part of q and of P). Each 16-position step's P.V starts from zero accumulators and is
+//     added in fp32 registers, so long ranges do not build up tensor-core rounding. Online
+//     softmax in base 2.
 //   - K/V stream through shared memory in 64-position stages (cp.async, several stages deep,
 //     XOR-swizzled so that ldmatrix is free of bank conflicts) loaded by the whole CTA, at the
 //     default L2 priority (no cache-hint policy: see CpAsync16NoHint).
@@ -22,6 +23,7 @@
 
 #include "kernels/cuda/cascade_kernel_args.h"
 #include "kernels/cuda/cascade_merge.cuh"
+#include "kernels/cuda/cascade_wide.cuh"
 #include "kernels/cuda/decode_merge.cuh"
 #include "kernels/cuda/warp_mma.cuh"
 
@@ -38,21 +40,6 @@ using warp_mma::SplitPair;
 using warp_mma::SplitPair3;
 using warp_mma::VFragments;
 
-// 16-byte global -> shared copy that zero-fills (reads nothing) when !valid; no L2 cache hint.
-// warp_mma::CpAsync16 (with an L2::cache_hint policy) must not be used here: ptxas (CUDA 13.0,
-// sm_90a) folds this kernel's CTA-uniform stage base into such a copy's address as
-// LDGSTS [R + UR0], desc[UR1][R.64] while it stages the base and the policy in UR4 / UR5, so the
-// copy reads its memory descriptor from a uniform register nothing writes and the first one
-// faults with cudaErrorIllegalInstruction. (DecodeAttention escapes it because its stage base is
-// per warp; a 64-bit shared address fixes only some of the copies.) Without a policy every copy
-// is LDGSTS [R(+imm)], desc[UR12][R.64], the form of the ordinary global loads.
-__device__ __forceinline__ void CpAsync16NoHint(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-
 // Starts fetching the block-table entries of the first pipeline stages of [lo, hi) into L1, so
 // that the first K/V copies wait for one round trip less.
 template <int D>
@@ -63,15 +50,15 @@ __device__ __forceinline__ void PrefetchTable(const KernelArgs& a, const int32_t
   if (p < hi) PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
 }
 
-// The tile's rows (sh.row_q; `rows` of them are real) against positions [lo, hi) of `table`, KV
-// head h. Leaves row r's normalised output in res[r * kResStride, + D) (shared memory: `smem`,
-// the stage buffers, or a region after them; a 16-row tile writes all 16 rows) and its
-// log2-sum-exp in sh.res_lse[r] (-inf, output 0, for an empty range). row_warps: 4 for a 64-row
-// tile, 1 for a 16-row tile.
+// A 16-row tile's rows (sh.row_q, -1 for padding) against positions [lo, hi) of `table`, KV head
+// h: each warp attends a quarter of the positions for all 16 rows, and the warps' states are
+// merged in shared memory. Leaves row r's normalised output in res[r * kResStride, + D) (shared
+// memory: `smem`, the stage buffers, or a region after them; all 16 rows are written) and its
+// log2-sum-exp in sh.res_lse[r] (-inf, output 0, for an empty range). 64-row tiles take
+// ComputeChunkWide (cascade_wide.cuh).
 template <int D, int QP>
 __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
-                             int rows, int row_warps, float* res, unsigned char* smem,
-                             StreamShared& sh) {
+                             float* res, unsigned char* smem, StreamShared& sh) {
   using C = Cfg<D>;
   constexpr int kChunksPerRow = D / 8;                  // 16-byte chunks per position
   constexpr int kRowsPerPass = kThreads / kChunksPerRow;  // positions one CTA-wide copy covers
@@ -79,8 +66,6 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2;  // fragment row
   const int t = lane & 3;   // fragment column pair
-  const int rw = warp % row_warps, tw = warp / row_warps, tok_warps = kWarps / row_warps;
-  const bool has_rows = 16 * rw < rows;
   const int chunk_col = tid % kChunksPerRow;
   const int row_first = tid / kChunksPerRow;
   const int n_stages = (hi - lo + kStageTokens - 1) / kStageTokens;
@@ -110,11 +95,11 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
   }
   Stamp(a, 2);
 
-  // Query fragments (A operands of S = Q K^T) of rows 16 rw + g (registers 0, 2) and + 8
+  // Query fragments (A operands of S = Q K^T) of rows g (registers 0, 2) and g + 8
   // (registers 1, 3), in three bf16 parts.
   uint32_t qh[D / 16][4], ql[D / 16][4], ql2[D / 16][4];
   {
-    const int r0 = 16 * rw + g;
+    const int r0 = g;
     const int32_t i0 = sh.row_q[r0], i1 = sh.row_q[r0 + 8];
     const float* q0 = i0 >= 0 ? a.q + static_cast<int64_t>(i0) * D : nullptr;
     const float* q1 = i1 >= 0 ? a.q + static_cast<int64_t>(i1) * D : nullptr;
@@ -134,7 +119,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       }
     }
   }
-  constexpr bool lo2 = QP >= 3;
+  constexpr bool lo1 = QP >= 2, lo2 = QP >= 3;
 
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
   float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
@@ -149,11 +134,10 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
     if (it == 0) Stamp(a, 3);
     if (it + C::kStages - 1 < n_stages) issue(it + C::kStages - 1);
     CpAsyncCommit();
-    if (!has_rows) continue;
     const uint32_t k_stage = SmemAddr(smem + (it % C::kStages) * C::kStageBytes);
     const uint32_t v_stage = k_stage + C::kKvBytes;
     const int p_stage = lo + it * kStageTokens;
-    for (int j = tw; j < kStageTokens / kTileTokens; j += tok_warps) {
+    for (int j = warp; j < kStageTokens / kTileTokens; j += kWarps) {
       const int n_valid = min(kTileTokens, hi - (p_stage + j * kTileTokens));
       if (n_valid <= 0) break;
       const uint32_t k_tile = k_stage + j * kTileTokens * C::kRowBytes;
@@ -165,8 +149,10 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
                    [&](float (&even)[4], float (&odd)[4], int kk2, const uint32_t (&kb)[4]) {
                      Mma(even, qh[2 * kk2], kb[0], kb[1], even);
                      Mma(odd, qh[2 * kk2 + 1], kb[2], kb[3], odd);
-                     Mma(even, ql[2 * kk2], kb[0], kb[1], even);
-                     Mma(odd, ql[2 * kk2 + 1], kb[2], kb[3], odd);
+                     if (lo1) {
+                       Mma(even, ql[2 * kk2], kb[0], kb[1], even);
+                       Mma(odd, ql[2 * kk2 + 1], kb[2], kb[3], odd);
+                     }
                      if (lo2) {
                        Mma(even, ql2[2 * kk2], kb[0], kb[1], even);
                        Mma(odd, ql2[2 * kk2 + 1], kb[2], kb[3], odd);
@@ -220,9 +206,11 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
         VFragments(v_tile, C::kRowBytes, dn2, lane, vb);
         float c0[4], c1[4];
         Mma(c0, pa_hi, vb[0], vb[1], zero);
-        Mma(c0, pa_lo, vb[0], vb[1], c0);
         Mma(c1, pa_hi, vb[2], vb[3], zero);
-        Mma(c1, pa_lo, vb[2], vb[3], c1);
+        if (lo1) {  // one part: P in bf16 (see ComputeChunkWide)
+          Mma(c0, pa_lo, vb[0], vb[1], c0);
+          Mma(c1, pa_lo, vb[2], vb[3], c1);
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           o[2 * dn2][e] = fmaf(o[2 * dn2][e], alpha[e >> 1], c0[e]);
@@ -240,19 +228,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
   }
 
-  if (tok_warps == 1) {  // 64-row tile: each warp finalises its own rows
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = 16 * warp + g + 8 * i;
-      const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<float2*>(res + r * C::kResStride + n * 8 + 2 * t) =
-            make_float2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-      }
-      if (t == 0) sh.res_lse[r] = l_run[i] > 0.f ? m_run[i] + log2f(l_run[i]) : -INFINITY;
-    }
-  } else {  // 16-row tile: the warps' states of the same rows over different positions
+  {  // the warps' states of the same rows over different positions
     float* wbuf = reinterpret_cast<float*>(smem) + C::kWarpBufFloats;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {

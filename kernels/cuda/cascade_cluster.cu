@@ -86,7 +86,7 @@ __device__ void RunTile(const KernelArgs& a, const ClusterTile& t, int rank, uns
       SetRows(a, t.head, group, [&](int) { return seq; }, sh);
       const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.max_blocks_per_seq;
       PrefetchTable<D>(a, table, lo, hi);
-      ComputeChunk<D, QP>(a, table, t.head, lo, hi, group, 1, res, smem, sh);
+      ComputeChunk<D, QP>(a, table, t.head, lo, hi, res, smem, sh);
     }
   } else if (rank < t.n_splits) {
     const int lo = t.begin + rank * t.chunk;
@@ -94,7 +94,7 @@ __device__ void RunTile(const KernelArgs& a, const ClusterTile& t, int rank, uns
     SetRows(a, t.head, t.members * group, [&](int i) { return sh.seq[i]; }, sh);
     const int32_t* table = a.block_tables + static_cast<int64_t>(t.table_seq) * a.max_blocks_per_seq;
     PrefetchTable<D>(a, table, lo, hi);
-    ComputeChunk<D, QP>(a, table, t.head, lo, hi, t.members * group, 1, res, smem, sh);
+    ComputeChunk<D, QP>(a, table, t.head, lo, hi, res, smem, sh);
   }
   Stamp(a, 5);
   ClusterArrive();  // publishes this CTA's states
@@ -224,8 +224,9 @@ int ClusterCapacity(int head_dim, int size) {
   if (!ready[which][device].load(std::memory_order_acquire)) {
     int major = 0;
     MM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    const void* kernels[2] = {which ? KernelOf<128, 3>() : KernelOf<64, 3>(),
-                              which ? KernelOf<128, 2>() : KernelOf<64, 2>()};
+    const void* kernels[3] = {which ? KernelOf<128, 3>() : KernelOf<64, 3>(),
+                              which ? KernelOf<128, 2>() : KernelOf<64, 2>(),
+                              which ? KernelOf<128, 1>() : KernelOf<64, 1>()};
     const int smem = which ? ClusterCfg<128>::kSmemBytes : ClusterCfg<64>::kSmemBytes;
     if (major >= 9) {
       for (const void* k : kernels) {
@@ -255,17 +256,13 @@ void LaunchCascadeCluster(int head_dim, int q_parts, const KernelArgs& a, cudaSt
   const unsigned grid = static_cast<unsigned>(a.cluster.level_units * a.cluster.size);
   cudaLaunchAttribute attr{};
   const cudaLaunchConfig_t cfg = ConfigFor(head_dim, grid, a.cluster.size, &attr, stream);
-  if (head_dim == 128) {
-    if (q_parts == 2) {
-      MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, CascadeClusterKernel<128, 2>, a));
-    } else {
-      MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, CascadeClusterKernel<128, 3>, a));
-    }
-  } else if (q_parts == 2) {
-    MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, CascadeClusterKernel<64, 2>, a));
-  } else {
-    MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, CascadeClusterKernel<64, 3>, a));
-  }
+  auto kernel = head_dim == 128 ? (q_parts == 1   ? CascadeClusterKernel<128, 1>
+                                   : q_parts == 2 ? CascadeClusterKernel<128, 2>
+                                                  : CascadeClusterKernel<128, 3>)
+                                : (q_parts == 1   ? CascadeClusterKernel<64, 1>
+                                   : q_parts == 2 ? CascadeClusterKernel<64, 2>
+                                                  : CascadeClusterKernel<64, 3>);
+  MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
 }
 
 }  // namespace moemesh::cuda::cascade

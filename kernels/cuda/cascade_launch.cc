@@ -52,7 +52,7 @@ void Validate(const PagedKv& cache, const CascadeParams& p, const char* op, bool
   if (p.prefix_tile_rows != 0 && p.prefix_tile_rows != 16 && p.prefix_tile_rows != 64) {
     Fail(op, "prefix_tile_rows %d (0, 16 or 64)", p.prefix_tile_rows);
   }
-  if (p.q_parts != 2 && p.q_parts != 3) Fail(op, "q_parts %d (2 or 3)", p.q_parts);
+  if (p.q_parts < 1 || p.q_parts > 3) Fail(op, "q_parts %d (1, 2 or 3)", p.q_parts);
   if (p.cluster != 0 && p.cluster != 1 && p.cluster != 2 && p.cluster != 4 && p.cluster != 8 &&
       p.cluster != 16) {
     Fail(op, "cluster %d (0 automatic, 1 flat grid, or 2, 4, 8, 16 CTAs)", p.cluster);

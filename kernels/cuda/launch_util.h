@@ -39,14 +39,16 @@ class ResidentCtas {
   static constexpr int kMaxDevices = 64;
 
   // `op` names the family in errors. `kernel64` / `kernel128` and their dynamic shared memory;
-  // `twin64` / `twin128` (optional): variants with the same shared memory and launch bounds,
-  // which get the same shared-memory limit (the count is the first kernel's).
+  // `twin64` / `twin128` and `twin64b` / `twin128b` (optional): variants with the same shared
+  // memory and launch bounds, which get the same shared-memory limit (the count is the first
+  // kernel's).
   ResidentCtas(const char* op, const void* kernel64, size_t smem64, const void* kernel128,
                size_t smem128, int threads, const void* twin64 = nullptr,
-               const void* twin128 = nullptr)
+               const void* twin128 = nullptr, const void* twin64b = nullptr,
+               const void* twin128b = nullptr)
       : op_(op),
         kernels_{kernel64, kernel128},
-        twins_{twin64, twin128},
+        twins_{{twin64, twin64b}, {twin128, twin128b}},
         smem_{smem64, smem128},
         threads_(threads) {}
 
@@ -59,9 +61,9 @@ class ResidentCtas {
     if (slots == 0) {
       MM_CUDA_CHECK(cudaFuncSetAttribute(kernels_[which], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem_[which])));
-      if (twins_[which] != nullptr) {
-        MM_CUDA_CHECK(cudaFuncSetAttribute(twins_[which],
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+      for (const void* twin : twins_[which]) {
+        if (twin == nullptr) continue;
+        MM_CUDA_CHECK(cudaFuncSetAttribute(twin, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem_[which])));
       }
       int sms = 0, per_sm = 0;
@@ -78,7 +80,7 @@ class ResidentCtas {
  private:
   const char* op_;
   const void* kernels_[2];
-  const void* twins_[2];
+  const void* twins_[2][2];
   size_t smem_[2];
   int threads_;
   std::atomic<int> cache_[2][kMaxDevices] = {};

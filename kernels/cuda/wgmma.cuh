@@ -1,0 +1,110 @@
+// Thin wrappers of the Hopper warpgroup MMA (wgmma, sm_90a) that the cascade kernel's 64-row
+// tiles use: a warpgroup (4 consecutive warps, 128 threads) multiplies a 64-row A held in
+// registers by a B tile in shared memory described by a matrix descriptor, asynchronously.
+// Layouts are the PTX ISA's ("Asynchronous Warpgroup Level Matrix Shared Memory Layout"):
+//   - Shared-memory B tiles here use 128-byte swizzling: rows of 128 bytes (64 bf16), the 16-byte
+//     chunk c of row r stored at chunk c ^ (r % 8), each 8-row group 1024 bytes and every tile
+//     1024-byte aligned. A K-major tile (K = the 64 contiguous elements of a row) is described
+//     with SBO = 1024 (the next 8 rows) and a k-step of 16 is a +32-byte start address; an
+//     N-major tile (N contiguous) with SBO = 1024 (the next 8 K-rows) and LBO = the offset of the
+//     next 64 columns.
+//   - Accumulator D of m64nN: warp w of the group holds rows 16w + lane / 4 (registers 4j, 4j + 1:
+//     columns 8j + 2 (lane % 4) + {0, 1}) and that row + 8 (registers 4j + 2, 4j + 3), as the
+//     mma.sync m16n8 C fragment repeated over the N / 8 column groups.
+// Ordering (the caller's job): Fence() before the first MMA of a batch whenever its accumulator
+// or A registers were written by other instructions; Commit() after the batch; Wait<n>() before
+// reading D or reusing A, then KeepAfterWait() on D so the compiler keeps the reads after it.
+// Shared memory written by ordinary stores or cp.async must be followed by ProxyFence() in the
+// writing threads, then a CTA barrier, before an MMA reads it. Device-only; stateless.
+#pragma once
+
+#include <cstdint>
+
+namespace moemesh::cuda::wgmma {
+
+// Descriptor of a 128-byte-swizzled tile at shared address `addr` (16-byte aligned; its 1024-byte
+// pattern must start at a 1024-byte boundary) with leading / stride byte offsets lbo, sbo.
+__device__ __forceinline__ uint64_t Desc128B(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) |
+         (static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16) |
+         (static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void Fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void Commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+// Waits until at most N committed batches of this warpgroup are pending.
+template <int N>
+__device__ __forceinline__ void Wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Makes this thread's generic-proxy writes to shared memory visible to the MMAs (async proxy).
+__device__ __forceinline__ void ProxyFence() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Ties accumulator registers to this point (after Wait), so no read of them moves above it.
+template <int N>
+__device__ __forceinline__ void KeepAfterWait(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D[64 x 64] (+)= A[64 x 16] * B[16 x 64]: A in registers (bf16, the mma.sync m16n8k16 A
+// fragment of each warp's 16 rows), B in shared memory (bf16, descriptor `b`; kTransB = 1: B is
+// N-major), D in fp32 registers (Accumulator layout above). accumulate = 0 ignores D.
+template <int kTransB>
+__device__ __forceinline__ void MmaRS64(float (&d)[32], const uint32_t (&a)[4], uint64_t b,
+                                         int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate),
+        "n"(kTransB));
+}
+
+// D[64 x 128] (+)= A[64 x 16] * B[16 x 128]: A in registers (bf16, the mma.sync m16n8k16 A
+// fragment of each warp's 16 rows), B in shared memory (bf16, descriptor `b`; kTransB = 1: B is
+// N-major), D in fp32 registers (Accumulator layout above). accumulate = 0 ignores D.
+template <int kTransB>
+__device__ __forceinline__ void MmaRS128(float (&d)[64], const uint32_t (&a)[4], uint64_t b,
+                                         int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate),
+        "n"(kTransB));
+}
+
+}  // namespace moemesh::cuda::wgmma
