@@ -194,14 +194,10 @@ int CascadeResidentSlots(int head_dim) { return ResidentSlots(head_dim); }
 
 void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
                          cudaStream_t stream) {
-  const unsigned smem = head_dim == 128 ? Cfg<128>::kSmemBytes : Cfg<64>::kSmemBytes;
-  auto kernel = head_dim == 128 ? (q_parts == 1   ? CascadeKernel<128, 1>
-                                   : q_parts == 2 ? CascadeKernel<128, 2>
-                                                  : CascadeKernel<128, 3>)
-                                : (q_parts == 1   ? CascadeKernel<64, 1>
-                                   : q_parts == 2 ? CascadeKernel<64, 2>
-                                                  : CascadeKernel<64, 3>);
-  kernel<<<grid, kThreads, smem, stream>>>(a);
+  ForInstance(head_dim, q_parts, [&](auto d, auto qp) {
+    constexpr int kD = decltype(d)::value;
+    CascadeKernel<kD, decltype(qp)::value><<<grid, kThreads, Cfg<kD>::kSmemBytes, stream>>>(a);
+  });
   MM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -45,6 +45,13 @@ T* Upload(const std::vector<T>& host) {
   return p;
 }
 
+// Block tables of `members` sequences that all hold blocks 0 .. blocks - 1.
+std::vector<int32_t> SameBlocks(int members, int64_t blocks) {
+  std::vector<int32_t> tables(static_cast<size_t>(members) * blocks);
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(i % blocks);
+  return tables;
+}
+
 // Seconds per call of `launch` (which enqueues one call on the stream): median over replays of a
 // graph of kLaunches calls. One eager call first (sets kernels up before capture).
 double TimeCalls(cudaStream_t stream, const std::function<void()>& launch) {
@@ -228,12 +235,7 @@ CascadeTimings MeasureCascadeCosts(int kv_heads, int n_heads, int head_dim, int 
   {  // Prefix pass at few rows over the whole pool (> L2): bytes per second.
     const int members = std::max(1, 64 / group);
     const int64_t shared_blocks = 16 * blocks_per_seq;
-    std::vector<int32_t> tables(static_cast<size_t>(members) * (shared_blocks + 1));
-    for (int m = 0; m < members; ++m) {
-      for (int64_t i = 0; i <= shared_blocks; ++i) {
-        tables[m * (shared_blocks + 1) + i] = static_cast<int32_t>(i);
-      }
-    }
+    const std::vector<int32_t> tables = SameBlocks(members, shared_blocks + 1);
     const int shared = static_cast<int>(shared_blocks * block_size);
     const std::vector<int32_t> lens(members, shared + 1);
     Batch b;
@@ -255,12 +257,7 @@ CascadeTimings MeasureCascadeCosts(int kv_heads, int n_heads, int head_dim, int 
     for (const int rows : {64, 512}) {
       const int members = std::max(2, (rows + group - 1) / group);
       const int64_t shared_blocks = std::min<int64_t>(16 * blocks_per_seq, 8192 / block_size + 1);
-      std::vector<int32_t> tables(static_cast<size_t>(members) * (shared_blocks + 1));
-      for (int m = 0; m < members; ++m) {
-        for (int64_t i = 0; i <= shared_blocks; ++i) {
-          tables[m * (shared_blocks + 1) + i] = static_cast<int32_t>(i);
-        }
-      }
+      const std::vector<int32_t> tables = SameBlocks(members, shared_blocks + 1);
       const int shared = static_cast<int>(shared_blocks * block_size);
       const std::vector<int32_t> lens(members, shared + 1);
       Batch b;

@@ -37,7 +37,6 @@ using warp_mma::Mma;
 using warp_mma::PrefetchL1;
 using warp_mma::SmemAddr;
 using warp_mma::SplitPair;
-using warp_mma::SplitPair3;
 using warp_mma::VFragments;
 
 // Starts fetching the block-table entries of the first pipeline stages of [lo, hi) into L1, so
@@ -95,31 +94,8 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
   }
   Stamp(a, 2);
 
-  // Query fragments (A operands of S = Q K^T) of rows g (registers 0, 2) and g + 8
-  // (registers 1, 3), in three bf16 parts.
-  uint32_t qh[D / 16][4], ql[D / 16][4], ql2[D / 16][4];
-  {
-    const int r0 = g;
-    const int32_t i0 = sh.row_q[r0], i1 = sh.row_q[r0 + 8];
-    const float* q0 = i0 >= 0 ? a.q + static_cast<int64_t>(i0) * D : nullptr;
-    const float* q1 = i1 >= 0 ? a.q + static_cast<int64_t>(i1) * D : nullptr;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int d = kk * 16 + half * 8 + 2 * t;
-        const float2 x0 =
-            q0 != nullptr ? __ldg(reinterpret_cast<const float2*>(q0 + d)) : make_float2(0.f, 0.f);
-        const float2 x1 =
-            q1 != nullptr ? __ldg(reinterpret_cast<const float2*>(q1 + d)) : make_float2(0.f, 0.f);
-        SplitPair3(x0.x * a.q_scale, x0.y * a.q_scale, qh[kk][half * 2], ql[kk][half * 2],
-                   ql2[kk][half * 2]);
-        SplitPair3(x1.x * a.q_scale, x1.y * a.q_scale, qh[kk][half * 2 + 1], ql[kk][half * 2 + 1],
-                   ql2[kk][half * 2 + 1]);
-      }
-    }
-  }
-  constexpr bool lo1 = QP >= 2, lo2 = QP >= 3;
+  uint32_t qf[QP][D / 16][4];  // rows g and g + 8 (QueryFragments)
+  QueryFragments<D, QP>(a, sh, g, t, qf);
 
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
   float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
@@ -147,15 +123,10 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
       float sacc[2][2][4];
       ScoreTile<D>(k_tile, C::kRowBytes, lane, sacc,
                    [&](float (&even)[4], float (&odd)[4], int kk2, const uint32_t (&kb)[4]) {
-                     Mma(even, qh[2 * kk2], kb[0], kb[1], even);
-                     Mma(odd, qh[2 * kk2 + 1], kb[2], kb[3], odd);
-                     if (lo1) {
-                       Mma(even, ql[2 * kk2], kb[0], kb[1], even);
-                       Mma(odd, ql[2 * kk2 + 1], kb[2], kb[3], odd);
-                     }
-                     if (lo2) {
-                       Mma(even, ql2[2 * kk2], kb[0], kb[1], even);
-                       Mma(odd, ql2[2 * kk2 + 1], kb[2], kb[3], odd);
+#pragma unroll
+                     for (int part = 0; part < QP; ++part) {
+                       Mma(even, qf[part][2 * kk2], kb[0], kb[1], even);
+                       Mma(odd, qf[part][2 * kk2 + 1], kb[2], kb[3], odd);
                      }
                    });
 
@@ -207,7 +178,7 @@ __device__ void ComputeChunk(const KernelArgs& a, const int32_t* table, int h, i
         float c0[4], c1[4];
         Mma(c0, pa_hi, vb[0], vb[1], zero);
         Mma(c1, pa_hi, vb[2], vb[3], zero);
-        if (lo1) {  // one part: P in bf16 (see ComputeChunkWide)
+        if (QP >= 2) {  // one part: P in bf16 (see ComputeChunkWide)
           Mma(c0, pa_lo, vb[0], vb[1], c0);
           Mma(c1, pa_lo, vb[2], vb[3], c1);
         }

@@ -256,13 +256,10 @@ void LaunchCascadeCluster(int head_dim, int q_parts, const KernelArgs& a, cudaSt
   const unsigned grid = static_cast<unsigned>(a.cluster.level_units * a.cluster.size);
   cudaLaunchAttribute attr{};
   const cudaLaunchConfig_t cfg = ConfigFor(head_dim, grid, a.cluster.size, &attr, stream);
-  auto kernel = head_dim == 128 ? (q_parts == 1   ? CascadeClusterKernel<128, 1>
-                                   : q_parts == 2 ? CascadeClusterKernel<128, 2>
-                                                  : CascadeClusterKernel<128, 3>)
-                                : (q_parts == 1   ? CascadeClusterKernel<64, 1>
-                                   : q_parts == 2 ? CascadeClusterKernel<64, 2>
-                                                  : CascadeClusterKernel<64, 3>);
-  MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  ForInstance(head_dim, q_parts, [&](auto d, auto qp) {
+    MM_CUDA_CHECK(cudaLaunchKernelEx(
+        &cfg, CascadeClusterKernel<decltype(d)::value, decltype(qp)::value>, a));
+  });
 }
 
 }  // namespace moemesh::cuda::cascade

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/cascade_cluster_plan.h"
 #include "kernels/cuda/cascade_plan.h"
@@ -32,6 +33,26 @@ struct KernelArgs : PagedStreamArgs {
   FastDivisor group_div;  // dims.group
   ClusterPlan cluster;  // the cluster form (cascade_cluster.cu); size 0 for the other launches
 };
+
+// Calls f(std::integral_constant<int, D>, std::integral_constant<int, QP>) with D = head_dim (64
+// or 128) and QP = q_parts (1, 2 or 3): the launches' choice of kernel instance.
+template <class F>
+void ForInstance(int head_dim, int q_parts, F&& f) {
+  auto with_parts = [&](auto d) {
+    if (q_parts == 1) {
+      f(d, std::integral_constant<int, 1>{});
+    } else if (q_parts == 2) {
+      f(d, std::integral_constant<int, 2>{});
+    } else {
+      f(d, std::integral_constant<int, 3>{});
+    }
+  };
+  if (head_dim == 128) {
+    with_parts(std::integral_constant<int, 128>{});
+  } else {
+    with_parts(std::integral_constant<int, 64>{});
+  }
+}
 
 // CTAs of the kernel for head_dim (64 or 128) resident on the current GPU at once.
 int CascadeResidentSlots(int head_dim);

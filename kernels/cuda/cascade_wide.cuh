@@ -57,6 +57,36 @@ __device__ __forceinline__ void SplitParts(float x0, float x1, uint32_t* parts) 
   }
 }
 
+// The A fragments (mma.sync m16n8k16 layout, which the warpgroup MMA shares per warp) of S = Q K^T
+// for tile rows r0 (registers 0, 2) and r0 + 8 (1, 3) at k-step kk, in QP bf16 parts of the
+// scaled fp32 queries (sh.row_q; -1: a padding row, zeros); t = lane % 4.
+template <int D, int QP>
+__device__ __forceinline__ void QueryFragments(const KernelArgs& a, const StreamShared& sh, int r0,
+                                               int t, uint32_t (&qf)[QP][D / 16][4]) {
+  const int32_t i0 = sh.row_q[r0], i1 = sh.row_q[r0 + 8];
+  const float* q0 = i0 >= 0 ? a.q + static_cast<int64_t>(i0) * D : nullptr;
+  const float* q1 = i1 >= 0 ? a.q + static_cast<int64_t>(i1) * D : nullptr;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int d = kk * 16 + half * 8 + 2 * t;
+      const float2 x0 =
+          q0 != nullptr ? __ldg(reinterpret_cast<const float2*>(q0 + d)) : make_float2(0.f, 0.f);
+      const float2 x1 =
+          q1 != nullptr ? __ldg(reinterpret_cast<const float2*>(q1 + d)) : make_float2(0.f, 0.f);
+      uint32_t p0[3], p1[3];
+      SplitParts<QP>(x0.x * a.q_scale, x0.y * a.q_scale, p0);
+      SplitParts<QP>(x1.x * a.q_scale, x1.y * a.q_scale, p1);
+#pragma unroll
+      for (int part = 0; part < QP; ++part) {
+        qf[part][kk][half * 2] = p0[part];
+        qf[part][kk][half * 2 + 1] = p1[part];
+      }
+    }
+  }
+}
+
 template <int D, int QP>
 __device__ void ComputeChunkWide(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
                                  float* res, unsigned char* smem, StreamShared& sh) {
@@ -120,33 +150,8 @@ __device__ void ComputeChunkWide(const KernelArgs& a, const int32_t* table, int 
   if (C::kStages - 1 < n_stages) table_entries(C::kStages - 1, ent);
   Stamp(a, 2);
 
-  // Query fragments of rows 16 warp + g (registers 0, 2) and + 8 (1, 3), k-step kk.
   uint32_t qf[QP][D / 16][4];
-  {
-    const int r0 = 16 * warp + g;
-    const int32_t i0 = sh.row_q[r0], i1 = sh.row_q[r0 + 8];
-    const float* q0 = i0 >= 0 ? a.q + static_cast<int64_t>(i0) * D : nullptr;
-    const float* q1 = i1 >= 0 ? a.q + static_cast<int64_t>(i1) * D : nullptr;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int d = kk * 16 + half * 8 + 2 * t;
-        const float2 x0 =
-            q0 != nullptr ? __ldg(reinterpret_cast<const float2*>(q0 + d)) : make_float2(0.f, 0.f);
-        const float2 x1 =
-            q1 != nullptr ? __ldg(reinterpret_cast<const float2*>(q1 + d)) : make_float2(0.f, 0.f);
-        uint32_t p0[3], p1[3];
-        SplitParts<QP>(x0.x * a.q_scale, x0.y * a.q_scale, p0);
-        SplitParts<QP>(x1.x * a.q_scale, x1.y * a.q_scale, p1);
-#pragma unroll
-        for (int part = 0; part < QP; ++part) {
-          qf[part][kk][half * 2] = p0[part];
-          qf[part][kk][half * 2 + 1] = p1[part];
-        }
-      }
-    }
-  }
+  QueryFragments<D, QP>(a, sh, 16 * warp + g, t, qf);
 
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
   float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
