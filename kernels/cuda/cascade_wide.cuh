@@ -5,8 +5,8 @@
 //   - Per 64-position stage: S[64 x 64] = Q K^T (A = the queries' bf16 parts in registers, B = the
 //     stage's K in shared memory), online softmax in base 2 on the accumulators, then
 //     O[64 x D] += P V (A = P's bf16 parts in registers, B = the stage's V, N-major). The tensor
-//     cores see each K/V byte once per 64 rows (mma.sync tiles read it once per 16-row warp through
-//     ldmatrix, which bounds those tiles by shared-memory bandwidth at many rows).
+//     cores read each K/V byte from shared memory once per 64 rows (mma.sync reads it once per
+//     16-row warp through ldmatrix).
 //   - K/V stream through shared memory as in ComputeChunk (cp.async, Cfg<D>::kStages stages of 64
 //     positions, zero-filled past hi) but in the 128-byte-swizzled layout the MMAs read: a
 //     position's D dims are D / 64 column blocks of 128 bytes, each block a separate 8 KiB tile.
