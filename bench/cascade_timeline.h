@@ -12,7 +12,7 @@
 
 namespace moemesh::bench {
 
-// One call of `run` with p.cta_times set (CascadeParams): per CTA kind (suffix / prefix units)
+// One call of `run` with p.cta_times set (CascadeParams): per unit kind (suffix / prefix / merge)
 // and timeline point, min / median / max in us after the first CTA's start, then the end of the
 // last CTA. The call is timed alone on the stream after a warm-up call.
 std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,

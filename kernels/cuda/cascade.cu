@@ -1,17 +1,21 @@
 // CUDA cascade attention of cascade.h. One kernel serves the prefix pass, the suffix pass and the
-// fused launch; a flat grid whose first plan.suf_ctas CTAs are suffix units and the rest prefix
-// units (cascade_plan.h says what each CTA does).
+// fused launch; a flat grid of suffix units, then prefix units, then (fused) merge units
+// (cascade_plan.h says what each unit does).
 //
-// Every CTA (4 warps) attends a tile of query rows against a range of positions of one KV head
-// (the KV stream: ComputeChunk in cascade_chunk.cuh for 16-row tiles, ComputeChunkWide in
+// Every compute unit (4 warps) attends a tile of query rows against a range of positions of one
+// KV head (the KV stream: ComputeChunk in cascade_chunk.cuh for 16-row tiles, ComputeChunkWide in
 // cascade_wide.cuh, on the warpgroup MMA, for 64-row tiles).
-// Results: a prefix tile whose range is one split writes its members' prefix states; otherwise
-// each split writes a partial state and the last split of the tile to finish (atomic counter)
-// merges them (two levels of merges above 16 splits). A suffix split writes a partial state and
-// arrives at its (sequence, KV head) counter; the last arrival (suffix splits, and in the fused
-// launch also each level's prefix tile once merged) merges the partials with the prefix states
-// and writes the output (the merges are in cascade_merge.cuh). No CTA ever waits for another, so
-// any grid is deadlock-free.
+// Two-launch form: a prefix tile whose range is one split writes its members' prefix states;
+// otherwise each split writes a partial state and the last split of the tile to finish (atomic
+// counter) merges them (two levels of merges above 16 splits). A suffix split writes a partial
+// state; the last of a (sequence, KV head) merges the partials with the prefix states and writes
+// the output. No CTA waits for another, so any grid is deadlock-free.
+// Fused form: prefix and suffix splits only write partial states and arrive at their tile's or
+// (sequence, KV head)'s counter; a merge unit per few (sequence, KV head) waits for the counts and
+// merges every partial state of a row in one step, so the merges run on many CTAs at once, not
+// behind the last split of each tile. Units are tickets taken in start order, so a merge unit
+// only waits for units already running, which never wait: deadlock-free on any grid too.
+// (The merges are in cascade_merge.cuh.)
 #include "kernels/cuda/cascade.h"
 #include "kernels/cuda/cascade_chunk.cuh"
 #include "kernels/cuda/cascade_kernel_args.h"
@@ -80,42 +84,23 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   Stamp(a, 1);
   Stream<D, QP>(a, table, w.head, w.lo, w.hi, a.plan.pre_tile_rows, smem, sh);
   Stamp(a, 5);
-  if (w.n_active == 1) {  // the only split: its result is the members' prefix state
+  if (w.n_active == 1 && !a.plan.fused) {  // the only split: its result is the prefix state
     StoreResults<D>(
         w.rows, [&](int r) { return a.prefix_v + static_cast<int64_t>(sh.row_state[r]) * D; },
         [&](int r) { return a.prefix_lse + sh.row_state[r]; }, kLn2, smem, sh);
+    return;
+  }
+  const int64_t splits = a.plan.pre_splits;
+  StoreResults<D>(
+      w.rows, [&](int r) { return a.pre_part_o + (sh.row_state[r] * splits + w.split) * D; },
+      [&](int r) { return a.pre_part_lse + sh.row_state[r] * splits + w.split; }, 1.f, smem, sh);
+  Stamp(a, 6);
+  if (a.plan.fused) {  // the members' merge units merge the splits
+    cs::Arrive(a.pre_counters +
+               cs::TileIndex(w.level, w.head, w.tile, a.plan, a.dims) * cs::kCounterSlots);
   } else {
-    const int64_t splits = a.plan.pre_splits;
-    StoreResults<D>(
-        w.rows, [&](int r) { return a.pre_part_o + (sh.row_state[r] * splits + w.split) * D; },
-        [&](int r) { return a.pre_part_lse + sh.row_state[r] * splits + w.split; }, 1.f, smem,
-        sh);
-    Stamp(a, 6);
-    if (!MergePrefixSplits<D>(a, w, smem, sh)) return;
+    MergePrefixSplits<D>(a, w, smem, sh);
   }
-  if (!a.plan.fused) return;
-  // The tile's prefix states are complete: one arrival at each member's (sequence, KV head)
-  // counter, all members at once (a thread each); this CTA then merges, in one MergeRows, the
-  // sequences whose last arrival it was.
-  __threadfence();
-  if (threadIdx.x == 0) sh.n_final = 0;
-  __syncthreads();
-  for (int m = threadIdx.x; m < w.members; m += kThreads) {
-    const int seq = a.layout.member_seq[w.first_slot + m];
-    int n_act = 1;
-    const int expected = cs::SequenceArrivals(seq, a.plan, a.dims, a.layout, a.kv_lens, &n_act);
-    uint32_t* counter = a.seq_counters + static_cast<int64_t>(seq) * a.dims.kv_heads + w.head;
-    const uint32_t prev = atomicAdd(counter, 1u);
-    if (prev + 1 == static_cast<uint32_t>(expected)) {
-      atomicExch(counter, 0u);
-      NoteFinal(a, atomicAdd(&sh.n_final, 1), seq, n_act, sh);
-    }
-  }
-  __syncthreads();
-  if (sh.n_final == 0) return;
-  __threadfence();
-  Stamp(a, 7);
-  FinalMerges<D>(a, w.head, smem, sh);
 }
 
 template <int D, int QP>
@@ -138,9 +123,12 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
       group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
       [&](int r) { return a.suf_part_lse + (row0 + r) * splits + w.split; }, 1.f, smem, sh);
   Stamp(a, 6);
-  const int expected = cs::SequenceArrivals(w.seq, a.plan, a.dims, a.layout, a.kv_lens);
-  if (ArriveLast(a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head, expected,
-                 &sh.flag)) {
+  uint32_t* counter = a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head;
+  if (a.plan.fused) {  // the sequence's merge unit merges
+    cs::Arrive(counter);
+    return;
+  }
+  if (ArriveLast(counter, w.n_active, &sh.flag)) {
     Stamp(a, 7);
     if (threadIdx.x == 0) {
       sh.n_final = 1;
@@ -151,21 +139,69 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   }
 }
 
+// A merge unit (fused form, cascade_plan.h MergeWork): a thread per sequence notes its inputs and
+// waits for them (resetting the counters once their last reader is through), then one
+// FinalMerges for all of them.
+template <int D>
+__device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Shared& sh) {
+  const cs::MergeWork w = cs::ResolveMerge(id, a.plan, a.dims);
+  if (!w.active) return;
+  const int n = w.seq_end - w.seq_begin;
+  if (threadIdx.x == 0) sh.n_final = n;
+  for (int j = threadIdx.x; j < n; j += kThreads) {
+    const int seq = w.seq_begin + j;
+    const int n_suffix = cs::SuffixArrivals(seq, a.plan, a.dims, a.layout, a.kv_lens);
+    NoteFinal(a, j, seq, n_suffix, sh);
+  }
+  Stamp(a, 1);
+  for (int j = threadIdx.x; j < n; j += kThreads) {
+    uint32_t* counter =
+        a.seq_counters + static_cast<int64_t>(w.seq_begin + j) * a.dims.kv_heads + w.head;
+    cs::WaitCount(counter, sh.fm_suffix[j]);
+    atomicExch(counter, 0u);  // its only reader
+    for (int d = 0; d < a.layout.max_depth; ++d) {
+      const int32_t slot = a.layout.seq_slots[(w.seq_begin + j) * a.layout.max_depth + d];
+      if (slot < 0) continue;
+      const cs::SlotTile t = cs::TileOfSlot(slot, a.plan, a.dims, a.layout);
+      uint32_t* tile = a.pre_counters +
+                       cs::TileIndex(t.level, w.head, t.tile, a.plan, a.dims) * cs::kCounterSlots;
+      cs::WaitCount(tile, t.n_active);
+      // Every member of the tile reads its count once; the last reset both words.
+      if (atomicAdd(tile + 1, 1u) + 1 == static_cast<uint32_t>(t.members)) {
+        atomicExch(tile, 0u);
+        atomicExch(tile + 1, 0u);
+      }
+    }
+  }
+  __syncthreads();
+  Stamp(a, 7);
+  FinalMerges<D>(a, w.head, smem, sh);
+}
+
 template <int D, int QP>
 __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a) {
   extern __shared__ __align__(1024) unsigned char smem[];  // cascade_wide.cuh's layout
   __shared__ Shared sh;
-  const int cta = static_cast<int>(blockIdx.x);
-  if (a.cta_times != nullptr && threadIdx.x == 0) {
-    for (int k = 1; k < kCascadeStamps - 1; ++k) {
-      a.cta_times[kCascadeStamps * static_cast<int64_t>(cta) + k] = 0;
+  const uint64_t t0 = a.cta_times != nullptr ? warp_mma::GlobalTimerNs() : 0;
+  // With merge units, the CTA's unit is a ticket in start order (cascade_plan.h); the CTA taking
+  // the last one resets the counter for the next launch.
+  int unit = static_cast<int>(blockIdx.x);
+  if (a.plan.merge_units > 0) {
+    if (threadIdx.x == 0) {
+      const uint32_t ticket = atomicAdd(a.tickets, 1u);
+      if (ticket + 1 == gridDim.x) atomicExch(a.tickets, 0u);
+      sh.flag = static_cast<int>(ticket);
     }
+    __syncthreads();
+    unit = sh.flag;
   }
-  Stamp(a, 0);
-  if (cta < a.plan.suf_ctas) {
-    RunSuffix<D, QP>(a, cta, smem, sh);
+  cs::StartTimeline(a, unit, t0);
+  if (unit < a.plan.suf_ctas) {
+    RunSuffix<D, QP>(a, unit, smem, sh);
+  } else if (unit < a.plan.suf_ctas + a.plan.pre_ctas) {
+    RunPrefix<D, QP>(a, unit - a.plan.suf_ctas, smem, sh);
   } else {
-    RunPrefix<D, QP>(a, cta - a.plan.suf_ctas, smem, sh);
+    RunMerge<D>(a, unit - a.plan.suf_ctas - a.plan.pre_ctas, smem, sh);
   }
   Stamp(a, kCascadeStamps - 1);
 }

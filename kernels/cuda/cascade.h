@@ -49,8 +49,8 @@ struct CascadeParams {
   const int32_t* layout = nullptr;        // device copy of the words BuildCascadeLayout fills
   // Prefix states, one row per member slot (level l's member i is slot l * max_members + i):
   // v [max_levels * max_members, n_heads, head_dim] (16-byte aligned) and natural-log lse
-  // [max_levels * max_members, n_heads]. Written by the prefix pass (and the fused launch), read
-  // by the suffix pass. Unused with max_levels == 0.
+  // [max_levels * max_members, n_heads]. Written by the prefix pass, read by the suffix pass
+  // (the fused launch neither writes nor reads them). Unused with max_levels == 0.
   float* prefix_v = nullptr;
   float* prefix_lse = nullptr;
   CascadeBounds bounds;           // batch and n_heads are the call's; the rest are bounds
@@ -68,19 +68,21 @@ struct CascadeParams {
   int32_t max_suffix_splits = 0;
   int32_t q_parts = 3;
   // The fused launch's shape: 0 automatic (16-CTA clusters where they fit), 1 the flat grid,
-  // 2, 4, 8 or 16: clusters of that many CTAs (a call they do not fit aborts, naming why). The
-  // cluster shape does not write the prefix states.
+  // 2, 4, 8 or 16: clusters of that many CTAs (a call they do not fit aborts, naming why).
   int32_t cluster = 0;
   // Diagnostics (benchmarks): when set, CTA i of a launch writes the device clock (%globaltimer,
-  // ns) to cta_times[kCascadeStamps * i + k], k = 0 its start, 1 its work resolved (positions,
-  // rows), 2 the copies of its first pipeline stages issued (block-table entries read), 3 its
-  // first stage in shared memory, 4 its main loop done, 5 its KV stream done (results in shared
-  // memory), 6 its results stored, 7 the start of the (last) merge it runs, 8 its end; 0 where a
-  // CTA has no such point. Size: kCascadeStamps * DescribeCascadePlan().ctas.
+  // ns) to cta_times[kCascadeTimelineWords * i + k], k = 0 its start, 1 its work resolved
+  // (positions, rows; a merge unit: its inputs), 2 the copies of its first pipeline stages issued
+  // (block-table entries read), 3 its first stage in shared memory, 4 its main loop done, 5 its
+  // KV stream done (results in shared memory), 6 its results stored, 7 the start of the (last)
+  // merge it runs (a merge unit: its inputs have all arrived), 8 its end; 0 where it has no such
+  // point; and at k = kCascadeStamps the unit it ran (CascadePlanInfo: suffix units, then prefix,
+  // then merge units). Size: kCascadeTimelineWords * DescribeCascadePlan().ctas.
   uint64_t* cta_times = nullptr;
 };
 
 constexpr int kCascadeStamps = 9;
+constexpr int kCascadeTimelineWords = kCascadeStamps + 1;  // the stamps, then the unit
 inline constexpr const char* kCascadeStampNames[kCascadeStamps] = {
     "start", "resolved", "issued", "landed", "looped", "streamed", "stored", "merge", "end"};
 
@@ -107,7 +109,7 @@ void CascadePrefixPass(const PagedKv& cache, const CascadeParams& p, void* works
                        size_t workspace_bytes, cudaStream_t stream);
 void CascadeSuffixPass(const PagedKv& cache, const CascadeParams& p, void* workspace,
                        size_t workspace_bytes, cudaStream_t stream);
-// The single-launch form (also writes the prefix states).
+// The single-launch form.
 void CascadeFused(const PagedKv& cache, const CascadeParams& p, void* workspace,
                   size_t workspace_bytes, cudaStream_t stream);
 void CascadeAttention(const PagedKv& cache, const CascadeParams& p, CascadeForm form,
@@ -120,7 +122,8 @@ struct CascadePlanInfo {
   int prefix_splits = 0;  // per tile
   int suffix_splits = 0;  // per (sequence, KV head)
   int ctas = 0;           // of the launch (a pass, or the fused launch)
-  int suffix_ctas = 0;    // its first CTAs, the suffix units (the rest are prefix units)
+  int suffix_ctas = 0;    // its first units, the suffix units; then the prefix units, then
+  int merge_ctas = 0;     // the merge units (the fused flat grid)
   int cluster = 0;        // fused launch as clusters: CTAs per cluster (0: the flat grid); then
                           // prefix_tiles are the clusters' row tiles and prefix_splits = cluster
 };

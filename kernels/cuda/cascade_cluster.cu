@@ -170,12 +170,7 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeClusterKernel(const Kernel
   __shared__ ClusterShared sh;
   const int n = a.cluster.size;
   const int cluster = static_cast<int>(blockIdx.x) / n, rank = static_cast<int>(blockIdx.x) % n;
-  if (a.cta_times != nullptr && threadIdx.x == 0) {
-    for (int k = 1; k < kCascadeStamps - 1; ++k) {
-      a.cta_times[kCascadeStamps * static_cast<int64_t>(blockIdx.x) + k] = 0;
-    }
-  }
-  Stamp(a, 0);
+  StartTimeline(a, static_cast<int>(blockIdx.x), warp_mma::GlobalTimerNs());
   const ClusterTile t =
       ResolveClusterTile(cluster, false, a.cluster, a.dims, a.layout, a.kv_lens);
   if (t.active) RunTile<D, QP>(a, t, rank, smem, sh);

@@ -69,8 +69,9 @@ void Validate(const PagedKv& cache, const CascadeParams& p, const char* op, bool
   const int64_t pre_ctas = static_cast<int64_t>(b.max_levels) * cache.kv_heads *
                            std::max(b.max_members, 1) * cs::kMaxPrefixSplits;
   const int64_t suf_ctas = static_cast<int64_t>(b.batch) * cache.kv_heads * cs::kMaxSuffixSplits;
+  const int64_t merge_ctas = static_cast<int64_t>(b.batch) * cache.kv_heads;
   if (slot_rows >= (int64_t{1} << 31) || seq_rows >= (int64_t{1} << 31) ||
-      pre_ctas + suf_ctas >= (int64_t{1} << 31)) {
+      pre_ctas + suf_ctas + merge_ctas >= (int64_t{1} << 31)) {
     Fail(op, "bounds too large (batch %d, max_levels %d, max_members %d, n_heads %d)", b.batch,
          b.max_levels, b.max_members, b.n_heads);
   }
@@ -109,7 +110,8 @@ WorkspaceLayout ComputeWorkspace(const PagedKv& cache, const CascadeParams& p, i
   const size_t d = static_cast<size_t>(cache.head_dim);
   const size_t slot_rows = static_cast<size_t>(b.max_levels) * b.max_members * b.n_heads;
   const size_t seq_rows = static_cast<size_t>(b.batch) * b.n_heads;
-  const size_t pre_parts = pre_splits > 1 ? slot_rows * pre_splits : 0;
+  // (The fused form's merge units read even a single split's partial state.)
+  const size_t pre_parts = slot_rows * pre_splits;
   const size_t pre_groups = pre_splits > cs::kSingleLevelMaxSplits ? pre_parts : 0;
   const size_t suf_parts = seq_rows * suf_splits;
   WorkspaceLayout w;
@@ -117,8 +119,8 @@ WorkspaceLayout ComputeWorkspace(const PagedKv& cache, const CascadeParams& p, i
   w.pre_counters = at;
   at += AlignUp(static_cast<size_t>(b.max_levels) * cache.kv_heads * pre_tiles *
                 cs::kCounterSlots * sizeof(uint32_t));
-  w.seq_counters = at;
-  at += AlignUp(static_cast<size_t>(b.batch) * cache.kv_heads * sizeof(uint32_t));
+  w.seq_counters = at;  // then the ticket word
+  at += AlignUp((static_cast<size_t>(b.batch) * cache.kv_heads + 1) * sizeof(uint32_t));
   w.pre_part_o = at;
   at += AlignUp(pre_parts * d * sizeof(float));
   w.pre_part_lse = at;
@@ -169,7 +171,7 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   if (b.batch == 0) return;
   const int slots = cs::CascadeResidentSlots(cache.head_dim);
   const cs::Plan plan = cs::MakePlan(b, cache.kv_heads, cache.head_dim, slots, form, Knobs(p));
-  const int64_t ctas = static_cast<int64_t>(plan.pre_ctas) + plan.suf_ctas;
+  const int64_t ctas = static_cast<int64_t>(plan.pre_ctas) + plan.suf_ctas + plan.merge_units;
   if (ctas == 0) return;
   const WorkspaceLayout wl = ComputeWorkspace(cache, p, slots);
   if (workspace == nullptr || workspace_bytes < wl.total) {
@@ -190,6 +192,7 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   a.prefix_lse = p.prefix_lse;
   a.pre_counters = static_cast<uint32_t*>(at(wl.pre_counters));
   a.seq_counters = static_cast<uint32_t*>(at(wl.seq_counters));
+  a.tickets = a.seq_counters + static_cast<int64_t>(b.batch) * cache.kv_heads;
   a.pre_part_o = static_cast<float*>(at(wl.pre_part_o));
   a.pre_part_lse = static_cast<float*>(at(wl.pre_part_lse));
   a.pre_group_o = static_cast<float*>(at(wl.pre_group_o));
@@ -265,8 +268,9 @@ CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p
   info.prefix_tiles = plan.pre_tiles;
   info.prefix_splits = plan.pre_splits;
   info.suffix_splits = plan.suf_splits;
-  info.ctas = plan.pre_ctas + plan.suf_ctas;
+  info.ctas = plan.pre_ctas + plan.suf_ctas + plan.merge_units;
   info.suffix_ctas = plan.suf_ctas;
+  info.merge_ctas = plan.merge_units;
   const int cluster = form == cs::Form::kFused ? ClusterSize(cache, p, "DescribeCascadePlan") : 0;
   if (cluster > 0) {
     const cs::ClusterPlan c = cs::MakeClusterPlan(p.bounds, cache.kv_heads, cluster);
@@ -277,6 +281,7 @@ CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p
     info.suffix_splits = 0;
     info.ctas = c.level_units * cluster;
     info.suffix_ctas = 0;
+    info.merge_ctas = 0;
   }
   return info;
 }

@@ -37,7 +37,7 @@ struct Cfg {
   static_assert((kMaxTileRows + kWarps * 16) * kResStride * 4 <= kSmemBytes, "result buffers");
   // MergeRows: the weights and LSEs of up to kMaxTileRows rows and the staged outputs of at least
   // one row.
-  static_assert((kMaxTileRows * (kMaxFinalInputs + 1) + D * kMaxFinalInputs) * 4 <=
+  static_assert(16 + (kMaxTileRows * (kMaxFinalInputs + 1) + D * kMaxFinalInputs) * 4 <=
                     kSmemBytes,
                 "merge staging");
 };
@@ -53,11 +53,13 @@ struct StreamShared {
 struct Shared : StreamShared {
   int32_t row_state[kMaxTileRows];   // prefix tiles: prefix-state row (slot * n_heads + head)
   // The (sequence, KV head) merges this CTA completes (FinalMerges): per sequence, its suffix
-  // splits, its inputs (suffix splits + levels) and the member slots of its levels.
+  // splits, its inputs (suffix splits, then each level's), the member slots of its levels and
+  // the input index where each level's inputs end.
   int32_t fm_seq[kMaxTileRows];
   int32_t fm_suffix[kMaxTileRows];
   int32_t fm_count[kMaxTileRows];
   int32_t fm_slots[kMaxTileRows][kCascadeMaxDepth];
+  uint8_t fm_end[kMaxTileRows][kCascadeMaxDepth];
   int n_final;
   int flag;
 };
@@ -65,7 +67,39 @@ struct Shared : StreamShared {
 // Diagnostic timeline point k of this CTA (CascadeParams::cta_times).
 __device__ __forceinline__ void Stamp(const KernelArgs& a, int k) {
   if (a.cta_times != nullptr && threadIdx.x == 0) {
-    a.cta_times[kCascadeStamps * static_cast<int64_t>(blockIdx.x) + k] = warp_mma::GlobalTimerNs();
+    a.cta_times[kCascadeTimelineWords * static_cast<int64_t>(blockIdx.x) + k] =
+        warp_mma::GlobalTimerNs();
+  }
+}
+
+// Thread 0: starts this CTA's row of the timeline at t0, naming the unit it runs (its other
+// points are cleared, as a unit may skip some).
+__device__ __forceinline__ void StartTimeline(const KernelArgs& a, int unit, uint64_t t0) {
+  if (threadIdx.x != 0 || a.cta_times == nullptr) return;
+  uint64_t* row = a.cta_times + kCascadeTimelineWords * static_cast<int64_t>(blockIdx.x);
+  row[0] = t0;
+  for (int k = 1; k < kCascadeStamps; ++k) row[k] = 0;
+  row[kCascadeStamps] = static_cast<uint64_t>(unit);
+}
+
+// Block-wide: this CTA's global writes are published, then one arrival at `counter` (whose
+// reader waits for a count, WaitCount). The CTA barrier orders every thread's writes before
+// thread 0's release at GPU scope (release is cumulative), as in decode::ArriveLast.
+__device__ __forceinline__ void Arrive(uint32_t* counter) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
+  }
+}
+
+// One thread: waits until `counter` reaches `count`; what the arrivals wrote before arriving is
+// then visible to this thread, and to the rest of its CTA after a CTA barrier.
+__device__ __forceinline__ void WaitCount(const uint32_t* counter, int count) {
+  for (;;) {
+    uint32_t v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
+    if (v >= static_cast<uint32_t>(count)) return;
+    __nanosleep(128);
   }
 }
 
@@ -73,60 +107,94 @@ __device__ __forceinline__ void Stamp(const KernelArgs& a, int k) {
 // log2-sum-exp lse_of(r, i) and normalised output o_of(r, i) (D floats, 16-byte aligned, read
 // through L2); store(r, d4, value, lse2) writes dims 4 * d4 .. + 3 of the result (lse2 = -inf
 // and value 0 when every input is empty). Whole CTA; uses all of the dynamic shared memory. The
-// outputs are staged in shared memory a chunk of rows at a time with every copy of the chunk in
-// flight at once (the LSEs are read in the first chunk's round trip), so a merge costs one L2
-// round trip per chunk whatever the number of inputs (loads consumed one input at a time would
-// each wait for the previous one). Two alternating staging buffers (the next chunk's copies in
-// flight while one is combined) measured slower: a split tile's merge of 16 rows x 16 inputs
-// took 11.4 us instead of 7.8 on an H200, with twice the chunks. With a few rows on 4 warps
-// every step is latency-bound, so each step is short and parallel: the copies go a warp per row
-// and a lane per 16 bytes, inputs in the inner loop (a copy costs a few instructions); the
-// weights are computed once per row, a thread per row with its LSE loads in flight together (a
-// warp per row with shuffles, or per output dimension, cost several times more); the
+// outputs are staged in shared memory a chunk of rows at a time, every input row of the chunk
+// in flight at once, so a merge costs about one L2 round trip per chunk whatever the number of
+// inputs. The staging copies are bulk copies, one per run of inputs contiguous in global memory
+// (a row's splits are): 16-byte cp.async copies, a lane per 16 bytes, kept too few bytes in
+// flight per SM, so one CTA pulled 8-12 GB/s (10 us to stage 5 rows x 33 inputs of 512 bytes
+// on an H200). Two alternating staging buffers (the next chunk's copies in flight while one is
+// combined) measured slower with cp.async: a split tile's merge of 16 rows x 16 inputs took
+// 11.4 us instead of 7.8, with twice the chunks. The LSEs are loaded a thread per (row, input)
+// with several loads in flight per thread (a thread per row loading its own inputs waited about
+// one round trip per input), and the weights computed once per row from shared memory, a thread
+// per row (a warp per row with shuffles, or per output dimension, cost several times more); the
 // per-dimension loop is only loads and FMAs.
 template <int D, class CountOf, class LseOf, class OOf, class Store>
 __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OOf o_of,
                           Store store, unsigned char* smem) {
   constexpr int kQuads = D / 4;
-  constexpr int kLanesPerInput = kQuads < 32 ? kQuads : 32;  // lanes copying one input row
-  constexpr int kInputsPerPass = 32 / kLanesPerInput;        // inputs a warp copies at once
-  static_assert(kQuads % kLanesPerInput == 0, "lanes per input");
-  float* s_w = reinterpret_cast<float*>(smem);  // [rows][cmax]: weights
-  float* s_row_lse = s_w + rows * cmax;         // [rows]
+  constexpr int kRowBytes = D * 4;
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem);   // the staging copies' mbarrier
+  float* s_w = reinterpret_cast<float*>(smem + 16);    // [rows][cmax]: weights
+  float* s_row_lse = s_w + rows * cmax;                // [rows]
   const int lse_floats = (rows * (cmax + 1) + 3) & ~3;
-  float* s_o = s_w + lse_floats;
-  const int chunk_rows =
-      max(1, (Cfg<D>::kSmemBytes / 4 - lse_floats) / max(1, cmax * D));  // static_assert: >= 1
+  float* s_o = s_w + lse_floats;                       // 16-byte aligned
+  const int chunk_rows = max(1, (Cfg<D>::kSmemBytes / 4 - 4 - lse_floats) /
+                                    max(1, cmax * D));  // static_assert: >= 1
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int sub = lane / kLanesPerInput, q = lane % kLanesPerInput;
+  // A warp per row, a lane per input: each maximal run of inputs contiguous in global memory is
+  // one bulk copy (a row's splits are contiguous). Whole CTA; ends with the phase's arrival.
   auto issue = [&](int r0) {
     const int nr = min(chunk_rows, rows - r0);
     for (int rr = warp; rr < nr; rr += kWarps) {
       const int r = r0 + rr;
       const int count = min(count_of(r), cmax);
       float* dst = s_o + rr * cmax * D;
-      for (int i = sub; i < count; i += kInputsPerPass) {
-        const float* src = o_of(r, i);
-#pragma unroll
-        for (int k = 0; k < kQuads / kLanesPerInput; ++k) {
-          const int d4 = q + k * kLanesPerInput;
-          warp_mma::CpAsync16L2(warp_mma::SmemAddr(dst + i * D + d4 * 4), src + d4 * 4);
+      for (int i0 = 0; i0 < count; i0 += 32) {
+        const int i = i0 + lane;
+        const float* src = i < count ? o_of(r, i) : nullptr;
+        const float* prev = reinterpret_cast<const float*>(
+            __shfl_up_sync(0xffffffffu, reinterpret_cast<uintptr_t>(src), 1));
+        const bool starts = i < count && (lane == 0 || src != prev + D);
+        const uint32_t heads = __ballot_sync(0xffffffffu, starts);
+        if (starts) {
+          const uint32_t later = lane == 31 ? 0u : heads >> (lane + 1);
+          const int next = later != 0 ? lane + __ffs(later) : min(32, count - i0);
+          const uint32_t bytes = static_cast<uint32_t>(next - lane) * kRowBytes;
+          warp_mma::MbarrierExpectTx(bar, bytes);
+          warp_mma::BulkCopyToShared(dst + i * D, src, bytes, bar);
         }
       }
     }
-    warp_mma::CpAsyncCommit();
+    __syncthreads();  // every copy announced
+    if (threadIdx.x == 0) warp_mma::MbarrierArrive(bar);
   };
   __syncthreads();  // the caller's last use of shared memory is over
+  if (threadIdx.x == 0) warp_mma::MbarrierInitForCluster(bar);
+  // (Generic-proxy uses of the staging before the copy engine writes it.)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
   issue(0);
-  // While the copies fly, a thread per row: its weights (normalised) and merged log2-sum-exp.
-  for (int r = threadIdx.x; r < rows; r += kThreads) {
-    s_row_lse[r] = decode::RowWeights(
-        min(count_of(r), cmax), cmax, [&](int i) { return lse_of(r, i); },
-        [&](int i) -> float& { return s_w[r * cmax + i]; });
+  // While the copies fly: every input's LSE into s_w, a thread per (row, input) with kLoads
+  // loads in flight before any is used; then, a thread per row, its weights (normalised, in
+  // place) and merged log2-sum-exp.
+  constexpr int kLoads = 4;
+  const int pairs = rows * cmax;
+  for (int p0 = threadIdx.x; p0 < pairs; p0 += kLoads * kThreads) {
+    float l[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int p = p0 + u * kThreads;
+      const int r = p / cmax, i = p - r * cmax;
+      l[u] = p < pairs && i < min(count_of(r), cmax) ? lse_of(r, i) : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      if (p0 + u * kThreads < pairs) s_w[p0 + u * kThreads] = l[u];
+    }
   }
+  __syncthreads();
+  for (int r = threadIdx.x; r < rows; r += kThreads) {
+    float* w = s_w + r * cmax;
+    s_row_lse[r] = decode::RowWeights(
+        min(count_of(r), cmax), cmax, [&](int i) { return w[i]; },
+        [&](int i) -> float& { return w[i]; });
+  }
+  uint32_t phase = 0;
   for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
-    warp_mma::CpAsyncWait<0>();
-    __syncthreads();
+    warp_mma::MbarrierWaitCluster(bar, phase);
+    phase ^= 1u;
+    __syncthreads();  // (the weights)
     const int nr = min(chunk_rows, rows - r0);
     for (int item = threadIdx.x; item < nr * kQuads; item += kThreads) {
       const int rr = item / kQuads, d4 = item % kQuads;
@@ -138,34 +206,44 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
       store(r0 + rr, d4, o, s_row_lse[r0 + rr]);
     }
     __syncthreads();  // the chunk's staging is free again
-    if (r0 + chunk_rows < rows) issue(r0 + chunk_rows);
+    if (r0 + chunk_rows < rows) {
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      issue(r0 + chunk_rows);
+    }
   }
+  if (threadIdx.x == 0) warp_mma::MbarrierInval(bar);
 }
 
 // Records entry j of the final merges this CTA runs: sequence `seq` with `n_suffix` active
-// suffix splits (one thread per entry).
+// suffix splits (one thread per entry). Each level is one input, its prefix state, or in the
+// fused form its prefix tile's active splits.
 __device__ __forceinline__ void NoteFinal(const KernelArgs& a, int j, int seq, int n_suffix,
                                           Shared& sh) {
-  int n = 0;
+  int n = 0, end = n_suffix;
   for (int d = 0; d < a.layout.max_depth; ++d) {
     const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + d];
-    if (slot >= 0) sh.fm_slots[j][n++] = slot;
+    if (slot < 0) continue;
+    end += a.plan.fused ? TileOfSlot(slot, a.plan, a.dims, a.layout).n_active : 1;
+    sh.fm_slots[j][n] = slot;
+    sh.fm_end[j][n++] = static_cast<uint8_t>(end);
   }
   sh.fm_seq[j] = seq;
   sh.fm_suffix[j] = n_suffix;
-  sh.fm_count[j] = n_suffix + n;
+  sh.fm_count[j] = end;
 }
 
 // Final merges of (sh.fm_seq[j], KV head h) for j < sh.n_final, all in one MergeRows: each
-// sequence's suffix splits' partial states and its prefix states, written to out / lse. Whole
-// CTA, after a __syncthreads that follows the NoteFinal calls.
+// sequence's suffix splits' partial states and its levels' inputs (prefix states, or in the
+// fused form the prefix splits' partial states), written to out / lse. Whole CTA, after a
+// __syncthreads that follows the NoteFinal calls.
 template <int D>
 __device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, const Shared& sh) {
   const int group = a.dims.group, nh = a.dims.n_heads;
   const int n = sh.n_final;
   int cmax = 1;
   for (int j = 0; j < n; ++j) cmax = max(cmax, sh.fm_count[j]);
-  const int64_t splits = a.plan.suf_splits;
+  const int64_t splits = a.plan.suf_splits, pre_splits = a.plan.pre_splits;
+  const bool fused = a.plan.fused;
   // Row r is head r % group of entry r / group (a multiply-high, not an integer divide: these
   // run on the merge's latency-bound path).
   auto entry = [&](int r) { return static_cast<int>(a.group_div.Div(static_cast<uint32_t>(r))); };
@@ -173,19 +251,28 @@ __device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, con
     const int j = entry(r);
     return static_cast<int64_t>(sh.fm_seq[j]) * nh + h * group + (r - j * group);
   };
-  auto state_row = [&](int r, int i) -> int64_t {
+  // Input i >= fm_suffix of row r: its level's state row and the split within that level.
+  auto level_input = [&](int r, int i, int* split) -> int64_t {
     const int j = entry(r);
-    return static_cast<int64_t>(sh.fm_slots[j][i - sh.fm_suffix[j]]) * nh + h * group +
-           (r - j * group);
+    int d = 0;
+    while (i >= sh.fm_end[j][d]) ++d;
+    *split = i - (d == 0 ? sh.fm_suffix[j] : sh.fm_end[j][d - 1]);
+    return static_cast<int64_t>(sh.fm_slots[j][d]) * nh + h * group + (r - j * group);
   };
   auto count_of = [&](int r) { return sh.fm_count[entry(r)]; };
   auto lse_of = [&](int r, int i) -> float {
     if (i < sh.fm_suffix[entry(r)]) return __ldcg(a.suf_part_lse + out_row(r) * splits + i);
-    return __ldcg(a.prefix_lse + state_row(r, i)) * kLog2e;
+    int k = 0;
+    const int64_t row = level_input(r, i, &k);
+    if (fused) return __ldcg(a.pre_part_lse + row * pre_splits + k);
+    return __ldcg(a.prefix_lse + row) * kLog2e;
   };
   auto o_of = [&](int r, int i) -> const float* {
     if (i < sh.fm_suffix[entry(r)]) return a.suf_part_o + (out_row(r) * splits + i) * D;
-    return a.prefix_v + state_row(r, i) * D;
+    int k = 0;
+    const int64_t row = level_input(r, i, &k);
+    if (fused) return a.pre_part_o + (row * pre_splits + k) * D;
+    return a.prefix_v + row * D;
   };
   auto store = [&](int r, int d4, float4 x, float lse2) {
     const int64_t row = out_row(r);
@@ -200,9 +287,7 @@ template <int D>
 __device__ bool MergePrefixSplits(const KernelArgs& a, const PrefixWork& w,
                                   unsigned char* smem, Shared& sh) {
   uint32_t* counters =
-      a.pre_counters +
-      ((static_cast<int64_t>(w.level) * a.dims.kv_heads + w.head) * a.plan.pre_tiles + w.tile) *
-          kCounterSlots;
+      a.pre_counters + TileIndex(w.level, w.head, w.tile, a.plan, a.dims) * kCounterSlots;
   const int64_t splits = a.plan.pre_splits;
   const int mg = a.plan.pre_merge_group;
   const int grp = w.split / mg;

@@ -57,6 +57,7 @@ constexpr int kShortSplitTokens = 512;        // see MakePlan
 constexpr int kMaxMergeInputs = 16;           // max(group size, groups) of a two-level merge
 constexpr int kCounterSlots = kMaxMergeInputs + 1;  // per prefix tile: groups, then the top
 constexpr int kMaxFinalInputs = kMaxSuffixSplits + kCascadeMaxDepth;
+constexpr int kMaxMergeRows = 64;             // rows of one merge unit (fused form)
 
 // Which launch a plan is for.
 enum class Form { kPrefixPass, kSuffixPass, kFused };
@@ -137,9 +138,11 @@ MM_CASCADE_HD LayoutView MakeLayoutView(const int32_t* words, const CascadeBound
 // The launch plan. A prefix unit is (level, KV head, row tile, split): the rows of up to
 // members_per_tile members x the group's query heads against one split of the level's range. A
 // suffix unit is (sequence, KV head, split): the group's rows against one split of the sequence's
-// own positions. The grid is flat: CTAs [0, suf_ctas) are suffix units (short: they start first
-// and free their slots early), the rest prefix units (row tile fastest, so the tiles reading the
-// same positions run together).
+// own positions. The grid is flat: units [0, suf_ctas) are suffix units (short: they start first
+// and free their slots early), then prefix units (row tile fastest, so the tiles reading the
+// same positions run together), then (fused form) merge units (MergeWork). A launch with merge
+// units numbers its CTAs by a ticket taken at their start, in the order the GPU starts them, so
+// a merge unit, which waits for other units, only ever waits for units already running.
 
 struct Dims {
   int kv_heads = 0;
@@ -163,7 +166,9 @@ struct Plan {
   int suf_splits = 1;
   int suf_chunk = kMinChunk;
   int suf_ctas = 0;            // 0 when the form runs no suffix units
-  bool fused = false;          // prefix tiles arrive at their members' sequence merges
+  bool fused = false;          // merge units complete every sequence (see MergeWork)
+  int merge_seqs = 1;          // fused: sequences per merge unit
+  int merge_units = 0;         // fused: (KV head, merge_seqs sequences) units, last in the grid
 };
 
 // Tuning and testing knobs (0 = automatic).
@@ -262,6 +267,12 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
   }
   p.pre_splits = static_cast<int>(
       std::clamp<int64_t>(pre_units > 0 ? pre_slots / pre_units : 1, 1, pre_cap));
+  if (form == Form::kFused) {
+    // A merge unit merges each sequence's inputs (its suffix splits and the prefix splits of
+    // each of its levels) in one step, at most kMaxFinalInputs of them.
+    p.pre_splits = std::min(
+        p.pre_splits, std::max(1, (kMaxFinalInputs - p.suf_splits) / std::max(1, b.max_depth)));
+  }
   // A short range takes at most kSingleLevelMaxSplits splits while each gets at most
   // kShortSplitTokens positions: the tile then merges in one level, which costs less than the
   // shorter chunks of more splits save.
@@ -274,6 +285,14 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
 
   if (form != Form::kSuffixPass) p.pre_ctas = static_cast<int>(pre_units * p.pre_splits);
   if (form != Form::kPrefixPass) p.suf_ctas = static_cast<int>(suf_units * p.suf_splits);
+  if (form == Form::kFused && suf_units > 0) {
+    // As many merge units as (sequence, KV head) pairs while they fit on the GPU at once; above
+    // that, more sequences per unit (up to kMaxMergeRows rows) rather than more waves.
+    const int per_unit = std::max(1, kMaxMergeRows / std::max(group, 1));
+    p.merge_seqs = static_cast<int>(std::clamp<int64_t>((suf_units + slots - 1) / slots, 1,
+                                                        per_unit));
+    p.merge_units = kv_heads * ((b.batch + p.merge_seqs - 1) / p.merge_seqs);
+  }
   return p;
 }
 
@@ -291,7 +310,24 @@ struct PrefixWork {
   int n_active = 1;    // splits of the tile that have positions (all of them agree)
 };
 
-// Prefix unit `cta` (< plan.pre_ctas; CTA suf_ctas + cta of the launch).
+// The positions of level `level`, [*begin, *end), as its prefix tiles split them: *chunk
+// positions per split; returns the active splits (those with positions; 1 for an empty range).
+MM_CASCADE_HD int LevelSplits(int level, const Plan& p, const Dims& d, const LayoutView& l,
+                              int* begin, int* end, int* chunk) {
+  *begin = ClampInt(l.level_begin[level], 0, d.capacity);
+  *end = ClampInt(l.level_end[level], *begin, d.capacity);
+  const int range = *end - *begin;
+  *chunk = MaxInt(p.pre_chunk, ChunkTokens(range, p.pre_splits));
+  return ActiveSplits(range, *chunk);
+}
+
+// Index of prefix tile (level, KV head, tile) among a launch's tiles (its counters and
+// kCounterSlots further on).
+MM_CASCADE_HD int64_t TileIndex(int level, int head, int tile, const Plan& p, const Dims& d) {
+  return (static_cast<int64_t>(level) * d.kv_heads + head) * p.pre_tiles + tile;
+}
+
+// Prefix unit `cta` (< plan.pre_ctas; unit suf_ctas + cta of the launch).
 MM_CASCADE_HD PrefixWork ResolvePrefix(int cta, const Plan& p, const Dims& d, const LayoutView& l) {
   PrefixWork w;
   w.tile = cta % p.pre_tiles;
@@ -307,11 +343,8 @@ MM_CASCADE_HD PrefixWork ResolvePrefix(int cta, const Plan& p, const Dims& d, co
   w.members = MinInt(p.members_per_tile, count - m0);
   w.rows = w.members * d.group;
   w.table_seq = l.member_seq[w.level * l.max_members];
-  const int begin = ClampInt(l.level_begin[w.level], 0, d.capacity);
-  const int end = ClampInt(l.level_end[w.level], begin, d.capacity);
-  const int range = end - begin;
-  const int chunk = MaxInt(p.pre_chunk, ChunkTokens(range, p.pre_splits));
-  w.n_active = ActiveSplits(range, chunk);
+  int begin = 0, end = 0, chunk = 0;
+  w.n_active = LevelSplits(w.level, p, d, l, &begin, &end, &chunk);
   if (w.split >= w.n_active) return w;
   w.lo = begin + w.split * chunk;
   w.hi = MinInt(w.lo + chunk, end);
@@ -364,22 +397,48 @@ MM_CASCADE_HD SuffixWork ResolveSuffix(int id, const Plan& p, const Dims& d, con
   return w;
 }
 
-// Levels containing `seq` (valid entries of its seq_slots row).
-MM_CASCADE_HD int Depth(int seq, const LayoutView& l) {
-  int n = 0;
-  for (int j = 0; j < l.max_depth; ++j) n += l.seq_slots[seq * l.max_depth + j] >= 0 ? 1 : 0;
-  return n;
-}
-
-// Arrivals that complete the merge of (seq, KV head): its active suffix splits (also stored in
-// *n_suffix when given), plus (fused) one per level containing it (from the prefix tile holding
-// its rows, once that tile is merged).
-MM_CASCADE_HD int SequenceArrivals(int seq, const Plan& p, const Dims& d, const LayoutView& l,
-                                   const int32_t* kv_lens, int* n_suffix = nullptr) {
+// Arrivals of the suffix splits of (seq, KV head) at its counter: its active suffix splits.
+MM_CASCADE_HD int SuffixArrivals(int seq, const Plan& p, const Dims& d, const LayoutView& l,
+                                 const int32_t* kv_lens) {
   int start = 0, len = 0, n_active = 1, chunk = 0;
   SuffixRange(seq, p, d, l, kv_lens, &start, &len, &n_active, &chunk);
-  if (n_suffix != nullptr) *n_suffix = n_active;
-  return n_active + (p.fused ? Depth(seq, l) : 0);
+  return n_active;
+}
+
+// The prefix tile holding member slot `slot` (for any KV head): its level and tile, the members
+// it holds (the readers of its counter in the fused form) and its active splits.
+struct SlotTile {
+  int level = 0, tile = 0, members = 0, n_active = 1;
+};
+
+MM_CASCADE_HD SlotTile TileOfSlot(int slot, const Plan& p, const Dims& d, const LayoutView& l) {
+  SlotTile t;
+  t.level = slot / l.max_members;
+  t.tile = (slot - t.level * l.max_members) / p.members_per_tile;
+  const int count = MinInt(l.level_members[t.level], l.max_members);
+  t.members = MinInt(p.members_per_tile, count - t.tile * p.members_per_tile);
+  int begin = 0, end = 0, chunk = 0;
+  t.n_active = LevelSplits(t.level, p, d, l, &begin, &end, &chunk);
+  return t;
+}
+
+// A merge unit of the fused form: KV head `head` of sequences [seq_begin, seq_end). It waits
+// until the suffix splits of each sequence and the prefix splits of each of its levels have
+// arrived (their units come earlier in the launch's ticket order, so they are running or done),
+// then merges all those partial states in one step per row.
+struct MergeWork {
+  bool active = false;
+  int head = 0, seq_begin = 0, seq_end = 0;
+};
+
+// Merge unit `id` (< plan.merge_units; unit suf_ctas + pre_ctas + id of the launch).
+MM_CASCADE_HD MergeWork ResolveMerge(int id, const Plan& p, const Dims& d) {
+  MergeWork w;
+  w.head = id % d.kv_heads;
+  w.seq_begin = id / d.kv_heads * p.merge_seqs;
+  w.seq_end = MinInt(w.seq_begin + p.merge_seqs, d.batch);
+  w.active = w.seq_begin < w.seq_end;
+  return w;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -151,6 +151,32 @@ __device__ __forceinline__ void MbarrierWaitCluster(uint64_t* bar, uint32_t pari
       "r"(parity)
       : "memory");
 }
+// Bulk copies (the copy engine: one instruction per contiguous run of any length) from global
+// memory into this CTA's shared memory, completing on an mbarrier of this CTA (initialised with
+// MbarrierInitForCluster): each copying thread announces its bytes (MbarrierExpectTx) before its
+// copies, one thread arrives (MbarrierArrive) once all have announced, and the waiters
+// (MbarrierWaitCluster with the phase's parity) then see the data. Addresses 16-byte aligned,
+// bytes a multiple of 16. MbarrierInval before the memory is used for anything else.
+__device__ __forceinline__ void MbarrierExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void MbarrierArrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void MbarrierInval(uint64_t* bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(SmemAddr(bar)) : "memory");
+}
+__device__ __forceinline__ void BulkCopyToShared(void* dst, const void* src, uint32_t bytes,
+                                                 uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(SmemAddr(dst)),
+      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
+      : "memory");
+}
 // Cluster barrier halves, called by every thread of every CTA of the cluster at CTA-uniform
 // points. ClusterArriveRelaxed orders nothing (for "every CTA has started" before the first
 // remote access); ClusterArrive publishes this thread's earlier writes, including those to other

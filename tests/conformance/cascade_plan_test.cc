@@ -76,8 +76,8 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
   // Prefix: per (level, KV head, member i): the spans covering it; per tile: n_active.
   std::map<std::tuple<int, int, int>, std::vector<std::pair<int, int>>> spans;
   std::map<std::tuple<int, int, int>, int> tile_active;  // (level, head, tile) -> n_active
-  std::map<std::pair<int, int>, int> arrivals;            // (seq, head) -> arrivals
-  std::map<std::tuple<int, int, int>, bool> tile_arrived;
+  std::map<std::pair<int, int>, int> arrivals;            // (seq, head) -> suffix arrivals
+  std::map<std::tuple<int, int, int>, int> tile_arrivals;  // (level, head, tile) -> splits
   for (int cta = 0; cta < p.pre_ctas; ++cta) {
     const cs::PrefixWork w = cs::ResolvePrefix(cta, p, d, l);
     if (!w.active) continue;
@@ -98,12 +98,10 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
       ASSERT_EQ(l.member_seq[w.first_slot + m], s.levels[w.level].members[i]) << what;
       spans[std::make_tuple(w.level, w.head, i)].push_back({w.lo, w.hi});
     }
-    if (!tile_arrived[tile]) {  // the tile's merged state arrives once at each member
-      tile_arrived[tile] = true;
-      for (int m = 0; m < w.members; ++m) {
-        ++arrivals[std::make_pair(l.member_seq[w.first_slot + m], w.head)];
-      }
-    }
+    ++tile_arrivals[tile];
+  }
+  for (const auto& [tile, n] : tile_arrivals) {
+    ASSERT_EQ(n, tile_active[tile]) << what << ": every active split of a tile arrives once";
   }
   if (form != cs::Form::kSuffixPass) {
     for (size_t li = 0; li < s.levels.size(); ++li) {
@@ -166,11 +164,50 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
           at = hi;
         }
         ASSERT_EQ(at, len) << what << ": seq " << b << " not attended to its end";
-        const int want = cs::SequenceArrivals(b, p, d, l, s.kv_lens.data());
+        const int want = cs::SuffixArrivals(b, p, d, l, s.kv_lens.data());
         ASSERT_EQ(arrivals[std::make_pair(b, h)], want)
             << what << ": arrivals of seq " << b << " head " << h;
       }
     }
+  }
+
+  // Merge units (fused): each (seq, head) merged by exactly one, from at most kMaxFinalInputs
+  // inputs; each of its levels' tiles has the splits and the readers the unit waits for.
+  if (form != cs::Form::kFused) {
+    ASSERT_EQ(p.merge_units, 0) << what;
+    return;
+  }
+  std::map<std::pair<int, int>, int> merged;
+  std::map<std::tuple<int, int, int>, int> readers;  // (level, head, tile) -> merge readers
+  for (int u = 0; u < p.merge_units; ++u) {
+    const cs::MergeWork w = cs::ResolveMerge(u, p, d);
+    if (!w.active) continue;
+    ASSERT_LE((w.seq_end - w.seq_begin) * group, std::max(group, cs::kMaxMergeRows)) << what;
+    for (int b = w.seq_begin; b < w.seq_end; ++b) {
+      ++merged[{b, w.head}];
+      int inputs = cs::SuffixArrivals(b, p, d, l, s.kv_lens.data());
+      for (int j = 0; j < l.max_depth; ++j) {
+        const int slot = l.seq_slots[b * l.max_depth + j];
+        if (slot < 0) continue;
+        const cs::SlotTile t = cs::TileOfSlot(slot, p, d, l);
+        ASSERT_EQ(l.member_seq[slot], b) << what;
+        const auto tile = std::make_tuple(t.level, w.head, t.tile);
+        ASSERT_EQ(t.n_active, tile_active[tile]) << what << ": seq " << b << " level " << t.level;
+        ++readers[tile];
+        inputs += t.n_active;
+      }
+      ASSERT_LE(inputs, cs::kMaxFinalInputs) << what << ": merge inputs of seq " << b;
+    }
+  }
+  for (int b = 0; b < batch; ++b) {
+    for (int h = 0; h < kvh; ++h) {
+      ASSERT_EQ((merged[{b, h}]), 1) << what << ": merges of seq " << b << " head " << h;
+    }
+  }
+  for (const auto& [tile, n] : readers) {
+    const int level = std::get<0>(tile), first = std::get<2>(tile) * p.members_per_tile;
+    const int slot = level * s.bounds.max_members + first;
+    ASSERT_EQ(n, cs::TileOfSlot(slot, p, d, l).members) << what << ": readers of level " << level;
   }
 }
 
