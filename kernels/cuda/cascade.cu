@@ -123,7 +123,8 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
       group, [&](int r) { return a.suf_part_o + ((row0 + r) * splits + w.split) * D; },
       [&](int r) { return a.suf_part_lse + (row0 + r) * splits + w.split; }, 1.f, smem, sh);
   Stamp(a, 6);
-  uint32_t* counter = a.seq_counters + static_cast<int64_t>(w.seq) * a.dims.kv_heads + w.head;
+  uint32_t* counter = a.seq_counters + cs::kSeqCounterWords * (static_cast<int64_t>(w.seq) *
+                                                                     a.dims.kv_heads + w.head);
   if (a.plan.fused) {  // the sequence's merge unit merges
     cs::Arrive(counter);
     return;
@@ -135,18 +136,19 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
       NoteFinal(a, 0, w.seq, w.n_active, sh);
     }
     __syncthreads();
-    FinalMerges<D>(a, w.head, smem, sh);
+    FinalMerges<D>(a, w.head, smem, sh, 0, group);
   }
 }
 
 // A merge unit (fused form, cascade_plan.h MergeWork): a thread per sequence notes its inputs and
-// waits for them (resetting the counters once their last reader is through), then one
-// FinalMerges for all of them.
+// waits for them (the last of a counter's readers resets it), then one FinalMerges for the
+// unit's rows.
 template <int D>
 __device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Shared& sh) {
   const cs::MergeWork w = cs::ResolveMerge(id, a.plan, a.dims);
   if (!w.active) return;
   const int n = w.seq_end - w.seq_begin;
+  const uint32_t readers = static_cast<uint32_t>(cs::MergeReaders(a.plan, a.dims));
   if (threadIdx.x == 0) sh.n_final = n;
   for (int j = threadIdx.x; j < n; j += kThreads) {
     const int seq = w.seq_begin + j;
@@ -154,28 +156,32 @@ __device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Share
     NoteFinal(a, j, seq, n_suffix, sh);
   }
   Stamp(a, 1);
+  // Waits for `count` arrivals at counter[0]; counter[1] counts the readers, `expected` of them.
+  auto take = [](uint32_t* counter, int count, uint32_t expected) {
+    cs::WaitCount(counter, count);
+    if (expected <= 1 || atomicAdd(counter + 1, 1u) + 1 == expected) {
+      atomicExch(counter, 0u);
+      if (expected > 1) atomicExch(counter + 1, 0u);
+    }
+  };
   for (int j = threadIdx.x; j < n; j += kThreads) {
-    uint32_t* counter =
-        a.seq_counters + static_cast<int64_t>(w.seq_begin + j) * a.dims.kv_heads + w.head;
-    cs::WaitCount(counter, sh.fm_suffix[j]);
-    atomicExch(counter, 0u);  // its only reader
+    const int seq = w.seq_begin + j;
+    take(a.seq_counters +
+             cs::kSeqCounterWords * (static_cast<int64_t>(seq) * a.dims.kv_heads + w.head),
+         sh.fm_suffix[j], readers);
     for (int d = 0; d < a.layout.max_depth; ++d) {
-      const int32_t slot = a.layout.seq_slots[(w.seq_begin + j) * a.layout.max_depth + d];
+      const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + d];
       if (slot < 0) continue;
       const cs::SlotTile t = cs::TileOfSlot(slot, a.plan, a.dims, a.layout);
-      uint32_t* tile = a.pre_counters +
-                       cs::TileIndex(t.level, w.head, t.tile, a.plan, a.dims) * cs::kCounterSlots;
-      cs::WaitCount(tile, t.n_active);
-      // Every member of the tile reads its count once; the last reset both words.
-      if (atomicAdd(tile + 1, 1u) + 1 == static_cast<uint32_t>(t.members)) {
-        atomicExch(tile, 0u);
-        atomicExch(tile + 1, 0u);
-      }
+      take(a.pre_counters +
+               cs::TileIndex(t.level, w.head, t.tile, a.plan, a.dims) * cs::kCounterSlots,
+           t.n_active, static_cast<uint32_t>(t.members) * readers);
     }
   }
   __syncthreads();
   Stamp(a, 7);
-  FinalMerges<D>(a, w.head, smem, sh);
+  FinalMerges<D>(a, w.head, smem, sh, w.row_begin - w.seq_begin * a.dims.group,
+                 w.row_end - w.row_begin);
 }
 
 template <int D, int QP>

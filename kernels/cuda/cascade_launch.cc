@@ -120,7 +120,8 @@ WorkspaceLayout ComputeWorkspace(const PagedKv& cache, const CascadeParams& p, i
   at += AlignUp(static_cast<size_t>(b.max_levels) * cache.kv_heads * pre_tiles *
                 cs::kCounterSlots * sizeof(uint32_t));
   w.seq_counters = at;  // then the ticket word
-  at += AlignUp((static_cast<size_t>(b.batch) * cache.kv_heads + 1) * sizeof(uint32_t));
+  at += AlignUp((static_cast<size_t>(b.batch) * cache.kv_heads * cs::kSeqCounterWords + 1) *
+                sizeof(uint32_t));
   w.pre_part_o = at;
   at += AlignUp(pre_parts * d * sizeof(float));
   w.pre_part_lse = at;
@@ -192,7 +193,8 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   a.prefix_lse = p.prefix_lse;
   a.pre_counters = static_cast<uint32_t*>(at(wl.pre_counters));
   a.seq_counters = static_cast<uint32_t*>(at(wl.seq_counters));
-  a.tickets = a.seq_counters + static_cast<int64_t>(b.batch) * cache.kv_heads;
+  a.tickets =
+      a.seq_counters + static_cast<int64_t>(b.batch) * cache.kv_heads * cs::kSeqCounterWords;
   a.pre_part_o = static_cast<float*>(at(wl.pre_part_o));
   a.pre_part_lse = static_cast<float*>(at(wl.pre_part_lse));
   a.pre_group_o = static_cast<float*>(at(wl.pre_group_o));

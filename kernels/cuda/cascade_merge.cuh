@@ -232,24 +232,28 @@ __device__ __forceinline__ void NoteFinal(const KernelArgs& a, int j, int seq, i
   sh.fm_count[j] = end;
 }
 
-// Final merges of (sh.fm_seq[j], KV head h) for j < sh.n_final, all in one MergeRows: each
-// sequence's suffix splits' partial states and its levels' inputs (prefix states, or in the
-// fused form the prefix splits' partial states), written to out / lse. Whole CTA, after a
-// __syncthreads that follows the NoteFinal calls.
+// Final merges of (sh.fm_seq[j], KV head h) for j < sh.n_final, rows [row0, row0 + rows) of
+// their n_final x group rows (row g: query head g % group of entry g / group), all in one
+// MergeRows: each sequence's suffix splits' partial states and its levels' inputs (prefix
+// states, or in the fused form the prefix splits' partial states), written to out / lse. Whole
+// CTA, after a __syncthreads that follows the NoteFinal calls.
 template <int D>
-__device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, const Shared& sh) {
+__device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, const Shared& sh,
+                            int row0, int rows) {
   const int group = a.dims.group, nh = a.dims.n_heads;
   const int n = sh.n_final;
   int cmax = 1;
   for (int j = 0; j < n; ++j) cmax = max(cmax, sh.fm_count[j]);
   const int64_t splits = a.plan.suf_splits, pre_splits = a.plan.pre_splits;
   const bool fused = a.plan.fused;
-  // Row r is head r % group of entry r / group (a multiply-high, not an integer divide: these
+  // Merge row r is row row0 + r of the entries (a multiply-high, not an integer divide: these
   // run on the merge's latency-bound path).
-  auto entry = [&](int r) { return static_cast<int>(a.group_div.Div(static_cast<uint32_t>(r))); };
+  auto entry = [&](int r) {
+    return static_cast<int>(a.group_div.Div(static_cast<uint32_t>(row0 + r)));
+  };
   auto out_row = [&](int r) -> int64_t {
     const int j = entry(r);
-    return static_cast<int64_t>(sh.fm_seq[j]) * nh + h * group + (r - j * group);
+    return static_cast<int64_t>(sh.fm_seq[j]) * nh + h * group + (row0 + r - j * group);
   };
   // Input i >= fm_suffix of row r: its level's state row and the split within that level.
   auto level_input = [&](int r, int i, int* split) -> int64_t {
@@ -257,7 +261,7 @@ __device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, con
     int d = 0;
     while (i >= sh.fm_end[j][d]) ++d;
     *split = i - (d == 0 ? sh.fm_suffix[j] : sh.fm_end[j][d - 1]);
-    return static_cast<int64_t>(sh.fm_slots[j][d]) * nh + h * group + (r - j * group);
+    return static_cast<int64_t>(sh.fm_slots[j][d]) * nh + h * group + (row0 + r - j * group);
   };
   auto count_of = [&](int r) { return sh.fm_count[entry(r)]; };
   auto lse_of = [&](int r, int i) -> float {
@@ -279,7 +283,7 @@ __device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, con
     *reinterpret_cast<float4*>(a.out + row * D + d4 * 4) = x;
     if (d4 == 0 && a.lse != nullptr) a.lse[row] = lse2 * kLn2;
   };
-  MergeRows<D>(n * group, cmax, count_of, lse_of, o_of, store, smem);
+  MergeRows<D>(rows, cmax, count_of, lse_of, o_of, store, smem);
 }
 
 // The splits of a prefix tile: true in the CTA that merged them into the prefix states.

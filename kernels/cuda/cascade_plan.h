@@ -58,6 +58,7 @@ constexpr int kMaxMergeInputs = 16;           // max(group size, groups) of a tw
 constexpr int kCounterSlots = kMaxMergeInputs + 1;  // per prefix tile: groups, then the top
 constexpr int kMaxFinalInputs = kMaxSuffixSplits + kCascadeMaxDepth;
 constexpr int kMaxMergeRows = 64;             // rows of one merge unit (fused form)
+constexpr int kSeqCounterWords = 2;           // per (sequence, KV head): arrivals, readers
 
 // Which launch a plan is for.
 enum class Form { kPrefixPass, kSuffixPass, kFused };
@@ -167,8 +168,8 @@ struct Plan {
   int suf_chunk = kMinChunk;
   int suf_ctas = 0;            // 0 when the form runs no suffix units
   bool fused = false;          // merge units complete every sequence (see MergeWork)
-  int merge_seqs = 1;          // fused: sequences per merge unit
-  int merge_units = 0;         // fused: (KV head, merge_seqs sequences) units, last in the grid
+  int merge_rows = 1;          // fused: rows per merge unit (a divisor or a multiple of group)
+  int merge_units = 0;         // fused: (KV head, merge_rows rows) units, last in the grid
 };
 
 // Tuning and testing knobs (0 = automatic).
@@ -286,12 +287,21 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
   if (form != Form::kSuffixPass) p.pre_ctas = static_cast<int>(pre_units * p.pre_splits);
   if (form != Form::kPrefixPass) p.suf_ctas = static_cast<int>(suf_units * p.suf_splits);
   if (form == Form::kFused && suf_units > 0) {
-    // As many merge units as (sequence, KV head) pairs while they fit on the GPU at once; above
-    // that, more sequences per unit (up to kMaxMergeRows rows) rather than more waves.
-    const int per_unit = std::max(1, kMaxMergeRows / std::max(group, 1));
-    p.merge_seqs = static_cast<int>(std::clamp<int64_t>((suf_units + slots - 1) / slots, 1,
-                                                        per_unit));
-    p.merge_units = kv_heads * ((b.batch + p.merge_seqs - 1) / p.merge_seqs);
+    // About one merge unit per resident slot: one SM stages a merge's inputs at well under its
+    // share of L2 bandwidth, so the rows are spread (down to one row per unit, a divisor of the
+    // group) rather than merged a sequence per unit; above, whole sequences per unit (up to
+    // kMaxMergeRows rows) rather than more waves.
+    const int64_t rows = static_cast<int64_t>(b.batch) * b.n_heads;
+    const int target = static_cast<int>(std::clamp<int64_t>((rows + slots - 1) / slots, 1,
+                                                            kMaxMergeRows));
+    if (target < group) {
+      p.merge_rows = target;
+      while (group % p.merge_rows != 0) --p.merge_rows;
+    } else {
+      p.merge_rows = group * std::max(1, std::min(target, kMaxMergeRows) / group);
+    }
+    const int64_t head_rows = static_cast<int64_t>(b.batch) * group;
+    p.merge_units = static_cast<int>(kv_heads * ((head_rows + p.merge_rows - 1) / p.merge_rows));
   }
   return p;
 }
@@ -422,22 +432,32 @@ MM_CASCADE_HD SlotTile TileOfSlot(int slot, const Plan& p, const Dims& d, const 
   return t;
 }
 
-// A merge unit of the fused form: KV head `head` of sequences [seq_begin, seq_end). It waits
-// until the suffix splits of each sequence and the prefix splits of each of its levels have
-// arrived (their units come earlier in the launch's ticket order, so they are running or done),
-// then merges all those partial states in one step per row.
+// A merge unit of the fused form: KV head `head`, rows [row_begin, row_end) of its
+// batch x group rows (row g is query head g % group of the KV head, of sequence g / group), so
+// sequences [seq_begin, seq_end). It waits until the suffix splits of each sequence and the
+// prefix splits of each of its levels have arrived (their units come earlier in the launch's
+// ticket order, so they are running or done), then merges all those partial states in one step
+// per row. A sequence is read by `readers` units (MergeReaders), which count themselves to reset
+// the counters.
 struct MergeWork {
   bool active = false;
-  int head = 0, seq_begin = 0, seq_end = 0;
+  int head = 0, row_begin = 0, row_end = 0, seq_begin = 0, seq_end = 0;
 };
+
+// Units reading each (sequence, KV head)'s counters.
+MM_CASCADE_HD int MergeReaders(const Plan& p, const Dims& d) {
+  return p.merge_rows < d.group ? d.group / p.merge_rows : 1;
+}
 
 // Merge unit `id` (< plan.merge_units; unit suf_ctas + pre_ctas + id of the launch).
 MM_CASCADE_HD MergeWork ResolveMerge(int id, const Plan& p, const Dims& d) {
   MergeWork w;
   w.head = id % d.kv_heads;
-  w.seq_begin = id / d.kv_heads * p.merge_seqs;
-  w.seq_end = MinInt(w.seq_begin + p.merge_seqs, d.batch);
-  w.active = w.seq_begin < w.seq_end;
+  w.row_begin = id / d.kv_heads * p.merge_rows;
+  w.row_end = MinInt(w.row_begin + p.merge_rows, d.batch * d.group);
+  w.seq_begin = w.row_begin / d.group;
+  w.seq_end = (w.row_end + d.group - 1) / d.group;
+  w.active = w.row_begin < w.row_end;
   return w;
 }
 

@@ -171,20 +171,27 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
     }
   }
 
-  // Merge units (fused): each (seq, head) merged by exactly one, from at most kMaxFinalInputs
-  // inputs; each of its levels' tiles has the splits and the readers the unit waits for.
+  // Merge units (fused): each (seq, query head) merged by exactly one, from at most
+  // kMaxFinalInputs inputs; each (seq, KV head) and each level tile is read by as many units as
+  // reset its counters, and a tile has the splits its readers wait for.
   if (form != cs::Form::kFused) {
     ASSERT_EQ(p.merge_units, 0) << what;
     return;
   }
-  std::map<std::pair<int, int>, int> merged;
-  std::map<std::tuple<int, int, int>, int> readers;  // (level, head, tile) -> merge readers
+  ASSERT_TRUE(p.merge_rows % group == 0 || group % p.merge_rows == 0) << what;
+  ASSERT_LE(p.merge_rows, std::max(group, cs::kMaxMergeRows)) << what;
+  const int readers = cs::MergeReaders(p, d);
+  std::map<std::pair<int, int>, int> merged, seq_readers;
+  std::map<std::tuple<int, int, int>, int> tile_readers;  // (level, head, tile) -> readers
   for (int u = 0; u < p.merge_units; ++u) {
     const cs::MergeWork w = cs::ResolveMerge(u, p, d);
     if (!w.active) continue;
-    ASSERT_LE((w.seq_end - w.seq_begin) * group, std::max(group, cs::kMaxMergeRows)) << what;
+    ASSERT_LE(w.row_end - w.row_begin, p.merge_rows) << what;
+    ASSERT_EQ(w.seq_begin, w.row_begin / group) << what;
+    ASSERT_LE(w.seq_end - w.seq_begin, cs::kMaxMergeRows) << what;
+    for (int g = w.row_begin; g < w.row_end; ++g) ++merged[{g / group, w.head * group + g % group}];
     for (int b = w.seq_begin; b < w.seq_end; ++b) {
-      ++merged[{b, w.head}];
+      ++seq_readers[{b, w.head}];
       int inputs = cs::SuffixArrivals(b, p, d, l, s.kv_lens.data());
       for (int j = 0; j < l.max_depth; ++j) {
         const int slot = l.seq_slots[b * l.max_depth + j];
@@ -193,7 +200,7 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
         ASSERT_EQ(l.member_seq[slot], b) << what;
         const auto tile = std::make_tuple(t.level, w.head, t.tile);
         ASSERT_EQ(t.n_active, tile_active[tile]) << what << ": seq " << b << " level " << t.level;
-        ++readers[tile];
+        ++tile_readers[tile];
         inputs += t.n_active;
       }
       ASSERT_LE(inputs, cs::kMaxFinalInputs) << what << ": merge inputs of seq " << b;
@@ -201,13 +208,18 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
   }
   for (int b = 0; b < batch; ++b) {
     for (int h = 0; h < kvh; ++h) {
-      ASSERT_EQ((merged[{b, h}]), 1) << what << ": merges of seq " << b << " head " << h;
+      ASSERT_EQ((seq_readers[{b, h}]), readers) << what << ": readers of seq " << b;
+      for (int j = 0; j < group; ++j) {
+        ASSERT_EQ((merged[{b, h * group + j}]), 1) << what << ": merges of seq " << b << " head "
+                                                   << h * group + j;
+      }
     }
   }
-  for (const auto& [tile, n] : readers) {
+  for (const auto& [tile, n] : tile_readers) {
     const int level = std::get<0>(tile), first = std::get<2>(tile) * p.members_per_tile;
     const int slot = level * s.bounds.max_members + first;
-    ASSERT_EQ(n, cs::TileOfSlot(slot, p, d, l).members) << what << ": readers of level " << level;
+    ASSERT_EQ(n, cs::TileOfSlot(slot, p, d, l).members * readers)
+        << what << ": readers of level " << level;
   }
 }
 
