@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   __shared__ float s_lse[kMaxMergeInputs * kRowsPerTile];
   __shared__ int s_flag;
   __shared__ uint64_t s_recv_bar;  // cluster merge: completes when every push has landed
+  __shared__ uint64_t s_merge_bar;  // global merge: its staging copies
   const int64_t cta_id =
       blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + int64_t{gridDim.y} * blockIdx.z);
   // Diagnostics: clock k of this CTA (DecodeParams::cta_times), by thread 0.
@@ -528,21 +529,22 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   if (n_groups == 1) {
     MergeStates<D>(a.part_o + (row0 * ps + grp_first) * D, a.part_lse + row0 * ps + grp_first,
                    ps * D, ps, grp_count, rows, a.out + row0 * D,
-                   a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in, s_lse);
+                   a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in, s_lse,
+                   &s_merge_bar);
     stamp(3);
     return;
   }
   const int64_t pg = a.splits;  // group slots are sized like split slots (groups <= splits)
   MergeStates<D>(a.part_o + (row0 * ps + grp_first) * D, a.part_lse + row0 * ps + grp_first, ps * D,
                  ps, grp_count, rows, a.group_o + (row0 * pg + grp) * D,
-                 a.group_lse + row0 * pg + grp, pg * D, pg, 1.f, s_in, s_lse);
+                 a.group_lse + row0 * pg + grp, pg * D, pg, 1.f, s_in, s_lse, &s_merge_bar);
   if (!ArriveLast(&counters[kMaxMergeInputs], n_groups, &s_flag)) {
     stamp(3);
     return;
   }
   MergeStates<D>(a.group_o + row0 * pg * D, a.group_lse + row0 * pg, pg * D, pg, n_groups, rows,
                  a.out + row0 * D, a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in,
-                 s_lse);
+                 s_lse, &s_merge_bar);
   stamp(3);
 }
 

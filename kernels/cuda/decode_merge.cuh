@@ -107,56 +107,53 @@ __device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_
 // output at in_o[r * in_row_o + i * D], log2-sum-exp at in_lse[r * in_row_lse + i]. Writes the
 // merged output to out_o[r * out_row_o + d] and, if out_lse, lse * lse_scale to
 // out_lse[r * out_row_lse]. Called by the whole CTA after a __syncthreads that ends every other
-// use of s_in (kMaxMergeInputs * 8 * D floats, 16-byte aligned) and s_lse
-// (kMaxMergeInputs * 8 floats). Every input is first copied to shared memory with all copies
-// in flight at once, so the merge costs one L2 round trip whatever `count` is (loads consumed
-// one input at a time would each wait for the previous one).
+// use of s_in (kMaxMergeInputs * 8 * D floats, 16-byte aligned), s_lse (kMaxMergeInputs * 8
+// floats) and `bar` (an mbarrier's 8 bytes). A row's inputs are contiguous, so each row is one
+// bulk copy into shared memory (the copy engine, on `bar`), all in flight at once: the merge
+// costs one L2 round trip whatever `count` is. (16-byte cp.async copies, a lane each, kept too
+// few bytes in flight per SM: one CTA staged its inputs at 8-12 GB/s.) The LSEs are read a
+// thread per (row, input) meanwhile, all at once.
 template <int D>
 __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_row_o,
                             int64_t in_row_lse, int count, int rows, float* out_o, float* out_lse,
                             int64_t out_row_o, int64_t out_row_lse, float lse_scale, float* s_in,
-                            float* s_lse) {
+                            float* s_lse, uint64_t* bar) {
   constexpr int kQuads = D / 4;
-  // A warp per row, a lane per 16 bytes, inputs in the inner loop: a copy costs a few
-  // instructions (index arithmetic per copy used to cost more than the round trip).
-  constexpr int kLanesPerInput = kQuads < 32 ? kQuads : 32;
-  constexpr int kInputsPerPass = 32 / kLanesPerInput;
-  {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int sub = lane / kLanesPerInput, q = lane % kLanesPerInput;
-    for (int r = warp; r < rows; r += kWarps) {
-      for (int i = sub; i < count; i += kInputsPerPass) {
-        const float* src = in_o + r * in_row_o + static_cast<int64_t>(i) * D;
-#pragma unroll
-        for (int k = 0; k < kQuads / kLanesPerInput; ++k) {
-          const int d4 = q + k * kLanesPerInput;
-          warp_mma::CpAsync16L2(warp_mma::SmemAddr(s_in + (i * kRowsPerTile + r) * D + d4 * 4),
-                                src + d4 * 4);
-        }
-      }
+  static_assert(kMaxMergeInputs * kRowsPerTile <= kThreads, "a thread per (row, input)");
+  const uint32_t row_bytes = static_cast<uint32_t>(count) * D * 4;
+  if (threadIdx.x == 0) {
+    warp_mma::MbarrierInitForCluster(bar);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // after generic uses
+    warp_mma::MbarrierExpectBytes(bar, row_bytes * rows);
+    for (int r = 0; r < rows; ++r) {
+      warp_mma::BulkCopyToShared(s_in + r * count * D, in_o + r * in_row_o, row_bytes, bar);
     }
   }
-  warp_mma::CpAsyncCommit();
-  // While the copies fly, a thread per row: its weights, normalised, into s_lse.
+  if (threadIdx.x < rows * count) {
+    const int r = threadIdx.x / count, i = threadIdx.x - r * count;
+    s_lse[i * kRowsPerTile + r] = __ldcg(in_lse + r * in_row_lse + i);
+  }
+  __syncthreads();
+  // A thread per row: its weights, normalised, in place.
   if (threadIdx.x < rows) {
     const int r = threadIdx.x;
     const float lse = RowWeights(
-        count, count, [&](int i) { return __ldcg(in_lse + r * in_row_lse + i); },
+        count, count, [&](int i) { return s_lse[i * kRowsPerTile + r]; },
         [&](int i) -> float& { return s_lse[i * kRowsPerTile + r]; });
     if (out_lse != nullptr) {
       out_lse[r * out_row_lse] = lse == -INFINITY ? -INFINITY : lse * lse_scale;
     }
   }
-  warp_mma::CpAsyncWait<0>();
+  warp_mma::MbarrierWaitCluster(bar, 0);
   __syncthreads();
+  if (threadIdx.x == 0) warp_mma::MbarrierInval(bar);  // every thread has passed the wait
   for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
     const int r = item / kQuads, d4 = item % kQuads;
     if (r >= rows) continue;
+    const float* x = s_in + r * count * D + d4 * 4;
     const float4 o = WeightedSum(
         count, [&](int i) { return s_lse[i * kRowsPerTile + r]; },
-        [&](int i) {
-          return *reinterpret_cast<const float4*>(s_in + (i * kRowsPerTile + r) * D + d4 * 4);
-        });
+        [&](int i) { return *reinterpret_cast<const float4*>(x + i * D); });
     float* out = out_o + r * out_row_o + d4 * 4;
     out[0] = o.x;
     out[1] = o.y;
