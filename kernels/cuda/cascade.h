@@ -18,13 +18,15 @@
 //     (split across some of its CTAs) and its members' own positions (pieces on the others), and
 //     merges everything in distributed shared memory; sequences in no level are taken by the
 //     same clusters afterwards.
-//     Otherwise a flat grid whose first CTAs run suffix units and the rest prefix units; a
-//     prefix tile, once merged, arrives at each member's (sequence, KV head) counter, and
-//     whichever CTA arrives last merges that sequence (any levels, nested too).
+//     Otherwise a flat grid of suffix units, prefix units, then merge units: the splits only
+//     write partial states and count their arrivals; each merge unit waits for the counts of
+//     its rows' sequences and merges all their partial states (suffix splits and every level's
+//     prefix splits, nested levels too) in one step. The fused form writes no prefix states.
 // Accuracy is DecodeAttention's (fp32 q split into three bf16 parts, P into two): ~1e-5 relative
 // to fp32 math on the same bf16 K/V (q_parts below trades it for speed). 64-row tiles run on
-// Hopper's warpgroup MMA (cascade_wide.cuh), 16-row tiles on mma.sync. Launch shapes depend only on host values; every length,
-// table and level is read on the device. Thread-safe (stateless launches).
+// Hopper's warpgroup MMA (cascade_wide.cuh), 16-row tiles on mma.sync. Launch shapes depend only
+// on host values; every length, table and level is read on the device. Thread-safe (stateless
+// launches).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -98,9 +100,9 @@ std::string BuildCascadeLayout(const CascadeBounds& bounds,
                                const int32_t* kv_lens, std::vector<int32_t>* words);
 
 // Device scratch for calls with these bounds and knobs (all forms; p's pointers may still be
-// null): partial states of splits and the arrival counters of the in-kernel merges. Contract as DecodeWorkspaceBytes: zero-fill it once
-// after allocation; every call leaves its counters at zero; calls sharing it run in order on one
-// stream. A call aborts when the workspace is smaller than its own bounds need. The first call
+// null): partial states of splits and the arrival counters of the in-kernel merges. Contract as
+// DecodeWorkspaceBytes: zero-fill it once after allocation; every call leaves its counters at
+// zero; calls sharing it run in order on one stream. A call aborts when the workspace is smaller than its own bounds need. The first call
 // on a device also sets the kernel's shared-memory limit: make it before any graph capture.
 size_t CascadeWorkspaceBytes(const PagedKv& cache, const CascadeParams& p);
 

@@ -92,7 +92,8 @@ __device__ void RunTile(const KernelArgs& a, const ClusterTile& t, int rank, uns
     const int lo = t.begin + rank * t.chunk;
     const int hi = min(lo + t.chunk, t.end);
     SetRows(a, t.head, t.members * group, [&](int i) { return sh.seq[i]; }, sh);
-    const int32_t* table = a.block_tables + static_cast<int64_t>(t.table_seq) * a.max_blocks_per_seq;
+    const int32_t* table =
+        a.block_tables + static_cast<int64_t>(t.table_seq) * a.max_blocks_per_seq;
     PrefetchTable<D>(a, table, lo, hi);
     ComputeChunk<D, QP>(a, table, t.head, lo, hi, res, smem, sh);
   }
