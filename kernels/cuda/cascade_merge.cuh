@@ -162,7 +162,7 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
   __syncthreads();  // the caller's last use of shared memory is over
   if (threadIdx.x == 0) warp_mma::MbarrierInitForCluster(bar);
   // (Generic-proxy uses of the staging before the copy engine writes it.)
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  warp_mma::ProxyFence();
   __syncthreads();
   issue(0);
   // While the copies fly: every input's LSE into s_w, a thread per (row, input) with kLoads
@@ -207,7 +207,7 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
     }
     __syncthreads();  // the chunk's staging is free again
     if (r0 + chunk_rows < rows) {
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      warp_mma::ProxyFence();
       issue(r0 + chunk_rows);
     }
   }

@@ -123,7 +123,7 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
   const uint32_t row_bytes = static_cast<uint32_t>(count) * D * 4;
   if (threadIdx.x == 0) {
     warp_mma::MbarrierInitForCluster(bar);
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // after generic uses
+    warp_mma::ProxyFence();  // after generic uses
     warp_mma::MbarrierExpectBytes(bar, row_bytes * rows);
     for (int r = 0; r < rows; ++r) {
       warp_mma::BulkCopyToShared(s_in + r * count * D, in_o + r * in_row_o, row_bytes, bar);

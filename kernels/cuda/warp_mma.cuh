@@ -151,6 +151,12 @@ __device__ __forceinline__ void MbarrierWaitCluster(uint64_t* bar, uint32_t pari
       "r"(parity)
       : "memory");
 }
+// Orders this thread's earlier generic-proxy accesses to shared memory before later async-proxy
+// ones (MMAs reading it, bulk copies writing it): after ordinary stores or cp.async, before a
+// CTA barrier and the MMA; after the last ordinary reads of a buffer, before a bulk copy into it.
+__device__ __forceinline__ void ProxyFence() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 // Bulk copies (the copy engine: one instruction per contiguous run of any length) from global
 // memory into this CTA's shared memory, completing on an mbarrier of this CTA (initialised with
 // MbarrierInitForCluster): each copying thread announces its bytes (MbarrierExpectTx) before its

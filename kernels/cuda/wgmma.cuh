@@ -20,6 +20,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/warp_mma.cuh"
+
 namespace moemesh::cuda::wgmma {
 
 // Descriptor of a 128-byte-swizzled tile at shared address `addr` (16-byte aligned; its 1024-byte
@@ -44,10 +46,8 @@ __device__ __forceinline__ void Wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// Makes this thread's generic-proxy writes to shared memory visible to the MMAs (async proxy).
-__device__ __forceinline__ void ProxyFence() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
+// (ProxyFence: warp_mma.cuh.)
+using warp_mma::ProxyFence;
 
 // Ties accumulator registers to this point (after Wait), so no read of them moves above it.
 template <int N>
