@@ -169,13 +169,12 @@ __device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Share
     take(a.seq_counters +
              cs::kSeqCounterWords * (static_cast<int64_t>(seq) * a.dims.kv_heads + w.head),
          sh.fm_suffix[j], readers);
-    for (int d = 0; d < a.layout.max_depth; ++d) {
-      const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + d];
-      if (slot < 0) continue;
-      const cs::SlotTile t = cs::TileOfSlot(slot, a.plan, a.dims, a.layout);
+    // The levels NoteFinal recorded (each has at least one input): their splits' arrivals.
+    for (int d = 0, first = sh.fm_suffix[j]; first < sh.fm_count[j]; first = sh.fm_end[j][d++]) {
+      const cs::SlotTile t = cs::TileOfSlot(sh.fm_slots[j][d], a.plan, a.dims, a.layout);
       take(a.pre_counters +
                cs::TileIndex(t.level, w.head, t.tile, a.plan, a.dims) * cs::kCounterSlots,
-           t.n_active, static_cast<uint32_t>(t.members) * readers);
+           sh.fm_end[j][d] - first, static_cast<uint32_t>(t.members) * readers);
     }
   }
   __syncthreads();

@@ -223,7 +223,8 @@ __device__ __forceinline__ void NoteFinal(const KernelArgs& a, int j, int seq, i
   for (int d = 0; d < a.layout.max_depth; ++d) {
     const int32_t slot = a.layout.seq_slots[seq * a.layout.max_depth + d];
     if (slot < 0) continue;
-    end += a.plan.fused ? TileOfSlot(slot, a.plan, a.dims, a.layout).n_active : 1;
+    end += a.plan.fused ? LevelActiveSplits(slot / a.layout.max_members, a.plan, a.dims, a.layout)
+                        : 1;
     sh.fm_slots[j][n] = slot;
     sh.fm_end[j][n++] = static_cast<uint8_t>(end);
   }

@@ -415,10 +415,16 @@ MM_CASCADE_HD int SuffixArrivals(int seq, const Plan& p, const Dims& d, const La
   return n_active;
 }
 
-// The prefix tile holding member slot `slot` (for any KV head): its level and tile, the members
-// it holds (the readers of its counter in the fused form) and its active splits.
+// The active splits of level `level` (LevelSplits without the positions).
+MM_CASCADE_HD int LevelActiveSplits(int level, const Plan& p, const Dims& d, const LayoutView& l) {
+  int begin = 0, end = 0, chunk = 0;
+  return LevelSplits(level, p, d, l, &begin, &end, &chunk);
+}
+
+// The prefix tile holding member slot `slot` (for any KV head): its level and tile, and the
+// members it holds (the readers of its counter in the fused form).
 struct SlotTile {
-  int level = 0, tile = 0, members = 0, n_active = 1;
+  int level = 0, tile = 0, members = 0;
 };
 
 MM_CASCADE_HD SlotTile TileOfSlot(int slot, const Plan& p, const Dims& d, const LayoutView& l) {
@@ -427,8 +433,6 @@ MM_CASCADE_HD SlotTile TileOfSlot(int slot, const Plan& p, const Dims& d, const 
   t.tile = (slot - t.level * l.max_members) / p.members_per_tile;
   const int count = MinInt(l.level_members[t.level], l.max_members);
   t.members = MinInt(p.members_per_tile, count - t.tile * p.members_per_tile);
-  int begin = 0, end = 0, chunk = 0;
-  t.n_active = LevelSplits(t.level, p, d, l, &begin, &end, &chunk);
   return t;
 }
 

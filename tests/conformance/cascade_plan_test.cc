@@ -199,9 +199,10 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
         const cs::SlotTile t = cs::TileOfSlot(slot, p, d, l);
         ASSERT_EQ(l.member_seq[slot], b) << what;
         const auto tile = std::make_tuple(t.level, w.head, t.tile);
-        ASSERT_EQ(t.n_active, tile_active[tile]) << what << ": seq " << b << " level " << t.level;
+        const int n_active = cs::LevelActiveSplits(t.level, p, d, l);
+        ASSERT_EQ(n_active, tile_active[tile]) << what << ": seq " << b << " level " << t.level;
         ++tile_readers[tile];
-        inputs += t.n_active;
+        inputs += n_active;
       }
       ASSERT_LE(inputs, cs::kMaxFinalInputs) << what << ": merge inputs of seq " << b;
     }
