@@ -102,8 +102,9 @@ std::string BuildCascadeLayout(const CascadeBounds& bounds,
 // Device scratch for calls with these bounds and knobs (all forms; p's pointers may still be
 // null): partial states of splits and the arrival counters of the in-kernel merges. Contract as
 // DecodeWorkspaceBytes: zero-fill it once after allocation; every call leaves its counters at
-// zero; calls sharing it run in order on one stream. A call aborts when the workspace is smaller than its own bounds need. The first call
-// on a device also sets the kernel's shared-memory limit: make it before any graph capture.
+// zero; calls sharing it run in order on one stream. A call aborts when the workspace is smaller
+// than its own bounds need. The first call on a device also sets the kernel's shared-memory
+// limit: make it before any graph capture.
 size_t CascadeWorkspaceBytes(const PagedKv& cache, const CascadeParams& p);
 
 // The two-launch form, in this order on one stream (or CascadeAttention(kTwoLaunch)).
