@@ -13,8 +13,8 @@
 // Fused form: prefix and suffix splits only write partial states and arrive at their tile's or
 // (sequence, KV head)'s counter; a merge unit per few (sequence, KV head) waits for the counts and
 // merges every partial state of a row in one step, so the merges run on many CTAs at once, not
-// behind the last split of each tile. Units are tickets taken in start order, so a merge unit
-// only waits for units already running, which never wait: deadlock-free on any grid too.
+// behind the last split of each tile. Units are taken from queues in start order (TakeUnit), so
+// a merge unit never holds a slot that a unit it waits for needs: deadlock-free on any grid too.
 // (The merges are in cascade_merge.cuh.)
 #include "kernels/cuda/cascade.h"
 #include "kernels/cuda/cascade_chunk.cuh"
@@ -39,7 +39,6 @@ using cs::ComputeChunk;
 using cs::FinalMerges;
 using cs::KernelArgs;
 using cs::kLn2;
-using cs::kMaxTileRows;
 using cs::kThreads;
 using cs::kWarps;
 using cs::MergePrefixSplits;
@@ -50,26 +49,29 @@ using cs::Stamp;
 using cs::StoreResults;
 using decode::ArriveLast;
 
-// The KV stream of a tile of `tile_rows` (16 or 64) rows; results at the start of smem.
-template <int D, int QP>
+// The KV stream of a tile of `tile_rows` (16 or 64) rows, or of kTiles (2) 64-row tiles; results
+// at the start of smem.
+template <int D, int QP, int kTiles>
 __device__ void Stream(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
                        int tile_rows, unsigned char* smem, Shared& sh) {
   float* res = reinterpret_cast<float*>(smem);
-  if (tile_rows == 64) {
+  if constexpr (kTiles == 2) {
+    cs::ComputeChunkWide<D, QP, 2>(a, table, h, lo, hi, res, smem, sh);
+  } else if (tile_rows == 64) {
     cs::ComputeChunkWide<D, QP>(a, table, h, lo, hi, res, smem, sh);
   } else {
     ComputeChunk<D, QP>(a, table, h, lo, hi, res, smem, sh);
   }
 }
 
-template <int D, int QP>
+template <int D, int QP, int kTiles>
 __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Shared& sh) {
   const cs::PrefixWork w = cs::ResolvePrefix(cta, a.plan, a.dims, a.layout);
   if (!w.active) return;
   const int32_t* table = a.block_tables + static_cast<int64_t>(w.table_seq) * a.max_blocks_per_seq;
   PrefetchTable<D>(a, table, w.lo, w.hi);
   const int group = a.dims.group, nh = a.dims.n_heads;
-  for (int r = threadIdx.x; r < kMaxTileRows; r += kThreads) {
+  for (int r = threadIdx.x; r < cs::kMaxUnitRows; r += kThreads) {
     int32_t q_row = -1, state_row = -1;
     if (r < w.rows) {
       const int slot = w.first_slot + r / group;
@@ -82,7 +84,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   }
   __syncthreads();
   Stamp(a, 1);
-  Stream<D, QP>(a, table, w.head, w.lo, w.hi, a.plan.pre_tile_rows, smem, sh);
+  Stream<D, QP, kTiles>(a, table, w.head, w.lo, w.hi, a.plan.pre_tile_rows, smem, sh);
   Stamp(a, 5);
   if (w.n_active == 1 && !a.plan.fused) {  // the only split: its result is the prefix state
     StoreResults<D>(
@@ -95,9 +97,11 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
       w.rows, [&](int r) { return a.pre_part_o + (sh.row_state[r] * splits + w.split) * D; },
       [&](int r) { return a.pre_part_lse + sh.row_state[r] * splits + w.split; }, 1.f, smem, sh);
   Stamp(a, 6);
-  if (a.plan.fused) {  // the members' merge units merge the splits
-    cs::Arrive(a.pre_counters +
-               cs::TileIndex(w.level, w.head, w.tile, a.plan, a.dims) * cs::kCounterSlots);
+  if (a.plan.fused) {  // the members' merge units merge the splits (one arrival per tile)
+    for (int j = 0; j < w.tiles; ++j) {
+      cs::Arrive(a.pre_counters +
+                 cs::TileIndex(w.level, w.head, w.tile + j, a.plan, a.dims) * cs::kCounterSlots);
+    }
   } else {
     MergePrefixSplits<D>(a, w, smem, sh);
   }
@@ -111,12 +115,12 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   PrefetchTable<D>(a, table, w.lo, w.hi);
   const int group = a.dims.group;
   const int32_t row0 = w.seq * a.dims.n_heads + w.head * group;
-  for (int r = threadIdx.x; r < kMaxTileRows; r += kThreads) {
+  for (int r = threadIdx.x; r < cs::kMaxUnitRows; r += kThreads) {
     sh.row_q[r] = r < group ? row0 + r : -1;
   }
   __syncthreads();
   Stamp(a, 1);
-  Stream<D, QP>(a, table, w.head, w.lo, w.hi, a.plan.suf_tile_rows, smem, sh);
+  Stream<D, QP, 1>(a, table, w.head, w.lo, w.hi, a.plan.suf_tile_rows, smem, sh);
   Stamp(a, 5);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
@@ -183,20 +187,68 @@ __device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Share
                  w.row_end - w.row_begin);
 }
 
-template <int D, int QP>
-__global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a) {
+// Thread 0 of a CTA of the fused flat grid (which has merge units): the unit it runs, taken from
+// queues in start order (a.tickets: kQueueWords words, then the SM claims; cascade_plan.h) so
+// that a merge unit, which waits, never holds a slot that a unit it waits for needs:
+//   - without spread_prefix, a ticket (one atomic; the grid's order: suffix units, prefix units,
+//     merge units): a merge unit is taken after every other unit, so it only waits for units
+//     already running (the CTA taking the last ticket resets the counter);
+//   - with spread_prefix, a CTA first claims its SM (a word per %smid) and, if it is the SM's
+//     only claimant, takes the next prefix unit (releasing the claim when the unit ends, or at
+//     once when none is left); otherwise the next suffix unit, else the next prefix unit; a merge
+//     unit only when no other is left, so again only after every other unit has started.
+// The CTA that finishes taking last resets the queues for the next launch (the claims are
+// released by their prefix units). Sets *claim to the claimed SM's word, or null.
+__device__ int TakeUnit(const KernelArgs& a, uint32_t** claim) {
+  uint32_t* q = a.tickets;
+  const cs::Plan& p = a.plan;
+  const uint32_t pre = static_cast<uint32_t>(p.pre_ctas), suf = static_cast<uint32_t>(p.suf_ctas);
+  const uint32_t merge = static_cast<uint32_t>(p.merge_units);
+  *claim = nullptr;
+  if (!p.spread_prefix) {
+    const uint32_t ticket = atomicAdd(q, 1u);
+    if (ticket + 1 == gridDim.x) atomicExch(q, 0u);
+    return static_cast<int>(ticket);
+  }
+  int unit = -1;
+  auto take = [&](int queue, uint32_t count, uint32_t first) {
+    if (unit >= 0) return;
+    const uint32_t t = atomicAdd(q + queue, 1u);
+    if (t < count) unit = static_cast<int>(first + t);
+  };
+  uint32_t sm;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  if (sm >= static_cast<uint32_t>(cs::kSmClaims)) {
+    take(1, pre, suf);  // no claim word: prefix units first
+  } else if (atomicCAS(q + cs::kQueueWords + sm, 0u, 1u) == 0u) {
+    take(1, pre, suf);
+    if (unit >= 0) {
+      *claim = q + cs::kQueueWords + sm;
+    } else {
+      atomicExch(q + cs::kQueueWords + sm, 0u);
+    }
+  }
+  take(2, suf, 0);
+  take(1, pre, suf);
+  take(3, merge, suf + pre);
+  __threadfence();  // this CTA's queue updates before its count below
+  if (atomicAdd(q, 1u) + 1 == gridDim.x) {
+    for (int i = 0; i < cs::kQueueWords; ++i) atomicExch(q + i, 0u);
+  }
+  return unit;
+}
+
+// kTiles 2: the instance for plans with two-tile prefix units (QP 1); kept apart so that its
+// register needs do not weigh on the other units' code.
+template <int D, int QP, int kTiles>
+__global__ void __launch_bounds__(kThreads, cs::kCtasPerSm) CascadeKernel(const KernelArgs a) {
   extern __shared__ __align__(1024) unsigned char smem[];  // cascade_wide.cuh's layout
   __shared__ Shared sh;
+  __shared__ uint32_t* claim;
   const uint64_t t0 = a.cta_times != nullptr ? warp_mma::GlobalTimerNs() : 0;
-  // With merge units, the CTA's unit is a ticket in start order (cascade_plan.h); the CTA taking
-  // the last one resets the counter for the next launch.
   int unit = static_cast<int>(blockIdx.x);
   if (a.plan.merge_units > 0) {
-    if (threadIdx.x == 0) {
-      const uint32_t ticket = atomicAdd(a.tickets, 1u);
-      if (ticket + 1 == gridDim.x) atomicExch(a.tickets, 0u);
-      sh.flag = static_cast<int>(ticket);
-    }
+    if (threadIdx.x == 0) sh.flag = TakeUnit(a, &claim);
     __syncthreads();
     unit = sh.flag;
   }
@@ -204,7 +256,8 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a)
   if (unit < a.plan.suf_ctas) {
     RunSuffix<D, QP>(a, unit, smem, sh);
   } else if (unit < a.plan.suf_ctas + a.plan.pre_ctas) {
-    RunPrefix<D, QP>(a, unit - a.plan.suf_ctas, smem, sh);
+    RunPrefix<D, QP, kTiles>(a, unit - a.plan.suf_ctas, smem, sh);
+    if (a.plan.merge_units > 0 && threadIdx.x == 0 && claim != nullptr) atomicExch(claim, 0u);
   } else {
     RunMerge<D>(a, unit - a.plan.suf_ctas - a.plan.pre_ctas, smem, sh);
   }
@@ -216,14 +269,14 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeKernel(const KernelArgs a)
 
 // CTAs of CascadeKernel<head_dim> that fit on the current GPU at once (launch_util.h).
 int ResidentSlots(int head_dim) {
-  // The 2- and 1-part variants have the same shared memory and launch bounds as the 3-part ones.
+  // The 2- and 1-part variants and the two-tile ones have the same shared memory and launch
+  // bounds as the 3-part ones.
+  auto k = [](auto kernel) { return reinterpret_cast<const void*>(kernel); };
   static ResidentCtas ctas(
-      "CascadeAttention", reinterpret_cast<const void*>(CascadeKernel<64, 3>), Cfg<64>::kSmemBytes,
-      reinterpret_cast<const void*>(CascadeKernel<128, 3>), Cfg<128>::kSmemBytes, kThreads,
-      reinterpret_cast<const void*>(CascadeKernel<64, 2>),
-      reinterpret_cast<const void*>(CascadeKernel<128, 2>),
-      reinterpret_cast<const void*>(CascadeKernel<64, 1>),
-      reinterpret_cast<const void*>(CascadeKernel<128, 1>));
+      "CascadeAttention", k(CascadeKernel<64, 3, 1>), Cfg<64>::kSmemBytes,
+      k(CascadeKernel<128, 3, 1>), Cfg<128>::kSmemBytes, kThreads,
+      {k(CascadeKernel<64, 2, 1>), k(CascadeKernel<64, 1, 1>), k(CascadeKernel<64, 1, 2>)},
+      {k(CascadeKernel<128, 2, 1>), k(CascadeKernel<128, 1, 1>), k(CascadeKernel<128, 1, 2>)});
   return ctas.For(head_dim);
 }
 
@@ -236,8 +289,14 @@ int CascadeResidentSlots(int head_dim) { return ResidentSlots(head_dim); }
 void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
                          cudaStream_t stream) {
   ForInstance(head_dim, q_parts, [&](auto d, auto qp) {
-    constexpr int kD = decltype(d)::value;
-    CascadeKernel<kD, decltype(qp)::value><<<grid, kThreads, Cfg<kD>::kSmemBytes, stream>>>(a);
+    constexpr int kD = decltype(d)::value, kQP = decltype(qp)::value;
+    if constexpr (kQP == 1) {
+      if (a.plan.pre_unit_tiles == 2) {
+        CascadeKernel<kD, 1, 2><<<grid, kThreads, Cfg<kD>::kSmemBytes, stream>>>(a);
+        return;
+      }
+    }
+    CascadeKernel<kD, kQP, 1><<<grid, kThreads, Cfg<kD>::kSmemBytes, stream>>>(a);
   });
   MM_CUDA_CHECK(cudaGetLastError());
 }

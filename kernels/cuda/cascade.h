@@ -24,9 +24,10 @@
 //     prefix splits, nested levels too) in one step. The fused form writes no prefix states.
 // Accuracy is DecodeAttention's (fp32 q split into three bf16 parts, P into two): ~1e-5 relative
 // to fp32 math on the same bf16 K/V (q_parts below trades it for speed). 64-row tiles run on
-// Hopper's warpgroup MMA (cascade_wide.cuh), 16-row tiles on mma.sync. Launch shapes depend only
-// on host values; every length, table and level is read on the device. Thread-safe (stateless
-// launches).
+// Hopper's warpgroup MMA (cascade_wide.cuh), 16-row tiles on mma.sync; with q_parts 1 a fused
+// prefix CTA can attend two 64-row tiles against each K/V stage it loads (prefix_unit_tiles).
+// Launch shapes depend only on host values; every length, table and level is read on the
+// device. Thread-safe (stateless launches).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -69,6 +70,11 @@ struct CascadeParams {
   int32_t max_prefix_splits = 0;
   int32_t max_suffix_splits = 0;
   int32_t q_parts = 3;
+  // 64-row tiles per prefix CTA of the fused flat grid: 0 or 1 one, 2 two (needs q_parts 1;
+  // ignored where the plan has 16-row tiles or one tile per level and KV head). Two tiles share
+  // each K/V stage the CTA loads (half the L2 reads) but run their MMAs one after the other;
+  // measured slower than one tile on an H200 (docs/perf.md), so not the default.
+  int32_t prefix_unit_tiles = 0;
   // The fused launch's shape: 0 automatic (16-CTA clusters where they fit), 1 the flat grid,
   // 2, 4, 8 or 16: clusters of that many CTAs (a call they do not fit aborts, naming why).
   int32_t cluster = 0;
@@ -78,8 +84,9 @@ struct CascadeParams {
   // (block-table entries read), 3 its first stage in shared memory, 4 its main loop done, 5 its
   // KV stream done (results in shared memory), 6 its results stored, 7 the start of the (last)
   // merge it runs (a merge unit: its inputs have all arrived), 8 its end; 0 where it has no such
-  // point; and at k = kCascadeStamps the unit it ran (CascadePlanInfo: suffix units, then prefix,
-  // then merge units). Size: kCascadeTimelineWords * DescribeCascadePlan().ctas.
+  // point; and at k = kCascadeStamps the unit it ran (low 32 bits; CascadePlanInfo: suffix
+  // units, then prefix, then merge units) and its SM (%smid, high 32 bits). Size:
+  // kCascadeTimelineWords * DescribeCascadePlan().ctas.
   uint64_t* cta_times = nullptr;
 };
 
@@ -122,6 +129,7 @@ void CascadeAttention(const PagedKv& cache, const CascadeParams& p, CascadeForm 
 struct CascadePlanInfo {
   int prefix_tile_rows = 0;
   int prefix_tiles = 0;   // per (level, KV head)
+  int prefix_unit_tiles = 1;  // tiles per prefix CTA
   int prefix_splits = 0;  // per tile
   int suffix_splits = 0;  // per (sequence, KV head)
   int ctas = 0;           // of the launch (a pass, or the fused launch)

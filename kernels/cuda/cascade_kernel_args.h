@@ -28,7 +28,7 @@ struct KernelArgs : PagedStreamArgs {
   float* suf_part_lse;   // [batch * n_heads, suf_splits]
   uint32_t* pre_counters;  // [max_levels * kv_heads * pre_tiles][kCounterSlots]
   uint32_t* seq_counters;  // [batch * kv_heads][kSeqCounterWords]
-  uint32_t* tickets;       // one word: the fused launch's unit tickets (cascade.cu)
+  uint32_t* tickets;       // the fused launch's unit queues: kQueueWords + kSmClaims words
   Plan plan;
   Dims dims;
   FastDivisor group_div;  // dims.group

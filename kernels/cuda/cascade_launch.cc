@@ -22,6 +22,8 @@ cs::PlanKnobs Knobs(const CascadeParams& p) {
   k.prefix_tile_rows = p.prefix_tile_rows;
   k.max_prefix_splits = p.max_prefix_splits;
   k.max_suffix_splits = p.max_suffix_splits;
+  k.prefix_unit_tiles = p.prefix_unit_tiles;
+  k.q_parts = p.q_parts;
   return k;
 }
 
@@ -53,6 +55,12 @@ void Validate(const PagedKv& cache, const CascadeParams& p, const char* op, bool
     Fail(op, "prefix_tile_rows %d (0, 16 or 64)", p.prefix_tile_rows);
   }
   if (p.q_parts < 1 || p.q_parts > 3) Fail(op, "q_parts %d (1, 2 or 3)", p.q_parts);
+  if (p.prefix_unit_tiles < 0 || p.prefix_unit_tiles > 2) {
+    Fail(op, "prefix_unit_tiles %d (0 automatic, 1 or 2)", p.prefix_unit_tiles);
+  }
+  if (p.prefix_unit_tiles == 2 && p.q_parts != 1) {
+    Fail(op, "prefix_unit_tiles 2 needs q_parts 1 (q_parts is %d)", p.q_parts);
+  }
   if (p.cluster != 0 && p.cluster != 1 && p.cluster != 2 && p.cluster != 4 && p.cluster != 8 &&
       p.cluster != 16) {
     Fail(op, "cluster %d (0 automatic, 1 flat grid, or 2, 4, 8, 16 CTAs)", p.cluster);
@@ -119,9 +127,9 @@ WorkspaceLayout ComputeWorkspace(const PagedKv& cache, const CascadeParams& p, i
   w.pre_counters = at;
   at += AlignUp(static_cast<size_t>(b.max_levels) * cache.kv_heads * pre_tiles *
                 cs::kCounterSlots * sizeof(uint32_t));
-  w.seq_counters = at;  // then the ticket word
-  at += AlignUp((static_cast<size_t>(b.batch) * cache.kv_heads * cs::kSeqCounterWords + 1) *
-                sizeof(uint32_t));
+  w.seq_counters = at;  // then the unit queues
+  at += AlignUp((static_cast<size_t>(b.batch) * cache.kv_heads * cs::kSeqCounterWords +
+                 cs::kQueueWords + cs::kSmClaims) * sizeof(uint32_t));
   w.pre_part_o = at;
   at += AlignUp(pre_parts * d * sizeof(float));
   w.pre_part_lse = at;
@@ -268,6 +276,7 @@ CascadePlanInfo DescribeCascadePlan(const PagedKv& cache, const CascadeParams& p
   CascadePlanInfo info;
   info.prefix_tile_rows = plan.pre_tile_rows;
   info.prefix_tiles = plan.pre_tiles;
+  info.prefix_unit_tiles = plan.pre_unit_tiles;
   info.prefix_splits = plan.pre_splits;
   info.suffix_splits = plan.suf_splits;
   info.ctas = plan.pre_ctas + plan.suf_ctas + plan.merge_units;

@@ -20,6 +20,7 @@ namespace moemesh::cuda::cascade {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxTileRows = 64;
+static_assert(kMaxUnitRows == 2 * kMaxTileRows, "a prefix unit is at most two 64-row tiles");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -30,11 +31,14 @@ struct Cfg {
   static constexpr int kKvBytes = kStageTokens * kRowBytes;  // K (or V) of one stage
   static constexpr int kStageBytes = 2 * kKvBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;
-  // After the main loop the stage buffers hold the tile's results ([64 rows][kResStride]
-  // floats), then the per-warp states of a 16-row tile ([4 warps][16 rows][kResStride]).
+  // After the main loop the stage buffers hold the unit's results ([up to 128 rows][kResStride]
+  // floats); a 16-row tile's per-warp states ([4 warps][16 rows][kResStride]) follow its 64.
   static constexpr int kResStride = D + 8;  // float2 stores of a half-warp hit 32 banks
   static constexpr int kWarpBufFloats = kMaxTileRows * kResStride;
   static_assert((kMaxTileRows + kWarps * 16) * kResStride * 4 <= kSmemBytes, "result buffers");
+  static_assert(kMaxUnitRows * kResStride * 4 <= kSmemBytes, "a two-tile unit's results");
+  // A two-tile unit (ComputeChunkWide<D, 1, 2>) keeps its queries in the last stage buffer.
+  static_assert(kMaxUnitRows * D * 2 == kStageBytes, "two tiles' bf16 queries fill one stage");
   // MergeRows: the weights and LSEs of up to kMaxTileRows rows and the staged outputs of at least
   // one row.
   static_assert(16 + (kMaxTileRows * (kMaxFinalInputs + 1) + D * kMaxFinalInputs) * 4 <=
@@ -46,12 +50,12 @@ struct Cfg {
 struct StreamShared {
   float m[kWarps][16];               // per-warp row maxima of a 16-row tile
   float l[kWarps][16];               // and sums
-  float res_lse[kMaxTileRows];       // the tile's log2-sum-exps (-inf: nothing attended)
-  int32_t row_q[kMaxTileRows];       // q / output row (sequence * n_heads + head), -1: padding
+  float res_lse[kMaxUnitRows];       // the unit's log2-sum-exps (-inf: nothing attended)
+  int32_t row_q[kMaxUnitRows];       // q / output row (sequence * n_heads + head), -1: padding
 };
 
 struct Shared : StreamShared {
-  int32_t row_state[kMaxTileRows];   // prefix tiles: prefix-state row (slot * n_heads + head)
+  int32_t row_state[kMaxUnitRows];   // prefix units: prefix-state row (slot * n_heads + head)
   // The (sequence, KV head) merges this CTA completes (FinalMerges): per sequence, its suffix
   // splits, its inputs (suffix splits, then each level's), the member slots of its levels and
   // the input index where each level's inputs end.
@@ -72,14 +76,17 @@ __device__ __forceinline__ void Stamp(const KernelArgs& a, int k) {
   }
 }
 
-// Thread 0: starts this CTA's row of the timeline at t0, naming the unit it runs (its other
-// points are cleared, as a unit may skip some).
+// Thread 0: starts this CTA's row of the timeline at t0, naming the unit it runs and the SM it
+// runs on (its other points are cleared, as a unit may skip some).
 __device__ __forceinline__ void StartTimeline(const KernelArgs& a, int unit, uint64_t t0) {
   if (threadIdx.x != 0 || a.cta_times == nullptr) return;
   uint64_t* row = a.cta_times + kCascadeTimelineWords * static_cast<int64_t>(blockIdx.x);
   row[0] = t0;
   for (int k = 1; k < kCascadeStamps; ++k) row[k] = 0;
-  row[kCascadeStamps] = static_cast<uint64_t>(unit);
+  uint32_t sm;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  row[kCascadeStamps] = static_cast<uint64_t>(static_cast<uint32_t>(unit)) |
+                        static_cast<uint64_t>(sm) << 32;
 }
 
 // Block-wide: this CTA's global writes are published, then one arrival at `counter` (whose
@@ -93,14 +100,18 @@ __device__ __forceinline__ void Arrive(uint32_t* counter) {
 }
 
 // One thread: waits until `counter` reaches `count`; what the arrivals wrote before arriving is
-// then visible to this thread, and to the rest of its CTA after a CTA barrier.
+// then visible to this thread, and to the rest of its CTA after a CTA barrier. Polls with relaxed
+// loads and acquires once, with a fence, when the count is reached: an acquire load compiles to
+// a load and an invalidation of the SM's whole L1 (LDG.STRONG.GPU + CCTL.IVALL), which after
+// every poll would also drop the L1 lines of the CTA sharing the SM.
 __device__ __forceinline__ void WaitCount(const uint32_t* counter, int count) {
   for (;;) {
     uint32_t v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
-    if (v >= static_cast<uint32_t>(count)) return;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
+    if (v >= static_cast<uint32_t>(count)) break;
     __nanosleep(128);
   }
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 }
 
 // Merges attention states row by row: row r has count_of(r) <= cmax inputs, input i with

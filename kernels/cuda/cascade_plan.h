@@ -58,6 +58,12 @@ constexpr int kMaxMergeInputs = 16;           // max(group size, groups) of a tw
 constexpr int kCounterSlots = kMaxMergeInputs + 1;  // per prefix tile: groups, then the top
 constexpr int kMaxFinalInputs = kMaxSuffixSplits + kCascadeMaxDepth;
 constexpr int kMaxMergeRows = 64;             // rows of one merge unit (fused form)
+constexpr int kMaxUnitRows = 128;             // rows of one prefix unit (two 64-row tiles)
+constexpr int kCtasPerSm = 2;                 // the flat-grid kernel's launch bounds (cascade.cu)
+// The fused flat grid's unit queues (cascade.cu TakeUnit): CTAs done taking, prefix, suffix and
+// merge units taken, then a claim word per SM id (%smid; an SM id beyond them claims nothing).
+constexpr int kQueueWords = 4;
+constexpr int kSmClaims = 1024;
 constexpr int kSeqCounterWords = 2;           // per (sequence, KV head): arrivals, readers
 
 // Which launch a plan is for.
@@ -137,7 +143,8 @@ MM_CASCADE_HD LayoutView MakeLayoutView(const int32_t* words, const CascadeBound
 
 // ---------------------------------------------------------------------------------------------
 // The launch plan. A prefix unit is (level, KV head, row tile, split): the rows of up to
-// members_per_tile members x the group's query heads against one split of the level's range. A
+// members_per_tile members x the group's query heads against one split of the level's range
+// (with pre_unit_tiles 2, two consecutive 64-row tiles sharing each K/V stage). A
 // suffix unit is (sequence, KV head, split): the group's rows against one split of the sequence's
 // own positions. The grid is flat: units [0, suf_ctas) are suffix units (short: they start first
 // and free their slots early), then prefix units (row tile fastest, so the tiles reading the
@@ -159,6 +166,7 @@ struct Plan {
   int pre_tile_rows = 16;      // 16 (one row-warp, the 4 warps split the positions) or 64
   int members_per_tile = 1;    // pre_tile_rows / group
   int pre_tiles = 0;           // row tiles per (level, KV head) at the bound
+  int pre_unit_tiles = 1;      // 64-row tiles one prefix unit attends (1, or 2 on request)
   int pre_splits = 1;
   int pre_chunk = kMinChunk;   // positions per split at the bound
   int pre_merge_group = 1;     // splits per first-level merge
@@ -170,6 +178,7 @@ struct Plan {
   bool fused = false;          // merge units complete every sequence (see MergeWork)
   int merge_rows = 1;          // fused: rows per merge unit (a divisor or a multiple of group)
   int merge_units = 0;         // fused: (KV head, merge_rows rows) units, last in the grid
+  bool spread_prefix = false;  // fused: one prefix unit per SM before two (see MakePlan)
 };
 
 // Tuning and testing knobs (0 = automatic).
@@ -177,6 +186,8 @@ struct PlanKnobs {
   int prefix_tile_rows = 0;   // 16 or 64
   int max_prefix_splits = 0;  // caps splits per prefix tile
   int max_suffix_splits = 0;  // caps splits per (sequence, KV head)
+  int prefix_unit_tiles = 0;  // 2: two 64-row tiles per prefix unit of the fused form
+  int q_parts = 3;            // the call's bf16 parts of q (two-tile units need 1)
 };
 
 inline int MergeGroupSize(int splits) {
@@ -236,6 +247,17 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
                                        p.members_per_tile
                                  : 0;
   p.suf_tile_rows = group <= 16 ? 16 : 64;
+  // Two 64-row tiles per prefix unit, on request (fused form, q in one bf16 part, which then fits
+  // in shared memory beside two stages): each K/V stage is loaded once for 128 rows, halving the
+  // L2 reads of a split. Not automatic: measured on an H200 (bench_cascade (c), 64 x 8 rows over
+  // 32K positions), a two-tile unit runs a stage in 2.4 us alone on an SM and 3.0 us beside
+  // another (the tiles' MMA and softmax chains run one after the other), against 1.9 us for
+  // two one-tile units side by side, so with the SMs the suffix units hold, the fused call took
+  // 58 us against 55.
+  if (form == Form::kFused && p.pre_tile_rows == 64 && k.q_parts == 1 && p.pre_tiles >= 2 &&
+      k.prefix_unit_tiles == 2) {
+    p.pre_unit_tiles = 2;
+  }
 
   const int64_t suf_units = static_cast<int64_t>(b.batch) * kv_heads;
   int64_t suf_cap = std::min<int64_t>(
@@ -246,7 +268,9 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
       std::clamp<int64_t>(suf_units > 0 ? slots / suf_units : 1, 1, suf_cap));
   p.suf_chunk = ChunkTokens(std::max(b.max_suffix_len, 1), p.suf_splits);
 
-  const int64_t pre_units = static_cast<int64_t>(b.max_levels) * kv_heads * p.pre_tiles;
+  const int64_t pre_tile_units = static_cast<int64_t>(b.max_levels) * kv_heads * p.pre_tiles;
+  const int64_t pre_units = static_cast<int64_t>(b.max_levels) * kv_heads *
+                            ((p.pre_tiles + p.pre_unit_tiles - 1) / p.pre_unit_tiles);
   int64_t pre_cap = std::min<int64_t>(
       kMaxPrefixSplits, std::max<int64_t>(1, (static_cast<int64_t>(b.max_shared_len) +
                                               kMinChunk - 1) / kMinChunk));
@@ -258,7 +282,7 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
     // and the suffix CTAs, first in the grid and short, free their slots for the rest.
     const int64_t rows_pre = std::min<int64_t>(
         p.pre_tile_rows, (static_cast<int64_t>(std::max(b.max_members, 1)) * group + 15) / 16 * 16);
-    const double work_pre = static_cast<double>(pre_units) * rows_pre *
+    const double work_pre = static_cast<double>(pre_tile_units) * rows_pre *
                             std::max(b.max_shared_len, 1);
     const double work_suf = static_cast<double>(suf_units) * ((group + 15) / 16 * 16) *
                             std::max(b.max_suffix_len, 1);
@@ -266,6 +290,11 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
     const int64_t one_wave = slots - suf_units * p.suf_splits;
     pre_slots = std::max<int64_t>(1, 8 * one_wave >= 7 * share ? one_wave : share);
   }
+  // Two-tile units are spread over the SMs (the GPU fills an SM's kCtasPerSm slots with
+  // consecutive CTAs, which put two prefix units on most SMs and the suffix units' pairs on the
+  // others; measured on an H200, one two-tile unit alone on an SM ran a stage in 2.3 us, two on
+  // one SM in 3.0 us each, so every SM should hold one before any holds two).
+  p.spread_prefix = p.pre_unit_tiles == 2;
   p.pre_splits = static_cast<int>(
       std::clamp<int64_t>(pre_units > 0 ? pre_slots / pre_units : 1, 1, pre_cap));
   if (form == Form::kFused) {
@@ -311,9 +340,10 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
 
 struct PrefixWork {
   bool active = false;
-  int level = 0, head = 0, tile = 0, split = 0;
-  int first_slot = 0;  // member slot of the tile's first member
-  int members = 0;     // members in this tile
+  int level = 0, head = 0, tile = 0, split = 0;  // tile: the unit's first row tile
+  int tiles = 0;       // row tiles of the unit that have members (1 or 2)
+  int first_slot = 0;  // member slot of the unit's first member
+  int members = 0;     // members in the unit
   int rows = 0;        // members * group
   int table_seq = 0;   // whose block table the level is read through (its first member)
   int lo = 0, hi = 0;  // this split's positions
@@ -337,11 +367,17 @@ MM_CASCADE_HD int64_t TileIndex(int level, int head, int tile, const Plan& p, co
   return (static_cast<int64_t>(level) * d.kv_heads + head) * p.pre_tiles + tile;
 }
 
+// Prefix units per (level, KV head, split).
+MM_CASCADE_HD int PrefixUnitsPerSplit(const Plan& p) {
+  return (p.pre_tiles + p.pre_unit_tiles - 1) / p.pre_unit_tiles;
+}
+
 // Prefix unit `cta` (< plan.pre_ctas; unit suf_ctas + cta of the launch).
 MM_CASCADE_HD PrefixWork ResolvePrefix(int cta, const Plan& p, const Dims& d, const LayoutView& l) {
   PrefixWork w;
-  w.tile = cta % p.pre_tiles;
-  int r = cta / p.pre_tiles;
+  const int units = PrefixUnitsPerSplit(p);
+  w.tile = cta % units * p.pre_unit_tiles;
+  int r = cta / units;
   w.split = r % p.pre_splits;
   r /= p.pre_splits;
   w.head = r % d.kv_heads;
@@ -350,7 +386,8 @@ MM_CASCADE_HD PrefixWork ResolvePrefix(int cta, const Plan& p, const Dims& d, co
   const int m0 = w.tile * p.members_per_tile;
   if (count <= 0 || m0 >= count) return w;
   w.first_slot = w.level * l.max_members + m0;
-  w.members = MinInt(p.members_per_tile, count - m0);
+  w.members = MinInt(p.members_per_tile * p.pre_unit_tiles, count - m0);
+  w.tiles = (w.members + p.members_per_tile - 1) / p.members_per_tile;
   w.rows = w.members * d.group;
   w.table_seq = l.member_seq[w.level * l.max_members];
   int begin = 0, end = 0, chunk = 0;

@@ -11,6 +11,12 @@
 //     positions, zero-filled past hi) but in the 128-byte-swizzled layout the MMAs read: a
 //     position's D dims are D / 64 column blocks of 128 bytes, each block a separate 8 KiB tile.
 //     A stage's block-table entries are read an iteration before its copies are issued.
+//   - Two tiles (128 rows, QP 1, the fused form's prefix units where the plan has two or more
+//     tiles: cascade_plan.h pre_unit_tiles): both tiles attend each stage the CTA loads, so a
+//     split's K/V crosses L2 once per 128 rows instead of once per 64. The queries are then
+//     staged once in shared memory as bf16 (StageQueries, the last stage buffer, leaving
+//     kStages - 1 stages to stream) and S = Q K^T takes both operands from shared memory; each
+//     stage runs tile 0's S, softmax and P.V, then tile 1's.
 //   - Accuracy by QP, the bf16 parts of the fp32 queries (pre-scaled by scale * log2(e)): 3 or 2
 //     parts with P in two parts as ComputeChunk; 1 part with P in one part (the accuracy of
 //     flash-attention kernels with bf16 operands, ~2^-9 relative per score, and 2.5x fewer MMAs
@@ -87,14 +93,94 @@ __device__ __forceinline__ void QueryFragments(const KernelArgs& a, const Stream
   }
 }
 
-template <int D, int QP>
+// Two-tile units: the unit's 128 query rows (sh.row_q, -1: padding, zeros), scaled and rounded to
+// bf16 (one part), into q_smem as two K-major A tiles for MmaSS64: tile t (rows 64 t ..) at
+// t * kTileBytes, its 64-dim column block b at + b * 8 KiB, 128-byte swizzled as the K stages.
+template <int D>
+__device__ void StageQueries(const KernelArgs& a, const StreamShared& sh, unsigned char* q_smem) {
+  constexpr int kChunks = D / 8;                   // 16-byte bf16 chunks per row
+  constexpr int kBlockBytes = kStageTokens * 128;  // one 64-row column block
+  constexpr int kTileBytes = (D / 64) * kBlockBytes;
+  constexpr int kItems = kMaxUnitRows * kChunks / kThreads;  // chunks per thread
+  constexpr int kBatch = 8;  // chunks whose loads are in flight together (one load each took
+                             // an L2 round trip: 5 us for the 16 of head_dim 128)
+  static_assert(kItems % kBatch == 0, "whole batches");
+#pragma unroll 1
+  for (int b0 = 0; b0 < kItems; b0 += kBatch) {
+    float2 x[kBatch][4];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int item = (b0 + j) * kThreads + static_cast<int>(threadIdx.x);
+      const int32_t qi = sh.row_q[item / kChunks];
+      const float2* src = reinterpret_cast<const float2*>(
+          a.q + static_cast<int64_t>(qi >= 0 ? qi : 0) * D + item % kChunks * 8);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[j][e] = qi >= 0 ? __ldg(src + e) : make_float2(0.f, 0.f);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int item = (b0 + j) * kThreads + static_cast<int>(threadIdx.x);
+      const int r = item / kChunks, c = item % kChunks, rr = r % kStageTokens;
+      uint32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        SplitParts<1>(x[j][e].x * a.q_scale, x[j][e].y * a.q_scale, &w[e]);
+      }
+      unsigned char* dst = q_smem + (r / kStageTokens) * kTileBytes + (c / 8) * kBlockBytes +
+                           rr * 128 + (((c & 7) ^ (rr & 7)) << 4);
+      *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+}
+
+// The online softmax of one stage's 64 x 64 scores s (this lane: positions 8j + 2t + (e & 1) of
+// rows g (e < 2) and g + 8, log2 units) in place: positions >= n_valid masked, the rows' running
+// maxima and this lane's share of their sums updated, s left holding P, alpha the rescale of the
+// rows' previous state.
+__device__ __forceinline__ void StageSoftmax(float (&s)[32], int n_valid, int t, float (&m_run)[2],
+                                             float (&l_run)[2], float (&alpha)[2]) {
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (8 * j + 2 * t + (e & 1) >= n_valid) s[4 * j + e] = -INFINITY;
+      tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[4 * j + e]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+    tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+    const float m_new = fmaxf(m_run[i], tile_max[i]);  // finite: the stage's first is valid
+    alpha[i] = warp_mma::Exp2Approx(m_run[i] - m_new);  // 0 on the first stage
+    m_run[i] = m_new;
+  }
+  float psum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    s[i] = warp_mma::Exp2Approx(s[i] - m_run[(i >> 1) & 1]);
+    psum[(i >> 1) & 1] += s[i];
+  }
+  l_run[0] = fmaf(l_run[0], alpha[0], psum[0]);
+  l_run[1] = fmaf(l_run[1], alpha[1], psum[1]);
+}
+
+// kTiles 64-row tiles (1; or 2 with QP 1) against positions [lo, hi) of KV head h; see the top of
+// the file. Two tiles share every K/V stage: their queries sit in shared memory (StageQueries,
+// in the last stage buffer, so kStages - 1 stages stream) and each stage runs tile 0's
+// S, softmax and P.V, then tile 1's, from the same K and V.
+template <int D, int QP, int kTiles = 1>
 __device__ void ComputeChunkWide(const KernelArgs& a, const int32_t* table, int h, int lo, int hi,
                                  float* res, unsigned char* smem, StreamShared& sh) {
+  static_assert(kTiles == 1 || (kTiles == 2 && QP == 1), "two tiles keep q in one bf16 part");
   using C = Cfg<D>;
+  constexpr int kStages = kTiles == 2 ? C::kStages - 1 : C::kStages;
   constexpr int kBlocks = D / 64;                    // 128-byte column blocks per position
   constexpr int kBlockBytes = kStageTokens * 128;    // one block of a stage (8 KiB)
   static_assert(kBlocks * kBlockBytes == C::kKvBytes, "stage layout");
   static_assert(C::kStageBytes % 1024 == 0, "stages keep the 1024-byte swizzle alignment");
+  static_assert(kStages >= 2, "double buffering at least");
   constexpr int kChunksPerRow = D / 8;
   constexpr int kRowsPerPass = kThreads / kChunksPerRow;
   constexpr int kPasses = kStageTokens / kRowsPerPass;
@@ -120,7 +206,7 @@ __device__ void ComputeChunkWide(const KernelArgs& a, const int32_t* table, int 
   };
   auto issue = [&](int s, const int32_t (&ent)[kPasses]) {
     const int p0 = lo + s * kStageTokens;
-    const uint32_t k_dst = warp_mma::SmemAddr(smem + (s % C::kStages) * C::kStageBytes);
+    const uint32_t k_dst = warp_mma::SmemAddr(smem + (s % kStages) * C::kStageBytes);
     const uint32_t v_dst = k_dst + C::kKvBytes;
 #pragma unroll
     for (int j = 0; j < kPasses; ++j) {
@@ -140,127 +226,125 @@ __device__ void ComputeChunkWide(const KernelArgs& a, const int32_t* table, int 
   };
   int32_t ent[kPasses];
 #pragma unroll 1
-  for (int s = 0; s < C::kStages - 1; ++s) {
+  for (int s = 0; s < kStages - 1; ++s) {
     if (s < n_stages) {
       table_entries(s, ent);
       issue(s, ent);
     }
     warp_mma::CpAsyncCommit();
   }
-  if (C::kStages - 1 < n_stages) table_entries(C::kStages - 1, ent);
+  if (kStages - 1 < n_stages) table_entries(kStages - 1, ent);
   Stamp(a, 2);
 
-  uint32_t qf[QP][D / 16][4];
-  QueryFragments<D, QP>(a, sh, 16 * warp + g, t, qf);
+  // The queries: one tile's QP parts in registers, or two tiles' single part in shared memory.
+  constexpr int kQf = kTiles == 1 ? QP : 1;
+  [[maybe_unused]] uint32_t qf[kQf][kTiles == 1 ? D / 16 : 1][4];
+  [[maybe_unused]] const uint32_t q_smem = warp_mma::SmemAddr(smem + kStages * C::kStageBytes);
+  if constexpr (kTiles == 1) {
+    QueryFragments<D, QP>(a, sh, 16 * warp + g, t, qf);
+  } else {
+    StageQueries<D>(a, sh, smem + kStages * C::kStageBytes);  // fenced by the loop's first barrier
+  }
 
-  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units), same in a row's 4 lanes
-  float l_run[2] = {0.f, 0.f};              // this lane's share of the rows' sums
-  float o[D / 2];
+  float m_run[kTiles][2], l_run[kTiles][2];  // rows g, g + 8 (log2 units); this lane's sums
+  float o[kTiles][D / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  for (int u = 0; u < kTiles; ++u) {
+    m_run[u][0] = m_run[u][1] = -INFINITY;
+    l_run[u][0] = l_run[u][1] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[u][i] = 0.f;
+  }
 
   for (int it = 0; it < n_stages; ++it) {
-    warp_mma::CpAsyncWait<C::kStages - 2>();  // this thread's copies of stage it have landed
+    warp_mma::CpAsyncWait<kStages - 2>();  // this thread's copies of stage it have landed
     wgmma::ProxyFence();
     __syncthreads();  // everyone's have; every MMA of stage it - 1 is complete
     if (it == 0) Stamp(a, 3);
-    if (it + C::kStages - 1 < n_stages) issue(it + C::kStages - 1, ent);
+    if (it + kStages - 1 < n_stages) issue(it + kStages - 1, ent);
     warp_mma::CpAsyncCommit();
-    if (it + C::kStages < n_stages) table_entries(it + C::kStages, ent);
-    const uint32_t k_stage = warp_mma::SmemAddr(smem + (it % C::kStages) * C::kStageBytes);
+    if (it + kStages < n_stages) table_entries(it + kStages, ent);
+    const uint32_t k_stage = warp_mma::SmemAddr(smem + (it % kStages) * C::kStageBytes);
     const uint32_t v_stage = k_stage + C::kKvBytes;
     const int n_valid = min(kStageTokens, hi - (lo + it * kStageTokens));
 
-    float s[32];
-    wgmma::Fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t kb = wgmma::Desc128B(k_stage + (kk / 4) * kBlockBytes + (kk % 4) * 32, 16,
-                                          1024);
+    for (int u = 0; u < kTiles; ++u) {
+      float s[32];
+      wgmma::Fence();
 #pragma unroll
-      for (int part = 0; part < QP; ++part) {
-        wgmma::MmaRS64<0>(s, qf[part][kk], kb, kk > 0 || part > 0);
-      }
-    }
-    wgmma::Commit();
-    wgmma::Wait<0>();
-    wgmma::KeepAfterWait(s);
-
-    // Online softmax: the lane holds positions 8j + 2t + (e & 1) of row g (e < 2) and g + 8.
-    float tile_max[2] = {-INFINITY, -INFINITY};
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t k_off = (kk / 4) * kBlockBytes + (kk % 4) * 32;
+        const uint64_t kb = wgmma::Desc128B(k_stage + k_off, 16, 1024);
+        if constexpr (kTiles == 1) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (8 * j + 2 * t + (e & 1) >= n_valid) s[4 * j + e] = -INFINITY;
-        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[4 * j + e]);
-      }
-    }
-    float alpha[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-      const float m_new = fmaxf(m_run[i], tile_max[i]);  // finite: the stage's first is valid
-      alpha[i] = warp_mma::Exp2Approx(m_run[i] - m_new);  // 0 on the first stage
-      m_run[i] = m_new;
-    }
-    float psum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      s[i] = warp_mma::Exp2Approx(s[i] - m_run[(i >> 1) & 1]);
-      psum[(i >> 1) & 1] += s[i];
-    }
-    l_run[0] = fmaf(l_run[0], alpha[0], psum[0]);
-    l_run[1] = fmaf(l_run[1], alpha[1], psum[1]);
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-    // A operand of P.V for positions 16 kk ..: registers (row g, 2t..), (g + 8, 2t..),
-    // (g, 2t + 8..), (g + 8, 2t + 8..).
-    uint32_t pf[kPParts][4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = 4 * (2 * kk + (r >> 1)) + 2 * (r & 1);
-        uint32_t parts[3];
-        SplitParts<kPParts>(s[i], s[i + 1], parts);
-#pragma unroll
-        for (int part = 0; part < kPParts; ++part) pf[part][kk][r] = parts[part];
-      }
-    }
-    wgmma::Fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint64_t vb = wgmma::Desc128B(v_stage + kk * 16 * 128, kBlockBytes, 1024);
-#pragma unroll
-      for (int part = 0; part < kPParts; ++part) {
-        if constexpr (D == 128) {
-          wgmma::MmaRS128<1>(o, pf[part][kk], vb, 1);
+          for (int part = 0; part < QP; ++part) {
+            wgmma::MmaRS64<0>(s, qf[part][kk], kb, kk > 0 || part > 0);
+          }
         } else {
-          wgmma::MmaRS64<1>(o, pf[part][kk], vb, 1);
+          const uint64_t qb = wgmma::Desc128B(q_smem + u * C::kKvBytes + k_off, 16, 1024);
+          wgmma::MmaSS64<0>(s, qb, kb, kk > 0);
         }
       }
+      wgmma::Commit();
+      wgmma::Wait<0>();
+      wgmma::KeepAfterWait(s);
+
+      float alpha[2];
+      StageSoftmax(s, n_valid, t, m_run[u], l_run[u], alpha);
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[u][i] *= alpha[(i >> 1) & 1];
+      // A operand of P.V for positions 16 kk ..: registers (row g, 2t..), (g + 8, 2t..),
+      // (g, 2t + 8..), (g + 8, 2t + 8..).
+      uint32_t pf[kPParts][4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = 4 * (2 * kk + (r >> 1)) + 2 * (r & 1);
+          uint32_t parts[3];
+          SplitParts<kPParts>(s[i], s[i + 1], parts);
+#pragma unroll
+          for (int part = 0; part < kPParts; ++part) pf[part][kk][r] = parts[part];
+        }
+      }
+      wgmma::Fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint64_t vb = wgmma::Desc128B(v_stage + kk * 16 * 128, kBlockBytes, 1024);
+#pragma unroll
+        for (int part = 0; part < kPParts; ++part) {
+          if constexpr (D == 128) {
+            wgmma::MmaRS128<1>(o[u], pf[part][kk], vb, 1);
+          } else {
+            wgmma::MmaRS64<1>(o[u], pf[part][kk], vb, 1);
+          }
+        }
+      }
+      wgmma::Commit();
+      wgmma::Wait<0>();
+      wgmma::KeepAfterWait(o[u]);
     }
-    wgmma::Commit();
-    wgmma::Wait<0>();
-    wgmma::KeepAfterWait(o);
   }
   Stamp(a, 4);
   warp_mma::CpAsyncWait<0>();
   __syncthreads();  // every warp is done with the stage buffers: they hold the results below
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    const int r = 16 * warp + g + 8 * i;
-    const float inv = l_run[i] > 0.f ? 1.f / l_run[i] : 0.f;
+  for (int u = 0; u < kTiles; ++u) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<float2*>(res + r * C::kResStride + j * 8 + 2 * t) =
-          make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+    for (int i = 0; i < 2; ++i) {
+      float l = l_run[u][i];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int r = kStageTokens * u + 16 * warp + g + 8 * i;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<float2*>(res + r * C::kResStride + j * 8 + 2 * t) =
+            make_float2(o[u][4 * j + 2 * i] * inv, o[u][4 * j + 2 * i + 1] * inv);
+      }
+      if (t == 0) sh.res_lse[r] = l > 0.f ? m_run[u][i] + log2f(l) : -INFINITY;
     }
-    if (t == 0) sh.res_lse[r] = l_run[i] > 0.f ? m_run[i] + log2f(l_run[i]) : -INFINITY;
   }
   __syncthreads();
 }

@@ -7,11 +7,13 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -38,19 +40,20 @@ class ResidentCtas {
  public:
   static constexpr int kMaxDevices = 64;
 
+  static constexpr int kMaxTwins = 4;
+
   // `op` names the family in errors. `kernel64` / `kernel128` and their dynamic shared memory;
-  // `twin64` / `twin128` and `twin64b` / `twin128b` (optional): variants with the same shared
+  // `twins64` / `twins128` (optional, up to kMaxTwins each): variants with the same shared
   // memory and launch bounds, which get the same shared-memory limit (the count is the first
   // kernel's).
   ResidentCtas(const char* op, const void* kernel64, size_t smem64, const void* kernel128,
-               size_t smem128, int threads, const void* twin64 = nullptr,
-               const void* twin128 = nullptr, const void* twin64b = nullptr,
-               const void* twin128b = nullptr)
-      : op_(op),
-        kernels_{kernel64, kernel128},
-        twins_{{twin64, twin64b}, {twin128, twin128b}},
-        smem_{smem64, smem128},
-        threads_(threads) {}
+               size_t smem128, int threads, std::initializer_list<const void*> twins64 = {},
+               std::initializer_list<const void*> twins128 = {})
+      : op_(op), kernels_{kernel64, kernel128}, smem_{smem64, smem128}, threads_(threads) {
+    if (twins64.size() > kMaxTwins || twins128.size() > kMaxTwins) Fail(op, "too many twins");
+    std::copy(twins64.begin(), twins64.end(), twins_[0]);
+    std::copy(twins128.begin(), twins128.end(), twins_[1]);
+  }
 
   int For(int head_dim) {
     int device = 0;
@@ -80,7 +83,7 @@ class ResidentCtas {
  private:
   const char* op_;
   const void* kernels_[2];
-  const void* twins_[2][2];
+  const void* twins_[2][kMaxTwins] = {};
   size_t smem_[2];
   int threads_;
   std::atomic<int> cache_[2][kMaxDevices] = {};

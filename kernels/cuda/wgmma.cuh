@@ -1,6 +1,7 @@
 // Thin wrappers of the Hopper warpgroup MMA (wgmma, sm_90a) that the cascade kernel's 64-row
 // tiles use: a warpgroup (4 consecutive warps, 128 threads) multiplies a 64-row A held in
-// registers by a B tile in shared memory described by a matrix descriptor, asynchronously.
+// registers (or, MmaSS64, in shared memory) by a B tile in shared memory described by a matrix
+// descriptor, asynchronously.
 // Layouts are the PTX ISA's ("Asynchronous Warpgroup Level Matrix Shared Memory Layout"):
 //   - Shared-memory B tiles here use 128-byte swizzling: rows of 128 bytes (64 bf16), the 16-byte
 //     chunk c of row r stored at chunk c ^ (r % 8), each 8-row group 1024 bytes and every tile
@@ -76,6 +77,25 @@ __device__ __forceinline__ void MmaRS64(float (&d)[32], const uint32_t (&a)[4], 
         "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate),
         "n"(kTransB));
+}
+
+// D[64 x 64] (+)= A[64 x 16] * B[16 x 64] with A in shared memory too (bf16, K-major, descriptor
+// `a`, the layout of a K-major B tile); B and D as MmaRS64.
+template <int kTransB>
+__device__ __forceinline__ void MmaSS64(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, %35;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(accumulate), "n"(kTransB));
 }
 
 // D[64 x 128] (+)= A[64 x 16] * B[16 x 128]: A in registers (bf16, the mma.sync m16n8k16 A

@@ -65,6 +65,12 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
   const int batch = s.bounds.batch, kvh = s.kv_heads, group = d.group;
   ASSERT_TRUE(p.pre_tile_rows == 16 || p.pre_tile_rows == 64) << what;
   ASSERT_LE(p.members_per_tile * group, p.pre_tile_rows) << what;
+  ASSERT_TRUE(p.pre_unit_tiles == 1 || p.pre_unit_tiles == 2) << what;
+  if (p.pre_unit_tiles == 2) {  // the kernel's two-tile stream: 64-row tiles, q in one part
+    ASSERT_EQ(form, cs::Form::kFused) << what;
+    ASSERT_EQ(p.pre_tile_rows, 64) << what;
+    ASSERT_EQ(s.knobs.q_parts, 1) << what;
+  }
   ASSERT_GE(p.pre_splits, 1) << what;
   ASSERT_LE(p.pre_splits, cs::kMaxPrefixSplits) << what;
   ASSERT_GE(p.suf_splits, 1) << what;
@@ -82,14 +88,23 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
     const cs::PrefixWork w = cs::ResolvePrefix(cta, p, d, l);
     if (!w.active) continue;
     ASSERT_LT(w.level, s.bounds.max_levels) << what;
-    ASSERT_LE(w.rows, p.pre_tile_rows) << what;
+    ASSERT_LE(w.rows, p.pre_tile_rows * p.pre_unit_tiles) << what;
+    ASSERT_LE(w.rows, cs::kMaxUnitRows) << what;
     ASSERT_EQ(w.table_seq, s.levels[w.level].members[0]) << what;
-    const auto tile = std::make_tuple(w.level, w.head, w.tile);
-    auto it = tile_active.find(tile);
-    if (it == tile_active.end()) {
-      tile_active[tile] = w.n_active;
-    } else {
-      ASSERT_EQ(it->second, w.n_active) << what << ": splits of a tile disagree";
+    // The unit covers tiles [w.tile, + w.tiles), each holding members, and arrives at each.
+    ASSERT_GE(w.tiles, 1) << what;
+    ASSERT_LE(w.tiles, p.pre_unit_tiles) << what;
+    ASSERT_EQ(w.tiles, (w.members + p.members_per_tile - 1) / p.members_per_tile) << what;
+    ASSERT_EQ(w.tile % p.pre_unit_tiles, 0) << what;
+    for (int j = 0; j < w.tiles; ++j) {
+      const auto tile = std::make_tuple(w.level, w.head, w.tile + j);
+      auto it = tile_active.find(tile);
+      if (it == tile_active.end()) {
+        tile_active[tile] = w.n_active;
+      } else {
+        ASSERT_EQ(it->second, w.n_active) << what << ": splits of a tile disagree";
+      }
+      ++tile_arrivals[tile];
     }
     ASSERT_LT(w.split, w.n_active) << what;
     ASSERT_LE(w.n_active, p.pre_splits) << what;
@@ -98,7 +113,6 @@ void SimulateLaunch(const PlanScenario& s, int slots, cs::Form form) {
       ASSERT_EQ(l.member_seq[w.first_slot + m], s.levels[w.level].members[i]) << what;
       spans[std::make_tuple(w.level, w.head, i)].push_back({w.lo, w.hi});
     }
-    ++tile_arrivals[tile];
   }
   for (const auto& [tile, n] : tile_arrivals) {
     ASSERT_EQ(n, tile_active[tile]) << what << ": every active split of a tile arrives once";
@@ -284,19 +298,25 @@ PlanScenario RandomScenario(uint32_t seed) {
   if (uni(0, 3) == 0) s.knobs.max_prefix_splits = uni(1, 40);
   if (uni(0, 3) == 0) s.knobs.max_suffix_splits = uni(1, 5);
   if (group <= 16 && uni(0, 3) == 0) s.knobs.prefix_tile_rows = uni(0, 1) ? 16 : 64;
+  s.knobs.q_parts = uni(1, 3);
+  if (s.knobs.q_parts == 1 && uni(0, 2) > 0) s.knobs.prefix_unit_tiles = 2;
   return s;
 }
 
 TEST(CascadePlan, EveryRowAndPositionOnceAndEveryMergeCompletes) {
+  int two_tile_units = 0;  // fused launches whose prefix units take two 64-row tiles
   for (uint32_t seed = 1; seed <= 300; ++seed) {
     const PlanScenario s = RandomScenario(seed);
     for (int slots : {1, 7, 132, 264, 1000}) {
+      two_tile_units += cs::MakePlan(s.bounds, s.kv_heads, s.head_dim, slots, cs::Form::kFused,
+                                     s.knobs).pre_unit_tiles == 2;
       for (cs::Form form : {cs::Form::kPrefixPass, cs::Form::kSuffixPass, cs::Form::kFused}) {
         SimulateLaunch(s, slots, form);
         if (HasFatalFailure()) return;
       }
     }
   }
+  EXPECT_GE(two_tile_units, 20);
 }
 
 // The cluster form (cascade_cluster.cu) of a scenario with clusters of `size` CTAs, as the
@@ -421,6 +441,21 @@ TEST(CascadePlan, FlashInferShapePlans) {
   EXPECT_EQ(big.pre_tile_rows, 64);
   EXPECT_EQ(big.pre_tiles, 8);
   EXPECT_GE(big.pre_ctas, 132);
+  EXPECT_EQ(big.pre_unit_tiles, 1);
+  // With q in one bf16 part, two 64-row tiles per prefix CTA on request: 4 units per split, the
+  // prefix and suffix units in one wave, spread over the SMs.
+  cs::PlanKnobs one_part;
+  one_part.q_parts = 1;
+  EXPECT_EQ(cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, one_part).pre_unit_tiles, 1);
+  one_part.prefix_unit_tiles = 2;
+  const cs::Plan two = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, one_part);
+  EXPECT_EQ(two.pre_unit_tiles, 2);
+  EXPECT_EQ(two.pre_ctas, 4 * two.pre_splits);
+  EXPECT_TRUE(two.spread_prefix);
+  EXPECT_LE(two.pre_ctas + two.suf_ctas, 264);
+  EXPECT_EQ(cs::MakePlan(b, 1, 128, 264, cs::Form::kPrefixPass, one_part).pre_unit_tiles, 1);
+  one_part.q_parts = 3;
+  EXPECT_EQ(cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, one_part).pre_unit_tiles, 1);
 }
 
 TEST(CascadePlan, LayoutBuilderRejectsBadLevels) {

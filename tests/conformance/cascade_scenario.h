@@ -56,6 +56,7 @@ struct CascadeCase {
   int max_prefix_splits = 0;
   int max_suffix_splits = 0;
   int q_parts = 3;
+  int prefix_unit_tiles = 0;
   bool graph = false;
 };
 

@@ -148,6 +148,31 @@ std::vector<CascadeCase> Cases() {
     c.q_parts = 2;
     cases.push_back(c);
   }
+  {  // The fused form's two-tile prefix units (q_parts 1, 64-row tiles): 8 tiles, an odd tile
+     // count with 60-row tiles, and nested levels whose inner level's second tile is partly
+     // filled, replayed in a graph.
+    CascadeCase c = Case("L1_m64_shared2000_own1to64_kv1_g8_d128_bs16_tile64_qparts1_2tiles", 1,
+                         8, 128, 16, {{Range(64), 0, 125}}, Own(64, 1, 64, 25));
+    c.prefix_tile_rows = 64;
+    c.q_parts = 1;
+    c.prefix_unit_tiles = 2;
+    cases.push_back(c);
+    c = Case("L1_m23_shared1003_own1to97_kv3_g6_d64_bs17_tile64_qparts1_2tiles", 3, 6, 64, 17,
+             {{Range(23), 0, 59}}, Own(23, 1, 97, 26));
+    c.prefix_tile_rows = 64;
+    c.q_parts = 1;
+    c.prefix_unit_tiles = 2;
+    cases.push_back(c);
+    std::vector<int> inner;
+    for (int m = 0; m < 40 && inner.size() < 13; m += 3) inner.push_back(m);
+    c = Case("L2_m40_m13_shared2000_176_own1to97_kv1_g8_d128_bs16_tile64_qparts1_2tiles_graph", 1,
+             8, 128, 16, {{Range(40), 0, 125}, {inner, 125, 136}}, Own(40, 1, 97, 27));
+    c.prefix_tile_rows = 64;
+    c.q_parts = 1;
+    c.prefix_unit_tiles = 2;
+    c.graph = true;
+    cases.push_back(c);
+  }
   {
     CascadeCase c = Case("L1_m8_shared4000_own1to300_kv1_g8_d128_bs16_graph", 1, 8, 128, 16,
                          {{Range(8), 0, 250}}, Own(8, 1, 300, 20));
@@ -252,16 +277,18 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
   p.max_prefix_splits = c.max_prefix_splits;
   p.max_suffix_splits = c.max_suffix_splits;
   p.q_parts = c.q_parts;
+  p.prefix_unit_tiles = c.prefix_unit_tiles;
 
   const double tol = CaseTolerance(c);
   const size_t ws_bytes = cuda::CascadeWorkspaceBytes(cache, p);
   DeviceBuffer<unsigned char> ws(ws_bytes);  // zero-filled
   for (cs::Form form : {cs::Form::kPrefixPass, cs::Form::kSuffixPass, cs::Form::kFused}) {
     const cuda::CascadePlanInfo info = cuda::DescribeCascadePlan(cache, p, form);
-    std::printf("  %s form %d: prefix tile %d rows x %d tiles x %d splits, suffix %d splits, %d "
-                "CTAs, cluster %d; workspace %zu bytes\n",
+    std::printf("  %s form %d: prefix tile %d rows x %d tiles (%d per CTA) x %d splits, suffix %d "
+                "splits, %d CTAs, cluster %d; workspace %zu bytes\n",
                 c.name.c_str(), static_cast<int>(form), info.prefix_tile_rows, info.prefix_tiles,
-                info.prefix_splits, info.suffix_splits, info.ctas, info.cluster, ws_bytes);
+                info.prefix_unit_tiles, info.prefix_splits, info.suffix_splits, info.ctas,
+                info.cluster, ws_bytes);
   }
 
   // Runs one form (poisoning every output first) and checks it against the references.
