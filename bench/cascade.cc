@@ -16,11 +16,13 @@
 //
 //   build/bin/bench_cascade [--cases abcd] [--launches 20] [--min_ms 200]
 //       [--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N]
-//       [--q_parts 1|2|3]
+//       [--q_parts 1|2|3] [--prefix_unit_tiles 0|1|2] (CascadeParams::prefix_unit_tiles; where
+//       the fused plan takes two tiles per prefix CTA, each case also times one tile per CTA)
 //       [--cluster 0|1|2|4|8|16] (the fused launch's shape, CascadeParams::cluster; each case
 //       also times the flat-grid shape as a baseline)
 //       [--sweep]   (also times the fused form over prefix tile rows x split caps, for tuning)
 //       [--timeline] (per-CTA clocks of one call of each form: CascadeParams::cta_times)
+//       [--timeline_csv PATH] (with --timeline: every CTA's clocks and SM appended to PATH)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -76,16 +78,19 @@ struct Options {
   int prefix_tile_rows = 0;
   int max_prefix_splits = 0;
   int q_parts = 3;
+  int prefix_unit_tiles = 0;
   int cluster = 0;
   bool sweep = false;
   bool timeline = false;
+  std::string timeline_csv;
 };
 
 [[noreturn]] void Usage(const char* why) {
   std::fprintf(stderr,
                "%s\nusage: bench_cascade [--cases abcd] [--launches N] [--min_ms MS] "
                "[--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] "
-               "[--q_parts 1|2|3] [--cluster 0|1|2|4|8|16] [--sweep] [--timeline]\n",
+               "[--q_parts 1|2|3] [--prefix_unit_tiles 0|1|2] [--cluster 0|1|2|4|8|16] [--sweep] "
+               "[--timeline] [--timeline_csv PATH]\n",
                why);
   std::exit(2);
 }
@@ -117,8 +122,12 @@ Options ParseArgs(int argc, char** argv) {
       o.cluster = std::atoi(value().c_str());
     } else if (arg == "--q_parts") {
       o.q_parts = std::atoi(value().c_str());
+    } else if (arg == "--prefix_unit_tiles") {
+      o.prefix_unit_tiles = std::atoi(value().c_str());
     } else if (arg == "--timeline") {
       o.timeline = true;
+    } else if (arg == "--timeline_csv") {
+      o.timeline_csv = value();
     } else if (arg == "--sweep") {
       o.sweep = true;
     } else {
@@ -184,6 +193,7 @@ struct Result {
   std::string note;
   double flat_us = 0, two_us = 0, fused_us = 0, prefix_us = 0, suffix_us = 0;
   double grid_us = 0, max_diff_grid = 0;  // the fused launch as the flat grid (cluster 1)
+  double one_tile_us = 0, max_diff_one_tile = 0;  // two-tile plans: one tile per prefix CTA
   double max_diff_two = 0, max_diff_fused = 0;
   int replicas = 0, calls = 0;
   cuda::CascadePlanInfo fused_plan, prefix_plan;
@@ -299,6 +309,7 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
   cp.prefix_tile_rows = o.prefix_tile_rows;
   cp.max_prefix_splits = o.max_prefix_splits;
   cp.q_parts = o.q_parts;
+  cp.prefix_unit_tiles = o.prefix_unit_tiles;
   cp.cluster = o.cluster;
   cuda::CascadeLevelSpec level;
   level.members.resize(cs.batch);
@@ -356,6 +367,18 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
   cuda::CascadeFused(cache, grid, casc_ws, casc_ws_bytes, stream);
   MM_CUDA_CHECK(cudaStreamSynchronize(stream));
   res.max_diff_grid = max_diff();
+  // Where the fused plan takes two 64-row tiles per prefix CTA: the same launch with one.
+  cuda::CascadeParams one_tile = cp;
+  one_tile.prefix_unit_tiles = 1;
+  const bool two_tiles = res.fused_plan.cluster == 0 && res.fused_plan.prefix_unit_tiles == 2;
+  const size_t one_ws_bytes = two_tiles ? cuda::CascadeWorkspaceBytes(cache, one_tile) : 0;
+  void* one_ws = two_tiles ? Zeros(one_ws_bytes) : nullptr;
+  if (two_tiles) {
+    MM_CUDA_CHECK(cudaMemset(out_casc, 0xff, out_elems * 4));
+    cuda::CascadeFused(cache, one_tile, one_ws, one_ws_bytes, stream);
+    MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    res.max_diff_one_tile = max_diff();
+  }
 
   res.flat_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
     set_replica(i);
@@ -375,6 +398,14 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
     grid.block_tables = cp.block_tables;
     cuda::CascadeFused(cache, grid, casc_ws, casc_ws_bytes, stream);
   });
+  if (two_tiles) {
+    res.one_tile_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
+      set_replica(i);
+      one_tile.block_tables = cp.block_tables;
+      cuda::CascadeFused(cache, one_tile, one_ws, one_ws_bytes, stream);
+    });
+    MM_CUDA_CHECK(cudaFree(one_ws));
+  }
   res.prefix_us = TimeCalls(stream, res.calls, o.min_ms, [&](int i) {
     set_replica(i);
     cuda::CascadePrefixPass(cache, cp, casc_ws, casc_ws_bytes, stream);
@@ -402,7 +433,8 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
               cuda::CascadeSuffixPass(cache, tp, casc_ws, casc_ws_bytes, stream);
             }
           },
-          stream);
+          stream, o.timeline_csv,
+          std::string(1, cs.id) + (res.fused_plan.prefix_unit_tiles == 2 ? "2" : ""));
       res.timeline.insert(res.timeline.end(), lines.begin(), lines.end());
     }
   }
@@ -535,6 +567,13 @@ int Main(int argc, char** argv) {
                                             + " CTAs").c_str() : "flat grid",
                 r.fused_plan.ctas, r.fused_us, r.grid_us, r.grid_us / r.fused_us,
                 r.max_diff_grid, r.max_diff_grid > 1e-3 ? "  MISMATCH" : "");
+    if (r.one_tile_us > 0) {
+      std::printf("     two 64-row tiles per prefix CTA (%d prefix CTAs); one tile per CTA: %.2f "
+                  "us (%.2fx), max |one tile - flat| %.1e%s\n",
+                  r.fused_plan.ctas - r.fused_plan.suffix_ctas - r.fused_plan.merge_ctas,
+                  r.one_tile_us, r.one_tile_us / r.fused_us, r.max_diff_one_tile,
+                  r.max_diff_one_tile > 1e-3 ? "  MISMATCH" : "");
+    }
     for (const std::string& line : r.timeline) std::printf("%s\n", line.c_str());
     for (const std::string& line : r.sweep) std::printf("%s\n", line.c_str());
     std::fflush(stdout);

@@ -14,10 +14,12 @@ namespace moemesh::bench {
 
 // One call of `run` with p.cta_times set (CascadeParams): per unit kind (suffix / prefix / merge)
 // and timeline point, min / median / max in us after the first CTA's start, then the end of the
-// last CTA. The call is timed alone on the stream after a warm-up call.
+// last CTA. The call is timed alone on the stream after a warm-up call. With csv_path, every
+// CTA's row is appended there too: label, form, CTA, unit, SM, the points in us ("" where none).
 std::vector<std::string> Timeline(const char* form, const cuda::PagedKv& cache,
                                   cuda::CascadeParams p, cuda::cascade::Form plan_form,
                                   const std::function<void(const cuda::CascadeParams&)>& run,
-                                  cudaStream_t stream);
+                                  cudaStream_t stream, const std::string& csv_path = "",
+                                  const std::string& label = "");
 
 }  // namespace moemesh::bench
