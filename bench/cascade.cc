@@ -48,6 +48,7 @@
 #include "kernels/cuda/cascade.h"
 #include "kernels/cuda/cascade_calibration.h"
 #include "kernels/cuda/cuda_check.h"
+#include "bench/cascade_options.h"
 #include "bench/cascade_timeline.h"
 
 namespace moemesh::bench {
@@ -69,73 +70,6 @@ const Case kCases[] = {
     {'c', 64, 1, 8, 32768},
     {'d', 2, 1, 8, 256},
 };
-
-struct Options {
-  std::string cases = "abcd";
-  int launches = 20;
-  double min_ms = 200;
-  std::string calibration_out;
-  int prefix_tile_rows = 0;
-  int max_prefix_splits = 0;
-  int q_parts = 3;
-  int prefix_unit_tiles = 0;
-  int cluster = 0;
-  bool sweep = false;
-  bool timeline = false;
-  std::string timeline_csv;
-};
-
-[[noreturn]] void Usage(const char* why) {
-  std::fprintf(stderr,
-               "%s\nusage: bench_cascade [--cases abcd] [--launches N] [--min_ms MS] "
-               "[--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] "
-               "[--q_parts 1|2|3] [--prefix_unit_tiles 0|1|2] [--cluster 0|1|2|4|8|16] [--sweep] "
-               "[--timeline] [--timeline_csv PATH]\n",
-               why);
-  std::exit(2);
-}
-
-Options ParseArgs(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) Usage(("missing value for " + arg).c_str());
-      return argv[++i];
-    };
-    if (arg == "--cases") {
-      o.cases = value();
-      for (char ch : o.cases) {
-        if (ch < 'a' || ch > 'd') Usage(("bad case in --cases: " + o.cases).c_str());
-      }
-    } else if (arg == "--launches") {
-      o.launches = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--min_ms") {
-      o.min_ms = std::atof(value().c_str());
-    } else if (arg == "--calibration_out") {
-      o.calibration_out = value();
-    } else if (arg == "--prefix_tile_rows") {
-      o.prefix_tile_rows = std::atoi(value().c_str());
-    } else if (arg == "--max_prefix_splits") {
-      o.max_prefix_splits = std::atoi(value().c_str());
-    } else if (arg == "--cluster") {
-      o.cluster = std::atoi(value().c_str());
-    } else if (arg == "--q_parts") {
-      o.q_parts = std::atoi(value().c_str());
-    } else if (arg == "--prefix_unit_tiles") {
-      o.prefix_unit_tiles = std::atoi(value().c_str());
-    } else if (arg == "--timeline") {
-      o.timeline = true;
-    } else if (arg == "--timeline_csv") {
-      o.timeline_csv = value();
-    } else if (arg == "--sweep") {
-      o.sweep = true;
-    } else {
-      Usage(("unknown argument " + arg).c_str());
-    }
-  }
-  return o;
-}
 
 // Median of timed replays of `exec` (after one warm-up), in milliseconds.
 double TimeGraphMs(cudaGraphExec_t exec, cudaStream_t stream, double min_ms) {
@@ -202,7 +136,7 @@ struct Result {
   std::vector<std::string> timeline;  // --timeline: lines per form
 };
 
-Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed) {
+Result RunCase(const Case& cs, const CascadeBenchOptions& o, size_t l2_bytes, uint32_t seed) {
   Result res;
   const int bs = kBlockSize, d = kHeadDim;
   const int shared_blocks = cs.shared / bs;  // every case's shared range is whole blocks
@@ -479,7 +413,7 @@ Result RunCase(const Case& cs, const Options& o, size_t l2_bytes, uint32_t seed)
 }
 
 int Main(int argc, char** argv) {
-  const Options o = ParseArgs(argc, argv);
+  const CascadeBenchOptions o = ParseCascadeBenchArgs(argc, argv);
   const std::optional<bench::GpuInfo> gpu = bench::DescribeGpu("bench_cascade");
   if (!gpu) return 1;
   const size_t l2 = gpu->l2;
