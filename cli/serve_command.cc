@@ -5,8 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -25,10 +27,15 @@ struct Child {
   pid_t pid = -1;
 };
 
-// fork + exec of this executable; the child dies with its parent.
+// fork + exec of this executable; the child dies with its parent. -1 with errno when fork fails
+// (EAGAIN, the process or thread limit, is retried for a few seconds first).
 pid_t Spawn(const std::vector<std::string>& args) {
   const pid_t parent = getpid();
-  const pid_t pid = fork();
+  pid_t pid = fork();
+  for (int retry = 0; pid < 0 && errno == EAGAIN && retry < 50; ++retry) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    pid = fork();
+  }
   if (pid != 0) return pid;
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != parent) _exit(1);
@@ -47,9 +54,17 @@ class Cluster {
  public:
   ~Cluster() { StopAll(); }
 
-  void Start(std::string name, std::vector<std::string> args) {
+  // False (after saying why) when the process could not be created.
+  bool Start(std::string name, std::vector<std::string> args) {
     args.insert(args.begin(), "moemesh");
-    children_.push_back({std::move(name), Spawn(args)});
+    const pid_t pid = Spawn(args);
+    if (pid < 0) {
+      std::fprintf(stderr, "moemesh serve: cannot start the %s: fork: %s\n", name.c_str(),
+                   std::strerror(errno));
+      return false;
+    }
+    children_.push_back({std::move(name), pid});
+    return true;
   }
 
   // The first child that exited, if any (reaped).
@@ -130,7 +145,7 @@ int ServeCommand(const ServeConfig& cfg) {
                                    absl::StrCat("--expert_threads=", cfg.expert_threads),
                                    "--expert_format=" + cfg.expert_format};
   args.insert(args.end(), cfg.coordinator_flags.begin(), cfg.coordinator_flags.end());
-  cluster.Start("coordinator", args);
+  if (!cluster.Start("coordinator", args)) return 1;
 
   int port = 0;
   const auto start = std::chrono::steady_clock::now();
@@ -146,30 +161,43 @@ int ServeCommand(const ServeConfig& cfg) {
   }
   const std::string coordinator = absl::StrCat(cfg.host, ":", port);
   for (int r = 0; r < cfg.tp_size; ++r) {
-    cluster.Start(absl::StrCat("attention worker ", r),
+    const bool started = cluster.Start(absl::StrCat("attention worker ", r),
                   {"attention-worker", "--coordinator=" + coordinator, absl::StrCat("--listen=", cfg.host, ":0"),
                    absl::StrCat("--name=attention-", r),
                    "--gpu=" + (cfg.gpus.empty() ? std::string("-1") : cfg.gpus[r]),
                    absl::StrCat("--cuda_graphs=", cfg.cuda_graphs ? "true" : "false")});
+    if (!started) return 1;
   }
   for (int e = 0; e < cfg.expert_workers; ++e) {
-    cluster.Start(absl::StrCat("expert worker ", e),
+    const bool started = cluster.Start(absl::StrCat("expert worker ", e),
                   {"expert-worker", "--coordinator=" + coordinator, absl::StrCat("--listen=", cfg.host, ":0"),
                    absl::StrCat("--name=expert-", e), absl::StrCat("--threads=", cfg.expert_threads),
                    absl::StrCat("--memory_limit=", cfg.expert_memory_limit),
                    absl::StrCat("--amx_threshold=", cfg.expert_amx_threshold)});
+    if (!started) return 1;
   }
 
-  // Ready when the coordinator says so.
+  // Ready when the coordinator says so; every 10 s until then, what it is waiting for.
   auto stub = v1::Generation::NewStub(grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
   bool ready = false;
+  auto next_report = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (!ready) {
     if (cluster.Exited() != nullptr) return 1;
     if (WaitSignal(std::chrono::milliseconds(50)) != 0) return 0;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     v1::ModelInfoResponse info;
-    if (stub->ModelInfo(&ctx, v1::ModelInfoRequest(), &info).ok()) ready = info.ready();
+    const grpc::Status s = stub->ModelInfo(&ctx, v1::ModelInfoRequest(), &info);
+    if (s.ok()) ready = info.ready();
+    if (!ready && std::chrono::steady_clock::now() >= next_report) {
+      const auto waited = std::chrono::duration_cast<std::chrono::seconds>(
+          std::chrono::steady_clock::now() - start);
+      std::fprintf(stderr, "moemesh serve: not ready after %lld s: %s\n",
+                   static_cast<long long>(waited.count()),
+                   s.ok() ? info.placement_summary().c_str()
+                          : ("the coordinator does not answer: " + s.error_message()).c_str());
+      next_report += std::chrono::seconds(10);
+    }
   }
   std::fprintf(stderr, "moemesh serve: ready on %s (TP %d, %d expert workers, experts in %s)\n",
                coordinator.c_str(), cfg.tp_size, cfg.expert_workers, cfg.expert_format.c_str());

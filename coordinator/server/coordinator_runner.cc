@@ -179,9 +179,28 @@ absl::Status Run(CoordinatorConfig cfg) {
   ShutdownSignal shutdown;
   generation.SetWaitingReason(absl::StrCat("waiting for ", cfg.tp_size, " attention and ", cfg.expert_workers,
                                            " expert workers to register"));
-  auto workers = membership.WaitFor(cfg.tp_size, cfg.expert_workers,
-                                    std::chrono::steady_clock::now() + cfg.worker_timeout);
-  if (!workers.ok()) return workers.status();
+  // Waits in slices of a second: between them, the count so far becomes the reason ModelInfo and
+  // Generate give, and every 10 s a log line, so a worker that never registers is visible.
+  const auto workers_deadline = std::chrono::steady_clock::now() + cfg.worker_timeout;
+  auto next_report = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  absl::StatusOr<std::vector<WorkerRecord>> workers;
+  while (true) {
+    const auto now = std::chrono::steady_clock::now();
+    workers = membership.WaitFor(cfg.tp_size, cfg.expert_workers,
+                                 std::min(workers_deadline, now + std::chrono::seconds(1)));
+    if (workers.ok() || std::chrono::steady_clock::now() >= workers_deadline) break;
+    generation.SetWaitingReason(std::string(workers.status().message()));
+    if (std::chrono::steady_clock::now() >= next_report) {
+      MM_LOG(INFO) << workers.status().message() << " (registered: "
+                   << membership.Describe() << ")";
+      next_report += std::chrono::seconds(10);
+    }
+  }
+  if (!workers.ok()) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        workers.status().message(), " after ", cfg.worker_timeout.count(),
+        " s (--worker_timeout_s); registered: ", membership.Describe()));
+  }
   PlacementPolicy policy;
   policy.tp_size = cfg.tp_size;
   policy.expert_replicas = cfg.expert_replicas;

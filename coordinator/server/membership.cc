@@ -15,6 +15,14 @@ absl::StatusOr<std::string> Membership::Register(const v1::RegisterRequest& requ
   }
   if (request.address().empty()) return absl::InvalidArgumentError("address: empty");
   std::lock_guard<std::mutex> lock(mu_);
+  // A retried registration (the first answer was lost) gets the id it already has.
+  for (WorkerRecord& known : workers_) {
+    if (known.address == request.address() && known.name == request.name() &&
+        known.role == request.role()) {
+      known.last_heartbeat = std::chrono::steady_clock::now();
+      return known.id;
+    }
+  }
   WorkerRecord w;
   const bool attention = request.role() == v1::WORKER_ROLE_ATTENTION;
   w.id = attention ? absl::StrCat("attention-", attention_count_++) : absl::StrCat("expert-", expert_count_++);
@@ -53,6 +61,15 @@ absl::StatusOr<std::vector<WorkerRecord>> Membership::WaitFor(
 std::vector<WorkerRecord> Membership::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   return workers_;
+}
+
+std::string Membership::Describe() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const WorkerRecord& w : workers_) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", w.id, " (", w.name, ") at ", w.address);
+  }
+  return out.empty() ? "none" : out;
 }
 
 std::vector<std::string> Membership::Stale(std::chrono::steady_clock::duration timeout) const {

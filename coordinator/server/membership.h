@@ -26,7 +26,7 @@ struct WorkerRecord {
 class Membership {
  public:
   // FAILED_PRECONDITION when the protocol version differs; INVALID_ARGUMENT for a missing role
-  // or address.
+  // or address. The same role, name and address again (a retry) returns the id given before.
   absl::StatusOr<std::string> Register(const v1::RegisterRequest& request);
   bool Heartbeat(const std::string& worker_id);
   // Waits until at least the given numbers of workers registered; DEADLINE_EXCEEDED saying how
@@ -34,6 +34,8 @@ class Membership {
   absl::StatusOr<std::vector<WorkerRecord>> WaitFor(int attention, int expert,
                                                     std::chrono::steady_clock::time_point deadline);
   std::vector<WorkerRecord> Snapshot() const;
+  // The registered workers as "id (name) at address" joined by ", "; "none" when there are none.
+  std::string Describe() const;
   // Workers whose last heartbeat is older than `timeout`.
   std::vector<std::string> Stale(std::chrono::steady_clock::duration timeout) const;
 

@@ -8,8 +8,12 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -17,6 +21,54 @@
 
 
 namespace moemesh::testing {
+namespace {
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The processes below `root` (children first found by scanning /proc), a line each: pid, state,
+// kernel wait channel, threads and command line, so a cluster that is not ready shows where its
+// processes are.
+std::string DescribeProcessTree(pid_t root) {
+  std::map<pid_t, std::vector<pid_t>> children;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = ReadSmallFile("/proc/" + name + "/stat");
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    children[ppid].push_back(std::stoi(name));
+  }
+  std::string out;
+  std::vector<pid_t> todo = {root};
+  while (!todo.empty()) {
+    const pid_t pid = todo.back();
+    todo.pop_back();
+    const std::string dir = "/proc/" + std::to_string(pid);
+    std::string cmd = ReadSmallFile(dir + "/cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    std::string state = "?", threads = "?";
+    std::istringstream status(ReadSmallFile(dir + "/status"));
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("State:", 0) == 0) state = line.substr(7);
+      if (line.rfind("Threads:", 0) == 0) threads = line.substr(9);
+    }
+    out += "  pid " + std::to_string(pid) + " [" + state + ", wchan " +
+           ReadSmallFile(dir + "/wchan") + ", " + threads + " threads] " + cmd + "\n";
+    for (pid_t c : children[pid]) todo.push_back(c);
+  }
+  return out;
+}
+
+}  // namespace
 
 std::string MoemeshBinary() {
   const char* env = std::getenv("MOEMESH_BINARY");
@@ -42,6 +94,10 @@ std::unique_ptr<LocalCluster> LocalCluster::Start(const std::vector<std::string>
   const std::string log = c->dir_ + "/log";
   const pid_t parent = getpid();
   c->pid_ = fork();
+  if (c->pid_ < 0) {
+    c->start_error_ = std::string("fork: ") + std::strerror(errno);
+    return c;
+  }
   if (c->pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);
@@ -71,6 +127,10 @@ LocalCluster::~LocalCluster() {
 }
 
 bool LocalCluster::WaitReady(std::chrono::seconds timeout, std::string* error) {
+  if (pid_ < 0) {
+    *error = "moemesh could not be started: " + start_error_;
+    return false;
+  }
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     std::ifstream in(port_file());
@@ -88,7 +148,7 @@ bool LocalCluster::WaitReady(std::chrono::seconds timeout, std::string* error) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  *error = "moemesh was not ready in time:\n" + Log();
+  *error = "moemesh was not ready in time:\n" + Log() + "processes:\n" + DescribeProcessTree(pid_);
   return false;
 }
 
@@ -106,10 +166,7 @@ int LocalCluster::WaitExit(std::chrono::seconds timeout) {
 }
 
 std::string LocalCluster::Log() const {
-  std::ifstream in(dir_ + "/log");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return ReadSmallFile(dir_ + "/log");
 }
 
 }  // namespace moemesh::testing

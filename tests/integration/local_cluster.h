@@ -37,6 +37,7 @@ class LocalCluster {
  private:
   std::string dir_;
   pid_t pid_ = -1;
+  std::string start_error_;  // why fork failed, if it did
   std::string address_;
   std::unique_ptr<v1::Generation::Stub> stub_;
 };

@@ -1,5 +1,8 @@
 #include "worker/process/registration.h"
 
+#include <algorithm>
+#include <thread>
+
 #include <grpcpp/grpcpp.h>
 
 #ifdef MOEMESH_HAVE_CUDA
@@ -62,10 +65,14 @@ absl::StatusOr<std::string> Registration::Register() {
   if (config_.memory_limit_bytes > 0 && config_.memory_limit_bytes < request.resources().dram_bytes()) {
     request.mutable_resources()->set_dram_bytes(config_.memory_limit_bytes);
   }
-  const auto deadline = std::chrono::system_clock::now() + config_.connect_timeout;
+  // Attempts of at most kAttempt each until connect_timeout, so that an answer lost on the way
+  // is asked for again (the coordinator gives a retry the same id) and each wait is logged.
+  constexpr std::chrono::seconds kAttempt{10};
+  const auto start = std::chrono::system_clock::now();
+  const auto deadline = start + config_.connect_timeout;
   while (true) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(deadline);
+    ctx.set_deadline(std::min(deadline, std::chrono::system_clock::now() + kAttempt));
     ctx.set_wait_for_ready(true);  // wait for the coordinator to come up
     v1::RegisterResponse response;
     grpc::Status s = stub_->Register(&ctx, request, &response);
@@ -73,11 +80,20 @@ absl::StatusOr<std::string> Registration::Register() {
       worker_id_ = response.worker_id();
       return worker_id_;
     }
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || std::chrono::system_clock::now() >= deadline) {
-      absl::Status st = FromGrpcStatus(s);
-      return absl::Status(st.code(), absl::StrCat("registering with the coordinator at ", config_.coordinator,
-                                                  ": ", st.message()));
+    const bool retry = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                       s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (retry && std::chrono::system_clock::now() < deadline) {
+      MM_LOG(WARNING) << config_.name << ": no registration with the coordinator at "
+                      << config_.coordinator << " after "
+                      << std::chrono::duration_cast<std::chrono::seconds>(
+                             std::chrono::system_clock::now() - start).count()
+                      << " s (" << s.error_message() << "); trying again";
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      continue;
     }
+    absl::Status st = FromGrpcStatus(s);
+    return absl::Status(st.code(), absl::StrCat("registering with the coordinator at ",
+                                                config_.coordinator, ": ", st.message()));
   }
 }
 
