@@ -28,6 +28,8 @@ using decode::kRowsPerTile;
 using decode::kShortSplitTokens;
 using decode::kSingleLevelMaxSplits;
 using decode::kThreads;
+using decode::kTileTokens;
+using decode::kWarps;
 using decode::Launch;
 using decode::ResidentSlots;
 
@@ -154,6 +156,13 @@ SplitPlan PlanSplits(int64_t pairs, int64_t range_bound, int slots, int max_spli
 // tokens and more are fastest at 128-192 (the 128 MiB shapes 1-2% faster than at 256 or 64).
 int AutoPrefetchTokens(int chunk) { return std::clamp(chunk / 4, 64, 192); }
 
+// Tiles a split streams before it claims (DecodeArgs::claim_static): twice the kStages tiles
+// per warp its pipeline holds, so the first claim's round trip (slow at the start, when every
+// CTA claims at once) hides behind them.
+int ClaimRunTiles(int head_dim) {
+  return 2 * kWarps * (head_dim == 128 ? DecodeConfig<128>::kStages : DecodeConfig<64>::kStages);
+}
+
 constexpr size_t kAlign = 256;
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
@@ -166,6 +175,44 @@ size_t PartialBytes(int64_t rows, int64_t slots_per_row, int head_dim) {
 
 size_t CounterBytes(int64_t pairs) {
   return static_cast<size_t>(pairs) * kCounterSlots * sizeof(uint32_t);
+}
+
+// Everything about a call's launch that depends on host values only (head_dim 64 or 128, heads
+// consistent): its split plan, whether the splits merge in clusters and, where they merge
+// through global memory, whether they claim tiles.
+struct CallPlan {
+  SplitPlan split;
+  int64_t pairs = 0;  // (sequence, KV head, row tile)
+  int chunk = 0;      // DecodeArgs::chunk
+  int cluster = 1;    // DecodeArgs::cluster
+  int claim_run = 0;  // DecodeArgs::claim_static
+};
+
+CallPlan PlanCall(const PagedKv& cache, const DecodeParams& p) {
+  CallPlan c;
+  const int group = p.n_heads / cache.kv_heads;
+  c.pairs = static_cast<int64_t>(cache.kv_heads) * CeilDiv(group, kRowsPerTile) * p.batch;
+  const int64_t range_bound =
+      p.window > 0 ? std::min<int64_t>(p.max_kv_len, p.window) : p.max_kv_len;
+  const int slots = ResidentSlots(cache.head_dim);
+  c.split = PlanSplits(c.pairs, range_bound, slots, p.max_splits,
+                       ClusterLimit(cache.head_dim, p.split_merge));
+  c.chunk = ChunkTokens(std::max<int64_t>(range_bound, 1), c.split.splits);
+  c.cluster = UseCluster(cache.head_dim, c.split.splits, c.pairs, slots, p.split_merge)
+                  ? c.split.splits
+                  : 1;
+  // Claimed tiles after a run of one pipeline's worth per warp, where every split's share holds
+  // at least two such runs (the kernel relies on that: warp 0 of every split has a tile).
+  const int run = ClaimRunTiles(cache.head_dim);
+  if (c.split.splits > 1 && c.cluster == 1 && p.claim_tiles && c.chunk >= 2 * run * kTileTokens) {
+    c.claim_run = run;
+  }
+  return c;
+}
+
+bool PlannedShape(const PagedKv& cache, const DecodeParams& p) {
+  return (cache.head_dim == 64 || cache.head_dim == 128) && p.batch > 0 && cache.kv_heads > 0 &&
+         p.n_heads > 0 && p.n_heads % cache.kv_heads == 0;
 }
 
 }  // namespace
@@ -220,12 +267,8 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
     Fail("DecodeAttention", "kv_heads * row tiles %lld or batch %d over 65535",
          static_cast<long long>(grid_y), p.batch);
   }
-  const int64_t pairs = grid_y * p.batch;
-  const int64_t range_bound =
-      p.window > 0 ? std::min<int64_t>(p.max_kv_len, p.window) : p.max_kv_len;
-  const int slots = ResidentSlots(cache.head_dim);
-  const SplitPlan plan = PlanSplits(pairs, range_bound, slots, p.max_splits,
-                                    ClusterLimit(cache.head_dim, p.split_merge));
+  const CallPlan call = PlanCall(cache, p);
+  const SplitPlan& plan = call.split;
 
   DecodeArgs a{};
   static_cast<PagedStreamArgs&>(a) =
@@ -237,15 +280,14 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
   a.row_tiles = row_tiles;
   a.window = p.window;
   a.splits = plan.splits;
-  a.chunk = ChunkTokens(std::max<int64_t>(range_bound, 1), plan.splits);
+  a.chunk = call.chunk;
   a.merge_group = plan.merge_group;
-  a.cluster = UseCluster(cache.head_dim, plan.splits, pairs, slots, p.split_merge) ? plan.splits
-                                                                                   : 1;
+  a.cluster = call.cluster;
   a.num_blocks = cache.num_blocks;
   if (plan.splits > 1 && a.cluster == 1) {
     const int64_t rows = static_cast<int64_t>(p.batch) * p.n_heads;
     const size_t partial = PartialBytes(rows, plan.splits, cache.head_dim);
-    const size_t counters = CounterBytes(pairs);
+    const size_t counters = CounterBytes(call.pairs);
     // Partial states from the (aligned) start, counters at the (4-aligned) end.
     if (workspace == nullptr || workspace_bytes < 2 * kAlign + partial + counters) {
       Fail("DecodeAttention",
@@ -264,6 +306,7 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
     at += AlignUp(per * cache.head_dim * sizeof(float));
     a.group_lse = reinterpret_cast<float*>(at);
     a.counters_end = reinterpret_cast<uint32_t*>((begin + workspace_bytes) / 4 * 4);
+    a.claim_static = call.claim_run;
   }
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(p.batch));
@@ -293,28 +336,15 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
 }
 
 int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p) {
-  if (p.batch <= 0 || cache.kv_heads <= 0 || p.n_heads <= 0 || p.n_heads % cache.kv_heads != 0) {
-    return 1;
-  }
-  const int group = p.n_heads / cache.kv_heads;
-  const int64_t pairs =
-      static_cast<int64_t>(cache.kv_heads) * CeilDiv(group, kRowsPerTile) * p.batch;
-  const int64_t range_bound =
-      p.window > 0 ? std::min<int64_t>(p.max_kv_len, p.window) : p.max_kv_len;
-  return PlanSplits(pairs, range_bound, ResidentSlots(cache.head_dim), p.max_splits,
-                    ClusterLimit(cache.head_dim, p.split_merge))
-      .splits;
+  return PlannedShape(cache, p) ? PlanCall(cache, p).split.splits : 1;
 }
 
 bool DecodeClusterMerge(const PagedKv& cache, const DecodeParams& p) {
-  if (cache.head_dim != 64 && cache.head_dim != 128) return false;
-  if (p.batch <= 0 || cache.kv_heads <= 0 || p.n_heads <= 0 || p.n_heads % cache.kv_heads != 0) {
-    return false;
-  }
-  const int64_t pairs = static_cast<int64_t>(cache.kv_heads) *
-                        CeilDiv(p.n_heads / cache.kv_heads, kRowsPerTile) * p.batch;
-  return UseCluster(cache.head_dim, DecodeSplits(cache, p), pairs, ResidentSlots(cache.head_dim),
-                    p.split_merge);
+  return PlannedShape(cache, p) && PlanCall(cache, p).cluster > 1;
+}
+
+int32_t DecodeClaimRun(const PagedKv& cache, const DecodeParams& p) {
+  return PlannedShape(cache, p) ? PlanCall(cache, p).claim_run : 0;
 }
 
 }  // namespace moemesh::cuda
