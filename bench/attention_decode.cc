@@ -259,11 +259,9 @@ struct Measured {
   double us = 0;          // the default: overlapped launches that prefetch their first tiles
   double plain_us = 0;    // ordinary launches (DecodeParams::overlap = false)
   double no_prefetch_us = 0;  // overlapped launches without the L2 prefetch
-  double fixed_us = 0;        // the default with fixed shares (DecodeParams::claim_tiles false)
   double empty_us = 0;        // the same launches with every length 0: each CTA reads its length
                               // and returns (the floor of a call of this grid)
   std::string timeline;       // --timeline: CTA clocks of one plain call
-  std::string fixed_timeline;  // the same with fixed shares
   bool cluster = false;
   int splits = 0, replicas = 0, launches = 0;
 };
@@ -300,9 +298,10 @@ std::string Timeline(const moemesh::cuda::PagedKv& cache, moemesh::cuda::DecodeP
   auto at = [](const std::vector<double>& v, double q) {
     return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
   };
-  static const char* const kNames[kStamps] = {"started", "first tile landed", "KV stream ended",
-                                               "done"};
-  char text[400];
+  static const char* const kNames[kStamps] = {
+      "started", "first tile landed", "KV stream ended", "done", "final merge started",
+      "its inputs landed"};
+  char text[600];
   int len = std::snprintf(text, sizeof(text), "CTAs %lld (us p50 / max):",
                           static_cast<long long>(ctas));
   for (int k = 0; k < kStamps && len < static_cast<int>(sizeof(text)); ++k) {
@@ -423,10 +422,6 @@ Measured MeasureShape(const Shape& s, size_t l2_bytes, const Options& o, uint32_
   const int prefetch =
       o.prefetch_tokens >= 0 ? o.prefetch_tokens : defaults.overlap_prefetch_tokens;
   m.us = time_launches(true, prefetch);
-  p.claim_tiles = false;
-  m.fixed_us = time_launches(true, prefetch);
-  if (o.timeline) m.fixed_timeline = Timeline(cache, p, s, tables, ws, ws_bytes, stream);
-  p.claim_tiles = true;
   m.ran = true;
   if (o.timeline) m.timeline = Timeline(cache, p, s, tables, ws, ws_bytes, stream);
 
@@ -481,16 +476,13 @@ int Main(int argc, char** argv) {
   std::printf(
       "us: overlapped launches (programmatic dependent launch; each call's CTAs start while the "
       "previous call ends and pull their first KV tiles into L2 before waiting for it), the "
-      "default; plain: ordinary launches; no-pf: overlapped without the prefetch; fixed: the "
-      "default with fixed shares per split instead of claimed tiles (DecodeParams::claim_tiles "
-      "false); empty: the same grid with every length 0 (the floor of a call)\n");
-  std::printf(
-      "%5s %6s %4s %3s | %9s %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s | %8s %8s | %8s  %s\n",
-      "batch", "ctx", "kvh", "G", "KV MiB", "splits", "N", "us", "GB/s", "of copy", "torch us",
-      "torch/ours", "plain us", "no-pf us", "pl/ours", "fixed us", "fx/ours", "empty us", "note");
+      "default; plain: ordinary launches; no-pf: overlapped without the prefetch; empty: the "
+      "same grid with every length 0 (the floor of a call)\n");
+  std::printf("%5s %6s %4s %3s | %9s %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s %8s  %s\n",
+              "batch", "ctx", "kvh", "G", "KV MiB", "splits", "N", "us", "GB/s", "of copy",
+              "torch us", "torch/ours", "plain us", "no-pf us", "pl/ours", "empty us", "note");
   double worst_big_frac = 2.0, worst_vs_torch = 0.0, key_speedup = -1.0;
   double worst_big_plain = 2.0, worst_plain_vs_torch = 0.0, key_plain = -1.0;
-  double worst_big_fixed = 2.0;
   std::string worst_big, worst_torch;
   int big_count = 0, torch_count = 0;
   uint32_t seed = 1;
@@ -505,10 +497,9 @@ int Main(int argc, char** argv) {
                   s.kv_heads, s.group);
     if (!m.ran) {
       std::printf(
-          "%5d %6d %4d %3d | %9.1f %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s | %8s %8s | "
-          "%8s  %s\n",
+          "%5d %6d %4d %3d | %9.1f %6s %5s | %9s %8s %7s | %9s %10s | %9s %8s %8s %8s  %s\n",
           s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, "-", "-", "-", "-", "-",
-          "-", "-", "-", "-", "-", "-", "-", "-", note.c_str());
+          "-", "-", "-", "-", "-", "-", note.c_str());
       continue;
     }
     const double bw = s.KvBytes() / (m.us * 1e-6);
@@ -520,15 +511,12 @@ int Main(int argc, char** argv) {
     }
     if (m.cluster) note = "cluster merge" + (note.empty() ? "" : "; " + note);
     std::printf(
-        "%5d %6d %4d %3d | %9.1f %6d %5d | %9.2f %8.0f %6.1f%% | %9s %10s | %9.2f %8.2f %7.2fx | "
-        "%8.2f %7.3fx | %8.2f  %s\n",
+        "%5d %6d %4d %3d | %9.1f %6d %5d | %9.2f %8.0f %6.1f%% | %9s %10s | %9.2f %8.2f %7.2fx "
+        "%8.2f  %s\n",
         s.batch, s.ctx, s.kv_heads, s.group, s.KvBytes() / 1048576.0, m.splits, m.launches, m.us,
         bw / 1e9, 100 * frac, torch_us_text, ratio_text, m.plain_us, m.no_prefetch_us,
-        m.plain_us / m.us, m.fixed_us, m.fixed_us / m.us, m.empty_us, note.c_str());
+        m.plain_us / m.us, m.empty_us, note.c_str());
     if (!m.timeline.empty()) std::printf("      timeline: %s\n", m.timeline.c_str());
-    if (!m.fixed_timeline.empty()) {
-      std::printf("      fixed shares: %s\n", m.fixed_timeline.c_str());
-    }
     std::fflush(stdout);
     if (s.KvBytes() >= (int64_t{64} << 20)) {
       ++big_count;
@@ -537,7 +525,6 @@ int Main(int argc, char** argv) {
         worst_big = shape_text;
       }
       worst_big_plain = std::min(worst_big_plain, s.KvBytes() / (m.plain_us * 1e-6) / copy_bw);
-      worst_big_fixed = std::min(worst_big_fixed, s.KvBytes() / (m.fixed_us * 1e-6) / copy_bw);
     }
     if (torch_us > 0) {
       ++torch_count;
@@ -562,8 +549,7 @@ int Main(int argc, char** argv) {
         "shapes\n",
         worst_big_frac >= 0.90 ? "PASS" : "FAIL", 100 * worst_big_frac, worst_big.c_str(),
         big_count);
-    std::printf("      (plain launches: worst %.1f%%; fixed shares: worst %.1f%%)\n",
-                100 * worst_big_plain, 100 * worst_big_fixed);
+    std::printf("      (plain launches: worst %.1f%%)\n", 100 * worst_big_plain);
   }
   if (torch_count == 0) {
     std::printf("  [not run] never > 5%% slower than PyTorch SDPA: PyTorch not run\n");

@@ -94,8 +94,6 @@ using decode::ClusterPush;
 using decode::ClusterReduce;
 using decode::DecodeArgs;
 using decode::DecodeConfig;
-using decode::kClaimSlot;
-using decode::kClaimTiles;
 using decode::kCounterSlots;
 using decode::kLn2;
 using decode::kMaxMergeInputs;
@@ -122,8 +120,7 @@ __device__ void PrefetchShare(const DecodeArgs& a, int split, int h, int b) {
   const int start = a.window > 0 ? max(0, len - a.window) : 0;
   const int range = len - start;
   if (range == 0) return;
-  const int chunk = a.claim_static > 0 ? a.claim_static * kTileTokens
-                                        : max(a.chunk, ChunkTokens(range, a.splits));
+  const int chunk = max(a.chunk, ChunkTokens(range, a.splits));
   const int lo = start + split * chunk;
   if (lo >= len) return;
   const int hi = min(min(lo + chunk, len), lo + a.prefetch_tokens);
@@ -206,8 +203,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   // is within the host bound): fetch the table entries of each warp's first two tiles while
   // kv_lens is read, so the KV copies wait for one round trip instead of two.
   if (a.window <= 0) {
-    const int share = a.claim_static > 0 ? a.claim_static * kTileTokens : a.chunk;
-    const int64_t p = static_cast<int64_t>(split) * share +
+    const int64_t p = static_cast<int64_t>(split) * a.chunk +
                       (warp + (lane >> 4) * kWarps) * kTileTokens + (lane & 15);
     if (p < capacity) PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
   }
@@ -254,53 +250,10 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   }
   const int lo = start + split * chunk;
   const int hi = min(lo + chunk, len);
-  const int64_t pair = static_cast<int64_t>(b) * gridDim.y + blockIdx.y;
-  uint32_t* const counters = a.counters_end - (pair + 1) * kCounterSlots;  // global merges only
-  // Claimed tiles (a.claim_static > 0, several splits merged through global memory): the host
-  // gives every split at least 2 * claim_static tiles of the range, so warp 0 has a tile.
-  const bool claim = a.claim_static > 0 && n_active > 1 && !cluster_merge;
-  const int end = claim ? len : hi;  // this CTA's tiles lie below `end`
-
-  // The position of this warp's k-th tile (end: none; once end, so are all later ones), asked for
-  // once per k in increasing order. Fixed shares: tiles warp, warp + kWarps, ... of [lo, hi).
-  // Claims: the first claim_static / kWarps are this split's run of claim_static tiles from
-  // tile split * claim_static of the range, interleaved over the warps; then the tiles after
-  // every split's run, kClaimTiles consecutive ones per claim on the pair's counter. Lane 0
-  // issues the next claim as the warp opens a claimed range (the first right away), so the
-  // atomic's round trip hides behind that range's tiles; a warp that streams faster claims more,
-  // so the splits of a sequence end together. A claim in flight when the warp stops lies past
-  // the range's end (claims only grow), so no tile is lost.
-  const int static_per_warp = a.claim_static / kWarps;
-  const int64_t claim_base = static_cast<int64_t>(n_active) * a.claim_static;
-  uint32_t claim_raw = 0;  // lane 0: the value of the claim in flight
-  int64_t claimed = 0;     // the next tile of the open claimed range
-  int claimed_left = 0;    // tiles left in it
-  bool claims_done = !claim;
-  if (claim && lane == 0) claim_raw = atomicAdd(counters + kClaimSlot, kClaimTiles);
-  auto tile_at = [&](int k) -> int {
-    int64_t p;
-    if (!claim) {
-      p = lo + static_cast<int64_t>(warp + k * kWarps) * kTileTokens;
-    } else if (k < static_per_warp) {
-      p = start + (static_cast<int64_t>(split) * a.claim_static + k * kWarps + warp) * kTileTokens;
-    } else {
-      if (claims_done) return end;
-      if (claimed_left == 0) {
-        claimed = claim_base + __shfl_sync(0xffffffffu, claim_raw, 0);
-        claimed_left = kClaimTiles;
-        if (start + claimed * kTileTokens < end && lane == 0) {
-          claim_raw = atomicAdd(counters + kClaimSlot, kClaimTiles);
-        }
-      }
-      p = start + claimed * kTileTokens;
-      ++claimed;
-      --claimed_left;
-      if (p >= end) claims_done = true;
-    }
-    return p < end ? static_cast<int>(p) : end;
-  };
 
   unsigned char* wbuf = smem + warp * Cfg::kWarpBytes;
+  const int n_tiles = (hi - lo + kTileTokens - 1) / kTileTokens;
+  const int my_tiles = warp < n_tiles ? (n_tiles - warp + kWarps - 1) / kWarps : 0;
   const int chunk_col = lane % kChunksPerRow;
   const int row_first = lane / kChunksPerRow;
   const uint64_t policy = EvictFirstPolicy();
@@ -317,10 +270,11 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   }
   const int64_t lane_src = static_cast<int64_t>(row_first) * D + chunk_col * 8;
 
-  // Starts the copies of the tile at position p0 (< end) into stage slot % kStages.
-  auto issue = [&](int p0, int slot) {
-    const int n_valid = min(kTileTokens, end - p0);
-    const uint32_t k_dst = SmemAddr(wbuf + (slot % Cfg::kStages) * Cfg::kStageBytes);
+  // Starts the copies of this warp's it-th tile into stage it % kStages.
+  auto issue = [&](int it) {
+    const int p0 = lo + (warp + it * kWarps) * kTileTokens;
+    const int n_valid = min(kTileTokens, hi - p0);
+    const uint32_t k_dst = SmemAddr(wbuf + (it % Cfg::kStages) * Cfg::kStageBytes);
     const uint32_t v_dst = k_dst + Cfg::kTileBytes;
     const uint32_t blk_first = a.block_div.Div(static_cast<uint32_t>(p0));
     const int in_block = p0 - static_cast<int>(blk_first) * a.block_size;
@@ -353,23 +307,21 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
       CpAsync16(v_dst + dst, a.v + src, valid, policy);
     }
   };
-  // Pulls the table entries of the tile at p0 into L1 ahead of its issue, whose table reads
-  // would otherwise stall the warp for an L2 round trip before each tile's math.
-  auto prefetch_table = [&](int p0) {
-    if (p0 >= end) return;
-    const int p = min(p0 + (lane & (kTileTokens - 1)), end - 1);
+  // Pulls the table entries of this warp's it-th tile into L1 ahead of issue(it), whose table
+  // reads would otherwise stall the warp for an L2 round trip before each tile's math.
+  auto prefetch_table = [&](int it) {
+    if (it >= my_tiles) return;
+    const int p0 = lo + (warp + it * kWarps) * kTileTokens;  // < hi: the tile exists
+    const int p = min(p0 + (lane & (kTileTokens - 1)), hi - 1);
     PrefetchL1(table + a.block_div.Div(static_cast<uint32_t>(p)));
   };
 
-  int pipe[Cfg::kStages - 1];  // positions of the tiles in flight, oldest first (end: none)
-#pragma unroll
-  for (int k = 0; k < Cfg::kStages - 1; ++k) {
-    pipe[k] = tile_at(k);
-    if (pipe[k] < end) issue(pipe[k], k);
+#pragma unroll 1
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    if (s < my_tiles) issue(s);
     CpAsyncCommit();
   }
-  int ahead = tile_at(Cfg::kStages - 1);  // the next tile to issue, its table entry prefetched
-  prefetch_table(ahead);
+  prefetch_table(Cfg::kStages - 1);
 
   // Query fragments, B operands of S^T = K Q^T (16 head dims x 8 query heads): head g, dims
   // kk * 16 + 2t, 2t + 1 and those + 8, as three bf16 parts (hi, lo, lo2).
@@ -397,21 +349,16 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   const float zero[4] = {0.f, 0.f, 0.f, 0.f};
   const RowsOffsets rows_off(kRowBytes, lane);
 
-  for (int it = 0; pipe[0] < end; ++it) {
-    const int p_cur = pipe[0];
-#pragma unroll
-    for (int k = 0; k + 1 < Cfg::kStages - 1; ++k) pipe[k] = pipe[k + 1];
-    pipe[Cfg::kStages - 2] = ahead;
-    if (ahead < end) issue(ahead, it + Cfg::kStages - 1);
-    ahead = tile_at(it + Cfg::kStages);
-    prefetch_table(ahead);
+  for (int it = 0; it < my_tiles; ++it) {
+    if (it + Cfg::kStages - 1 < my_tiles) issue(it + Cfg::kStages - 1);
+    prefetch_table(it + Cfg::kStages);
     CpAsyncCommit();
     CpAsyncWait<Cfg::kStages - 1>();
     __syncwarp();
     if (it == 0) stamp(1);
     const uint32_t k_tile = SmemAddr(wbuf + (it % Cfg::kStages) * Cfg::kStageBytes);
     const uint32_t v_tile = k_tile + Cfg::kTileBytes;
-    const int n_valid = min(kTileTokens, end - p_cur);
+    const int n_valid = min(kTileTokens, hi - (lo + (warp + it * kWarps) * kTileTokens));
 
     // S^T = K Q^T, two accumulator chains (even and odd 16-dim steps) per part of q: tokens g
     // (i < 2) and g + 8, heads 2t + (i & 1).
@@ -566,8 +513,9 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
     return;
   }
 
-  // Cross-split merge by the last CTA to finish (per group of splits, then per sequence), which
-  // also resets the claim counter: every split has arrived, so no claim is still to come.
+  // Cross-split merge by the last CTA to finish (per group of splits, then per sequence).
+  const int64_t pair = static_cast<int64_t>(b) * gridDim.y + blockIdx.y;
+  uint32_t* counters = a.counters_end - (pair + 1) * kCounterSlots;
   const int grp = split / a.merge_group;
   const int grp_first = grp * a.merge_group;
   const int grp_count = min(a.merge_group, n_active - grp_first);
@@ -578,27 +526,29 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeArgs a) 
   }
   float* s_in = reinterpret_cast<float*>(smem);  // free: the warp merge above is done
   const int64_t ps = a.splits;
+  const auto landed = [&] { stamp(5); };
   if (n_groups == 1) {
-    if (claim && threadIdx.x == 0) counters[kClaimSlot] = 0;
+    stamp(4);
     MergeStates<D>(a.part_o + (row0 * ps + grp_first) * D, a.part_lse + row0 * ps + grp_first,
                    ps * D, ps, grp_count, rows, a.out + row0 * D,
                    a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in, s_lse,
-                   &s_merge_bar);
+                   &s_merge_bar, landed);
     stamp(3);
     return;
   }
   const int64_t pg = a.splits;  // group slots are sized like split slots (groups <= splits)
   MergeStates<D>(a.part_o + (row0 * ps + grp_first) * D, a.part_lse + row0 * ps + grp_first, ps * D,
                  ps, grp_count, rows, a.group_o + (row0 * pg + grp) * D,
-                 a.group_lse + row0 * pg + grp, pg * D, pg, 1.f, s_in, s_lse, &s_merge_bar);
+                 a.group_lse + row0 * pg + grp, pg * D, pg, 1.f, s_in, s_lse, &s_merge_bar,
+                 [] {});
   if (!ArriveLast(&counters[kMaxMergeInputs], n_groups, &s_flag)) {
     stamp(3);
     return;
   }
-  if (claim && threadIdx.x == 0) counters[kClaimSlot] = 0;
+  stamp(4);
   MergeStates<D>(a.group_o + row0 * pg * D, a.group_lse + row0 * pg, pg * D, pg, n_groups, rows,
                  a.out + row0 * D, a.lse != nullptr ? a.lse + row0 : nullptr, D, 1, kLn2, s_in,
-                 s_lse, &s_merge_bar);
+                 s_lse, &s_merge_bar, landed);
   stamp(3);
 }
 

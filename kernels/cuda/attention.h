@@ -34,7 +34,7 @@ void AppendKv(const PagedKv& cache, const float* k_new, const float* v_new, cons
               int64_t n, cudaStream_t stream);
 
 // Clocks per CTA in DecodeParams::cta_times.
-constexpr int kDecodeStamps = 4;
+constexpr int kDecodeStamps = 6;
 
 struct DecodeParams {
   const float* q = nullptr;            // [batch, n_heads, head_dim]
@@ -56,13 +56,6 @@ struct DecodeParams {
   // on this GPU (up to 16 on Hopper), else through global memory by the last CTA to finish.
   enum class SplitMerge : int32_t { kAuto = 0, kGlobal = 1, kCluster = 2 };
   SplitMerge split_merge = SplitMerge::kAuto;  // kCluster falls back to kGlobal where unsupported
-  // Where the splits of a (sequence, KV head) merge through global memory and each gets at
-  // least 2 runs of its first tiles (a run: 384 tokens at head_dim 128, 512 at 64): each split
-  // streams one run from its own place in the range, then claims 64-token pieces one at a time
-  // (per warp) from a counter in the workspace, so splits on slower SMs take fewer pieces and
-  // a sequence's splits end within about a piece of each other. false: every split streams a
-  // fixed share (tuning and timing comparisons).
-  bool claim_tiles = true;
   // Programmatic dependent launch: the call's CTAs may start while the previous kernel of the
   // stream (or graph) is still running. Until that kernel completes they only pull the first
   // tokens of their share of K/V into L2 (a hint: lengths and tables read then may be stale
@@ -75,7 +68,8 @@ struct DecodeParams {
   // Diagnostics (benchmarks): when set, each CTA of the head_dim 64/128 kernel writes the device
   // clock (%globaltimer, ns) to cta_times[kDecodeStamps * i + k]: k = 0 its start, 1 when its
   // first warp's first tile has landed, 2 the end of its KV stream, 3 its end (its merges done),
-  // 0 for a point the CTA does not reach; i = split + splits * (y + y_count * sequence) with
+  // 4 (the CTA that merges a sequence's splits last) when it starts that merge, 5 when that
+  // merge's first inputs have landed in shared memory, 0 for a point the CTA does not reach; i = split + splits * (y + y_count * sequence) with
   // y = KV head * row tiles + row tile, row tiles = ceil(group / 8): size it
   // kDecodeStamps * DecodeSplits(...) * kv_heads * row tiles * batch.
   uint64_t* cta_times = nullptr;
@@ -103,9 +97,6 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
 int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p);
 // Whether that launch merges its splits in thread-block clusters (see DecodeParams::split_merge).
 bool DecodeClusterMerge(const PagedKv& cache, const DecodeParams& p);
-// Tiles each split streams before it claims (DecodeParams::claim_tiles); 0 when that launch
-// does not claim tiles.
-int32_t DecodeClaimRun(const PagedKv& cache, const DecodeParams& p);
 
 // Causal attention of packed query rows: sequence b's q_lens[b] queries are rows
 // q_start[b] .. + q_lens[b] of q ([rows, n_heads, head_dim]) and sit at the last q_lens[b] of

@@ -28,8 +28,6 @@ using decode::kRowsPerTile;
 using decode::kShortSplitTokens;
 using decode::kSingleLevelMaxSplits;
 using decode::kThreads;
-using decode::kTileTokens;
-using decode::kWarps;
 using decode::Launch;
 using decode::ResidentSlots;
 
@@ -156,13 +154,6 @@ SplitPlan PlanSplits(int64_t pairs, int64_t range_bound, int slots, int max_spli
 // tokens and more are fastest at 128-192 (the 128 MiB shapes 1-2% faster than at 256 or 64).
 int AutoPrefetchTokens(int chunk) { return std::clamp(chunk / 4, 64, 192); }
 
-// Tiles a split streams before it claims (DecodeArgs::claim_static): twice the kStages tiles
-// per warp its pipeline holds, so the first claim's round trip (slow at the start, when every
-// CTA claims at once) hides behind them.
-int ClaimRunTiles(int head_dim) {
-  return 2 * kWarps * (head_dim == 128 ? DecodeConfig<128>::kStages : DecodeConfig<64>::kStages);
-}
-
 constexpr size_t kAlign = 256;
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
@@ -178,14 +169,12 @@ size_t CounterBytes(int64_t pairs) {
 }
 
 // Everything about a call's launch that depends on host values only (head_dim 64 or 128, heads
-// consistent): its split plan, whether the splits merge in clusters and, where they merge
-// through global memory, whether they claim tiles.
+// consistent): its split plan and whether the splits merge in clusters.
 struct CallPlan {
   SplitPlan split;
   int64_t pairs = 0;  // (sequence, KV head, row tile)
   int chunk = 0;      // DecodeArgs::chunk
   int cluster = 1;    // DecodeArgs::cluster
-  int claim_run = 0;  // DecodeArgs::claim_static
 };
 
 CallPlan PlanCall(const PagedKv& cache, const DecodeParams& p) {
@@ -201,12 +190,6 @@ CallPlan PlanCall(const PagedKv& cache, const DecodeParams& p) {
   c.cluster = UseCluster(cache.head_dim, c.split.splits, c.pairs, slots, p.split_merge)
                   ? c.split.splits
                   : 1;
-  // Claimed tiles after a run of one pipeline's worth per warp, where every split's share holds
-  // at least two such runs (the kernel relies on that: warp 0 of every split has a tile).
-  const int run = ClaimRunTiles(cache.head_dim);
-  if (c.split.splits > 1 && c.cluster == 1 && p.claim_tiles && c.chunk >= 2 * run * kTileTokens) {
-    c.claim_run = run;
-  }
   return c;
 }
 
@@ -306,7 +289,6 @@ void DecodeAttention(const PagedKv& cache, const DecodeParams& p, void* workspac
     at += AlignUp(per * cache.head_dim * sizeof(float));
     a.group_lse = reinterpret_cast<float*>(at);
     a.counters_end = reinterpret_cast<uint32_t*>((begin + workspace_bytes) / 4 * 4);
-    a.claim_static = call.claim_run;
   }
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(p.batch));
@@ -341,10 +323,6 @@ int32_t DecodeSplits(const PagedKv& cache, const DecodeParams& p) {
 
 bool DecodeClusterMerge(const PagedKv& cache, const DecodeParams& p) {
   return PlannedShape(cache, p) && PlanCall(cache, p).cluster > 1;
-}
-
-int32_t DecodeClaimRun(const PagedKv& cache, const DecodeParams& p) {
-  return PlannedShape(cache, p) ? PlanCall(cache, p).claim_run : 0;
 }
 
 }  // namespace moemesh::cuda

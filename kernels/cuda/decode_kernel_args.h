@@ -29,11 +29,7 @@ constexpr int kMinChunk = kWarps * kTileTokens;  // fewest tokens a split is giv
 constexpr int kMaxSplits = 256;
 constexpr int kSingleLevelMaxSplits = kMaxMergeInputs;  // above: two levels, groups of ~sqrt
 constexpr int kShortSplitTokens = 512;                  // see PlanSplits
-// Per (sequence, KV head, row tile): first-level merge arrivals [0, kMaxMergeInputs), the
-// second level's at kMaxMergeInputs, the tile claims at kClaimSlot.
-constexpr int kClaimSlot = kMaxMergeInputs + 1;
-constexpr int kClaimTiles = 4;  // consecutive tiles one claim takes (DecodeArgs::claim_static)
-constexpr int kCounterSlots = kMaxMergeInputs + 2;
+constexpr int kCounterSlots = kMaxMergeInputs + 1;      // per (sequence, KV head, row tile)
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D>
@@ -74,10 +70,6 @@ struct DecodeArgs : PagedStreamArgs {
   int32_t num_blocks;   // cache blocks in the pools (bounds the L2 prefetch's addresses)
   int32_t prefetch_tokens;  // > 0: launched to overlap the previous kernel (PDL); first pull
                             // up to this many tokens of the CTA's share into L2 (PrefetchShare)
-  int32_t claim_static;     // > 0 (global merges only): split s streams the claim_static tiles
-                            // from tile s * claim_static of the range, then tiles claimed
-                            // kClaimTiles at a time from the pair's counter (DecodeKernel's
-                            // tile_at); 0: fixed shares of `chunk` tokens
 };
 
 // Tokens per split when the attended range is `range`: spread over all splits in whole tiles,

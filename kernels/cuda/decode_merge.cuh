@@ -112,12 +112,15 @@ __device__ __forceinline__ bool ArriveLast(uint32_t* counter, int count, int* s_
 // bulk copy into shared memory (the copy engine, on `bar`), all in flight at once: the merge
 // costs one L2 round trip whatever `count` is. (16-byte cp.async copies, a lane each, kept too
 // few bytes in flight per SM: one CTA staged its inputs at 8-12 GB/s.) The LSEs are read a
-// thread per (row, input) meanwhile, all at once.
-template <int D>
+// thread per (row, input) meanwhile, all at once. (Loading the inputs of a merge of up to 8
+// straight into registers, a thread per row chunk, was no faster on an H200: from the start of a
+// merge its inputs take ~1.3 us to arrive either way, an L2 round trip at the end of a
+// full-GPU stream.) on_landed() runs once the inputs are in (diagnostics).
+template <int D, class OnLanded>
 __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_row_o,
                             int64_t in_row_lse, int count, int rows, float* out_o, float* out_lse,
                             int64_t out_row_o, int64_t out_row_lse, float lse_scale, float* s_in,
-                            float* s_lse, uint64_t* bar) {
+                            float* s_lse, uint64_t* bar, OnLanded on_landed) {
   constexpr int kQuads = D / 4;
   static_assert(kMaxMergeInputs * kRowsPerTile <= kThreads, "a thread per (row, input)");
   const uint32_t row_bytes = static_cast<uint32_t>(count) * D * 4;
@@ -145,6 +148,7 @@ __device__ void MergeStates(const float* in_o, const float* in_lse, int64_t in_r
     }
   }
   warp_mma::MbarrierWaitCluster(bar, 0);
+  on_landed();
   __syncthreads();
   if (threadIdx.x == 0) warp_mma::MbarrierInval(bar);  // every thread has passed the wait
   for (int item = threadIdx.x; item < kRowsPerTile * kQuads; item += kThreads) {
