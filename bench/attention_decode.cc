@@ -97,7 +97,8 @@ std::vector<Shape> DefaultShapes() {
                "  --replicas: KV copies the launches rotate over (default: at least 3x L2, so\n"
                "    reads come from HBM; 1: the KV stays in L2 when it fits)\n"
                "  --timeline: per shape, CTA start, first-tile, KV-stream-end and end times of one\n"
-               "    plain call (DecodeParams::cta_times)\n",
+               "    plain call, and when each sequence's final merge started and had its inputs\n"
+               "    (DecodeParams::cta_times)\n",
                why);
   std::exit(2);
 }
