@@ -9,9 +9,8 @@
 //      or own piece k - piece_first: one member's rows over a piece of the positions it attends
 //      itself; the 16-row result stays at the start of its shared memory (the stage buffers);
 //   2. a cluster barrier; then CTA k merges rows [k * rows / n, (k + 1) * rows / n): a thread per
-//      row reads the row's LSEs from every CTA holding one of its inputs and computes the weights,
-//      then a thread per (row, 16 bytes) sums the inputs read from those CTAs' shared memory (all
-//      loads of a group issued before any is used) and writes the output;
+//      (row, 16 bytes) loads the row's LSEs and that chunk of every input from the CTAs holding
+//      them (all at once), weighs them and writes the output;
 //   3. a cluster barrier, so that no CTA overwrites or frees shared memory another still reads.
 // Every decision that skips a tile depends only on the layout and lengths, which all CTAs of a
 // cluster read alike, so they pass the same barriers.
@@ -39,18 +38,14 @@ using warp_mma::ClusterWait;
 using warp_mma::LoadClusterF32;
 using warp_mma::LoadClusterF32x4;
 
-// Merge weights of one CTA: at most ceil(16 / n) rows x n inputs.
-constexpr int kMaxClusterWeights = kClusterTileRows + kMaxClusterSize;
-
 template <int D>
 struct ClusterCfg {
   static constexpr int kSmemBytes = Cfg<D>::kSmemBytes;  // stage buffers, then the results
 };
 
 struct ClusterShared : StreamShared {
-  float weight[kMaxClusterWeights];       // merge weights, [row][input]
-  float row_lse[kClusterTileRows];        // merged log2-sum-exps of this CTA's rows
-  int32_t seq[kMaxClusterSize];           // the tile's member sequences (-1: skipped)
+  int32_t inputs[kClusterTileRows];  // inputs of each of this CTA's rows (0: a skipped member)
+  int32_t seq[kMaxClusterSize];      // the tile's member sequences (-1: skipped)
 };
 
 // Sets sh.row_q for `rows` rows, row r being query head `head * group + r % group` of sequence
@@ -102,62 +97,76 @@ __device__ void RunTile(const KernelArgs& a, const ClusterTile& t, int rank, uns
   ClusterWait();    // every CTA's are in its shared memory
   Stamp(a, 7);
 
-  // 2. The merge of this CTA's rows.
+  // 2. The merge of this CTA's rows. A thread per (row, 16 bytes) issues the loads of all of the
+  // row's input LSEs and its chunk of every input from the other CTAs' shared memory at once and
+  // weighs them itself, so the merge waits for one round trip (weighing a row once, a thread per
+  // row, and then reading the inputs took four dependent ones: 3.7 us on (a)).
   const int rows = t.members * group;
   const int r0 = rank * rows / n, nr = (rank + 1) * rows / n - r0;
-  const int slots = t.n_splits + t.own;  // inputs per row, at most
   // Input i of row r: split i (i < n_splits, its row r) or own piece i - n_splits of its member
   // (its row r % group).
   auto input_cta = [&](int r, int i) {
     return i < t.n_splits ? i : t.piece_first + (r / group) * t.own + (i - t.n_splits);
   };
-  for (int rr = threadIdx.x; rr < nr; rr += kThreads) {
-    const int r = r0 + rr, seq = sh.seq[r / group];
-    if (seq < 0) continue;
+  for (int rr = threadIdx.x; rr < nr; rr += kThreads) {  // inputs per row
+    const int seq = sh.seq[(r0 + rr) / group];
     int start = 0, len = 0;
-    OwnRange(seq, a.dims, a.layout, a.kv_lens, &start, &len);
-    const int pieces = ActiveSplits(len - start, ChunkTokens(len - start, t.own));
-    const int j = r % group;
-    sh.row_lse[rr] = decode::RowWeights(
-        t.n_splits + pieces, slots,
-        [&](int i) {
-          const float* p = &sh.res_lse[i < t.n_splits ? r : j];
-          return LoadClusterF32(ClusterSmemAddr(p, input_cta(r, i)));
-        },
-        [&](int i) -> float& { return sh.weight[rr * slots + i]; });
+    if (seq >= 0) OwnRange(seq, a.dims, a.layout, a.kv_lens, &start, &len);
+    sh.inputs[rr] =
+        seq < 0 ? 0 : t.n_splits + ActiveSplits(len - start, ChunkTokens(len - start, t.own));
   }
   __syncthreads();
   for (int item = threadIdx.x; item < nr * kQuads; item += kThreads) {
     const int rr = item / kQuads, d4 = item % kQuads;
     const int r = r0 + rr, seq = sh.seq[r / group], j = r % group;
-    if (seq < 0) continue;
-    const float* w = sh.weight + rr * slots;
-    float4 acc[4];
+    const int count = sh.inputs[rr];
+    if (count == 0) continue;
+    // Two groups of up to 8 inputs (the second's loads may go out while the first is summed),
+    // folded in with a running maximum.
+    constexpr int kGroup = kMaxClusterSize / 2;
+    float m = -INFINITY, sum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int i0 = 0; i0 < slots; i0 += 8) {
-      float4 x[8];  // every load of the group in flight before the first is used
+    for (int i0 = 0; i0 < kMaxClusterSize; i0 += kGroup) {
+      float l[kGroup];
+      float4 x[kGroup];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
+      for (int k = 0; k < kGroup; ++k) {
         const int i = i0 + k;
-        x[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (i < slots && w[i] != 0.f) {  // weight 0: an empty or absent input, not read
-          const float* p = res + (i < t.n_splits ? r : j) * C::kResStride + d4 * 4;
-          x[k] = LoadClusterF32x4(ClusterSmemAddr(p, input_cta(r, i)));
+        l[k] = -INFINITY;
+        if (i < count) {
+          const int in_row = i < t.n_splits ? r : j;
+          const int cta = input_cta(r, i);
+          l[k] = LoadClusterF32(ClusterSmemAddr(&sh.res_lse[in_row], cta));
+          x[k] = LoadClusterF32x4(ClusterSmemAddr(res + in_row * C::kResStride + d4 * 4, cta));
         }
       }
+      float m_new = m;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (i0 + k < slots) decode::AddScaled(acc[k & 3], w[i0 + k], x[k]);
+      for (int k = 0; k < kGroup; ++k) m_new = fmaxf(m_new, l[k]);
+      if (m_new == -INFINITY) continue;  // nothing yet
+      const float scale = warp_mma::Exp2Approx(m - m_new);  // 0 while m is -inf
+      sum *= scale;
+      acc = make_float4(acc.x * scale, acc.y * scale, acc.z * scale, acc.w * scale);
+      m = m_new;
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) {
+        // An empty or absent input (LSE -inf) weighs 0 and its chunk, which may hold anything,
+        // is not read.
+        if (l[k] != -INFINITY) {
+          const float w = warp_mma::Exp2Approx(l[k] - m);
+          sum += w;
+          decode::AddScaled(acc, w, x[k]);
+        }
       }
     }
+    const float inv = sum > 0.f ? warp_mma::RcpApprox(sum) : 0.f;
     const int64_t row = static_cast<int64_t>(seq) * nh + t.head * group + j;
     *reinterpret_cast<float4*>(a.out + row * D + d4 * 4) =
-        make_float4(acc[0].x + acc[1].x + acc[2].x + acc[3].x,
-                    acc[0].y + acc[1].y + acc[2].y + acc[3].y,
-                    acc[0].z + acc[1].z + acc[2].z + acc[3].z,
-                    acc[0].w + acc[1].w + acc[2].w + acc[3].w);
-    if (d4 == 0 && a.lse != nullptr) a.lse[row] = sh.row_lse[rr] * kLn2;
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (d4 == 0 && a.lse != nullptr) {
+      a.lse[row] = sum > 0.f ? (m + warp_mma::Log2Approx(sum)) * kLn2 : -INFINITY;
+    }
   }
   Stamp(a, 6);
   // 3. Nobody reuses (next tile) or frees (exit) its shared memory while others read it.
