@@ -8,7 +8,8 @@
 namespace moemesh {
 namespace {
 
-v1::RegisterRequest Request(v1::WorkerRole role, const std::string& name, const std::string& address) {
+v1::RegisterRequest Request(v1::WorkerRole role, const std::string& name,
+                            const std::string& address) {
   v1::RegisterRequest r;
   r.set_role(role);
   r.set_protocol_version(v1::PROTOCOL_VERSION_CURRENT);

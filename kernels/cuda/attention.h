@@ -69,9 +69,10 @@ struct DecodeParams {
   // clock (%globaltimer, ns) to cta_times[kDecodeStamps * i + k]: k = 0 its start, 1 when its
   // first warp's first tile has landed, 2 the end of its KV stream, 3 its end (its merges done),
   // 4 (the CTA that merges a sequence's splits last) when it starts that merge, 5 when that
-  // merge's first inputs have landed in shared memory, 0 for a point the CTA does not reach; i = split + splits * (y + y_count * sequence) with
-  // y = KV head * row tiles + row tile, row tiles = ceil(group / 8): size it
-  // kDecodeStamps * DecodeSplits(...) * kv_heads * row tiles * batch.
+  // merge's inputs have landed in shared memory, 0 for a point the CTA does not reach;
+  // i = split + splits * (y + y_count * sequence) with y = KV head * row tiles + row tile, row
+  // tiles = ceil(group / 8): size it kDecodeStamps * DecodeSplits(...) * kv_heads * row tiles *
+  // batch.
   uint64_t* cta_times = nullptr;
 };
 
