@@ -80,8 +80,10 @@ absl::StatusOr<std::string> Registration::Register() {
       worker_id_ = response.worker_id();
       return worker_id_;
     }
+    // Transient: the coordinator not up yet, no answer in time, or its server out of threads.
     const bool retry = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                       s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+                       s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                       s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
     if (retry && std::chrono::system_clock::now() < deadline) {
       MM_LOG(WARNING) << config_.name << ": no registration with the coordinator at "
                       << config_.coordinator << " after "
