@@ -47,6 +47,22 @@ TEST(Membership, WaitForReturnsOnceTheLastWorkerRegisters) {
   EXPECT_EQ((*w)[1].address, "127.0.0.1:7003");
 }
 
+TEST(Membership, ARetriedRegistrationGetsTheIdItHasAndCountsOnce) {
+  Membership m;
+  auto first = m.Register(Request(v1::WORKER_ROLE_ATTENTION, "attention-3", "127.0.0.1:7001"));
+  ASSERT_TRUE(first.ok());
+  auto again = m.Register(Request(v1::WORKER_ROLE_ATTENTION, "attention-3", "127.0.0.1:7001"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *first);
+  // Another address (or name) is another worker.
+  auto other = m.Register(Request(v1::WORKER_ROLE_ATTENTION, "attention-3", "127.0.0.1:7002"));
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(*other, *first);
+  auto w = m.WaitFor(3, 0, std::chrono::steady_clock::now() + std::chrono::milliseconds(20));
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("2 of 3 attention"), std::string::npos) << w.status();
+}
+
 TEST(Membership, RefusesAWorkerWithoutAnAddressOrRole) {
   Membership m;
   auto no_address = m.Register(Request(v1::WORKER_ROLE_ATTENTION, "a", ""));
