@@ -1,12 +1,14 @@
 #include "coordinator/server/coordinator_runner.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
+#include <mutex>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -85,43 +87,61 @@ absl::StatusOr<int32_t> ConfigureWorkers(const CoordinatorConfig& cfg, const Pla
   }
   for (auto& f : experts) MM_RETURN_IF_ERROR(f.get());
 
-  std::vector<int32_t> rank_blocks(placement.attention_ranks.size(), 0);
-  std::vector<std::future<absl::Status>> ranks;
-  for (size_t r = 0; r < placement.attention_ranks.size(); ++r) {
-    ranks.push_back(std::async(std::launch::async, [&, r]() -> absl::Status {
-      v1::AttentionAssignment a;
-      a.set_model_dir(cfg.model_dir);
-      a.set_rank(static_cast<int32_t>(r));
-      a.set_tp_size(cfg.tp_size);
-      a.set_group("tp0");
-      a.set_num_kv_blocks(cfg.scheduler.num_blocks);
-      a.set_block_size(cfg.scheduler.block_size);
-      a.set_collective_host("127.0.0.1");
-      a.set_max_step_tokens(cfg.scheduler.max_step_tokens);
-      a.set_max_sequences(cfg.scheduler.max_running);
-      a.set_max_context(cfg.scheduler.context_length);
-      for (const auto& layer : placement.owners) {
-        v1::LayerOwners* lo = a.add_owners();
-        for (const auto& owners : layer) lo->add_experts()->mutable_workers()->Add(owners.begin(), owners.end());
-      }
-      for (const std::string& id : placement.expert_workers) a.add_expert_addresses(address_of.at(id));
-      auto stub = v1::AttentionWorker::NewStub(ClusterChannel(address_of.at(placement.attention_ranks[r])));
-      grpc::ClientContext ctx;
-      v1::ConfigureResponse response;
-      absl::Status s = FromGrpcStatus(stub->Configure(&ctx, a, &response));
-      if (!s.ok()) return absl::Status(s.code(), absl::StrCat("attention rank ", r, ": ", s.message()));
-      MM_LOG(INFO) << "attention rank " << r << " (" << response.device() << ") loaded "
-                   << response.weight_bytes() << " bytes in " << response.load_seconds() << " s; "
-                   << response.num_kv_blocks() << " KV blocks";
-      rank_blocks[r] = response.num_kv_blocks();
-      return absl::OkStatus();
+  // The ranks load and then meet in the rendezvous store, where the others would wait (up to the
+  // collectives' timeout) for a rank that failed: the first failure cancels the other calls.
+  const size_t n_ranks = placement.attention_ranks.size();
+  std::vector<int32_t> rank_blocks(n_ranks, 0);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  for (size_t r = 0; r < n_ranks; ++r) contexts.push_back(std::make_unique<grpc::ClientContext>());
+  std::mutex mu;
+  std::condition_variable changed;
+  size_t finished = 0;
+  absl::Status first;  // the first failure (cancellations after it are not failures)
+  auto ConfigureRank = [&](size_t r) -> absl::Status {
+    v1::AttentionAssignment a;
+    a.set_model_dir(cfg.model_dir);
+    a.set_rank(static_cast<int32_t>(r));
+    a.set_tp_size(cfg.tp_size);
+    a.set_group("tp0");
+    a.set_num_kv_blocks(cfg.scheduler.num_blocks);
+    a.set_block_size(cfg.scheduler.block_size);
+    a.set_collective_host("127.0.0.1");
+    a.set_max_step_tokens(cfg.scheduler.max_step_tokens);
+    a.set_max_sequences(cfg.scheduler.max_running);
+    a.set_max_context(cfg.scheduler.context_length);
+    for (const auto& layer : placement.owners) {
+      v1::LayerOwners* lo = a.add_owners();
+      for (const auto& owners : layer) lo->add_experts()->mutable_workers()->Add(owners.begin(), owners.end());
+    }
+    for (const std::string& id : placement.expert_workers) a.add_expert_addresses(address_of.at(id));
+    auto stub = v1::AttentionWorker::NewStub(ClusterChannel(address_of.at(placement.attention_ranks[r])));
+    v1::ConfigureResponse response;
+    absl::Status s = FromGrpcStatus(stub->Configure(contexts[r].get(), a, &response));
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("attention rank ", r, ": ", s.message()));
+    MM_LOG(INFO) << "attention rank " << r << " (" << response.device() << ") loaded "
+                 << response.weight_bytes() << " bytes in " << response.load_seconds() << " s; "
+                 << response.num_kv_blocks() << " KV blocks";
+    rank_blocks[r] = response.num_kv_blocks();
+    return absl::OkStatus();
+  };
+  std::vector<std::future<void>> ranks;
+  for (size_t r = 0; r < n_ranks; ++r) {
+    ranks.push_back(std::async(std::launch::async, [&, r] {
+      absl::Status s = ConfigureRank(r);
+      std::lock_guard<std::mutex> lock(mu);
+      if (!s.ok() && first.ok()) first = s;
+      ++finished;
+      changed.notify_all();
     }));
   }
-  absl::Status first;
-  for (auto& f : ranks) {
-    absl::Status s = f.get();
-    if (first.ok()) first = s;
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    changed.wait(lock, [&] { return finished == n_ranks || !first.ok(); });
   }
+  if (!first.ok()) {
+    for (auto& c : contexts) c->TryCancel();
+  }
+  for (auto& f : ranks) f.get();
   MM_RETURN_IF_ERROR(first);
   int32_t blocks = *std::min_element(rank_blocks.begin(), rank_blocks.end());
   if (blocks < 1) return absl::InternalError("an attention rank reported no KV blocks");
@@ -171,16 +191,32 @@ absl::Status Run(CoordinatorConfig cfg) {
   builder.SetMaxReceiveMessageSize(-1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", cfg.listen));
+  // A set-up error stops the server promptly: handlers waiting in the rendezvous store (ranks
+  // meeting for their collectives) are woken, and calls still open after 2 s are cancelled.
+  struct StopOnError {
+    grpc::Server* server;
+    RendezvousStore* store;
+    ~StopOnError() {
+      if (server == nullptr) return;
+      store->Close();
+      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    }
+  } stop_on_error{server.get(), &store};
   server->GetHealthCheckService()->SetServingStatus(false);
   const std::string host = cfg.listen.substr(0, cfg.listen.rfind(':'));
   std::fprintf(stderr, "coordinator listening on %s:%d\n", host.c_str(), port);
   if (!cfg.port_file.empty()) MM_RETURN_IF_ERROR(WritePortFile(cfg.port_file, port));
 
   ShutdownSignal shutdown;
-  generation.SetWaitingReason(absl::StrCat("waiting for ", cfg.tp_size, " attention and ", cfg.expert_workers,
-                                           " expert workers to register"));
-  // Waits in slices of a second: between them, the count so far becomes the reason ModelInfo and
-  // Generate give, and every 10 s a log line, so a worker that never registers is visible.
+  // Waits in slices of a second: between them, the counts so far go into the reason ModelInfo
+  // and Generate give, and every 10 s into a log line, so a worker that never registers shows.
+  auto waiting_reason = [&] {
+    const auto [attention, expert] = membership.Registered();
+    return absl::StrCat("waiting for ", cfg.tp_size, " attention and ", cfg.expert_workers,
+                        " expert workers to register (", attention, " and ", expert,
+                        " so far)");
+  };
+  generation.SetWaitingReason(waiting_reason());
   const auto workers_deadline = std::chrono::steady_clock::now() + cfg.worker_timeout;
   auto next_report = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   absl::StatusOr<std::vector<WorkerRecord>> workers;
@@ -189,10 +225,9 @@ absl::Status Run(CoordinatorConfig cfg) {
     workers = membership.WaitFor(cfg.tp_size, cfg.expert_workers,
                                  std::min(workers_deadline, now + std::chrono::seconds(1)));
     if (workers.ok() || std::chrono::steady_clock::now() >= workers_deadline) break;
-    generation.SetWaitingReason(std::string(workers.status().message()));
+    generation.SetWaitingReason(waiting_reason());
     if (std::chrono::steady_clock::now() >= next_report) {
-      MM_LOG(INFO) << workers.status().message() << " (registered: "
-                   << membership.Describe() << ")";
+      MM_LOG(INFO) << waiting_reason() << "; registered: " << membership.Describe();
       next_report += std::chrono::seconds(10);
     }
   }
@@ -232,6 +267,8 @@ absl::Status Run(CoordinatorConfig cfg) {
   server->GetHealthCheckService()->SetServingStatus(false);
   loop.Stop();
   ranks.reset();  // closes the step streams so the workers' handlers return
+  stop_on_error.server = nullptr;
+  store.Close();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return absl::OkStatus();
 }

@@ -63,6 +63,11 @@ std::vector<WorkerRecord> Membership::Snapshot() const {
   return workers_;
 }
 
+std::pair<int, int> Membership::Registered() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {attention_count_, expert_count_};
+}
+
 std::string Membership::Describe() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -34,6 +35,8 @@ class Membership {
   absl::StatusOr<std::vector<WorkerRecord>> WaitFor(int attention, int expert,
                                                     std::chrono::steady_clock::time_point deadline);
   std::vector<WorkerRecord> Snapshot() const;
+  // How many attention and expert workers have registered.
+  std::pair<int, int> Registered() const;
   // The registered workers as "id (name) at address" joined by ", "; "none" when there are none.
   std::string Describe() const;
   // Workers whose last heartbeat is older than `timeout`.

@@ -30,6 +30,7 @@ TEST(Membership, WaitForSaysHowManyOfEachRegisteredAndDescribeNamesThem) {
       << w.status();
   EXPECT_EQ(m.Describe(),
             "attention-0 (attention-1) at 127.0.0.1:7001, expert-0 (expert-0) at 127.0.0.1:7002");
+  EXPECT_EQ(m.Registered(), std::make_pair(1, 1));
 }
 
 TEST(Membership, WaitForReturnsOnceTheLastWorkerRegisters) {

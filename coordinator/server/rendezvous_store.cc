@@ -13,6 +13,14 @@ void RendezvousStore::Set(const std::string& key, std::string value) {
   cv_.notify_all();
 }
 
+void RendezvousStore::Close() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
 absl::StatusOr<std::vector<std::string>> RendezvousStore::Get(
     const std::vector<std::string>& keys, std::chrono::system_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
@@ -22,7 +30,9 @@ absl::StatusOr<std::vector<std::string>> RendezvousStore::Get(
     }
     return true;
   };
-  if (!cv_.wait_until(lock, deadline, all_present)) {
+  const bool present = cv_.wait_until(lock, deadline, [&] { return closed_ || all_present(); });
+  if (closed_) return absl::UnavailableError("the coordinator is stopping");
+  if (!present) {
     std::vector<std::string> missing;
     for (const std::string& k : keys) {
       if (values_.find(k) == values_.end()) missing.push_back(k);

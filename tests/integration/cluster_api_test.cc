@@ -227,8 +227,26 @@ TEST(ClusterReadiness, RequestsBeforeTheWorkersAreReadyGetUnavailable) {
   ASSERT_TRUE(coordinator->WaitReady(std::chrono::seconds(60), &error)) << error;
   const Completion c = Complete(coordinator->stub(), testing::GreedyIds({1, 2}, 3));
   EXPECT_EQ(c.status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_THAT(c.status.error_message(), HasSubstr("waiting for 1 attention and 1 expert workers"));
+  EXPECT_THAT(c.status.error_message(),
+              HasSubstr("waiting for 1 attention and 1 expert workers to register (0 and 0 so far)"));
+  // Still so after the coordinator's first slices of waiting.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  const Completion later = Complete(coordinator->stub(), testing::GreedyIds({1, 2}, 3));
+  EXPECT_THAT(later.status.error_message(), HasSubstr("(0 and 0 so far)"));
   EXPECT_FALSE(testing::Info(coordinator->stub()).ready());
+}
+
+TEST(ClusterPlacement, ARankThatCannotConfigureStopsTheClusterWithItsReason) {
+  // The third attention worker asks for a CUDA device no host here has; the other two (CPU ranks)
+  // load and wait for it in the rendezvous, up to the collectives' 120 s timeout unless the
+  // coordinator stops first.
+  auto cluster = LocalCluster::Serve(Model(), 3, 1, {"--gpus=-1,-1,7"});
+  std::string error;
+  EXPECT_FALSE(cluster->WaitReady(std::chrono::seconds(60), &error));
+  EXPECT_THAT(error, HasSubstr("exited before it was ready"));
+  // (Ranks follow the order of registration: the third worker started may be any rank.)
+  EXPECT_THAT(error, ::testing::ContainsRegex("moemesh coordinator: [A-Z_]+: attention rank [0-2]: "
+                                              "--gpu=7: "));
 }
 
 TEST(ClusterPlacement, ExpertsThatDoNotFitAreRefusedAtStart) {
