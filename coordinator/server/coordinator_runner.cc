@@ -111,13 +111,20 @@ absl::StatusOr<int32_t> ConfigureWorkers(const CoordinatorConfig& cfg, const Pla
     a.set_max_context(cfg.scheduler.context_length);
     for (const auto& layer : placement.owners) {
       v1::LayerOwners* lo = a.add_owners();
-      for (const auto& owners : layer) lo->add_experts()->mutable_workers()->Add(owners.begin(), owners.end());
+      for (const auto& owners : layer) {
+        lo->add_experts()->mutable_workers()->Add(owners.begin(), owners.end());
+      }
     }
-    for (const std::string& id : placement.expert_workers) a.add_expert_addresses(address_of.at(id));
-    auto stub = v1::AttentionWorker::NewStub(ClusterChannel(address_of.at(placement.attention_ranks[r])));
+    for (const std::string& id : placement.expert_workers) {
+      a.add_expert_addresses(address_of.at(id));
+    }
+    auto stub = v1::AttentionWorker::NewStub(
+        ClusterChannel(address_of.at(placement.attention_ranks[r])));
     v1::ConfigureResponse response;
     absl::Status s = FromGrpcStatus(stub->Configure(contexts[r].get(), a, &response));
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("attention rank ", r, ": ", s.message()));
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("attention rank ", r, ": ", s.message()));
+    }
     MM_LOG(INFO) << "attention rank " << r << " (" << response.device() << ") loaded "
                  << response.weight_bytes() << " bytes in " << response.load_seconds() << " s; "
                  << response.num_kv_blocks() << " KV blocks";

@@ -227,8 +227,8 @@ TEST(ClusterReadiness, RequestsBeforeTheWorkersAreReadyGetUnavailable) {
   ASSERT_TRUE(coordinator->WaitReady(std::chrono::seconds(60), &error)) << error;
   const Completion c = Complete(coordinator->stub(), testing::GreedyIds({1, 2}, 3));
   EXPECT_EQ(c.status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_THAT(c.status.error_message(),
-              HasSubstr("waiting for 1 attention and 1 expert workers to register (0 and 0 so far)"));
+  EXPECT_THAT(c.status.error_message(), HasSubstr("waiting for 1 attention and 1 expert workers "
+                                                 "to register (0 and 0 so far)"));
   // Still so after the coordinator's first slices of waiting.
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   const Completion later = Complete(coordinator->stub(), testing::GreedyIds({1, 2}, 3));
