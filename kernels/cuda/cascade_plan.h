@@ -198,10 +198,11 @@ inline int MergeGroupSize(int splits) {
 }
 
 // Bytes one prefix CTA moves on the critical path with `tile_rows`-row tiles when the prefix
-// pass has the GPU (`slots` CTAs) to itself: its share of the shared KV, plus what the merger of
-// its tile reads (splits x rows x head_dim floats, in two levels above 12 splits).
+// pass has the GPU (`slots` CTAs) to itself: its share of the shared KV, plus, with
+// `tile_merge`, what the merger of its tile reads (splits x rows x head_dim floats, in two levels
+// above kSingleLevelMaxSplits; the fused form's merge units spread the rows instead).
 inline int64_t PrefixCtaBytes(const CascadeBounds& b, int kv_heads, int head_dim, int group,
-                              int slots, int tile_rows, int max_splits) {
+                              int slots, int tile_rows, int max_splits, bool tile_merge) {
   const int mpt = std::max(1, tile_rows / group);
   const int64_t members = std::max(b.max_members, 1);
   const int64_t tiles = (members + mpt - 1) / mpt;
@@ -214,23 +215,39 @@ inline int64_t PrefixCtaBytes(const CascadeBounds& b, int kv_heads, int head_dim
   const int64_t rows = std::min<int64_t>(tile_rows, members * group);
   const int64_t state = rows * head_dim * 4;
   const int mg = MergeGroupSize(splits);
-  const int64_t merge = splits == 1 ? 0 : splits == mg ? splits * state
-                                                         : (mg + (splits + mg - 1) / mg) * state;
+  const int64_t merge = !tile_merge || splits == 1 ? 0
+                        : splits == mg ? splits * state
+                                       : (mg + (splits + mg - 1) / mg) * state;
   return chunk * head_dim * 4 + merge;  // K and V bf16 per position
 }
 
-// The 16-or-64 choice, the same for every form of a call (so they share counters and
-// workspace): 16-row tiles re-read the shared KV once per tile (from L2) but need fewer splits
-// per tile and merge smaller states; the smaller critical path wins (16 on a tie).
+// Most prefix splits of a fused launch: its merge units take at most kMaxFinalInputs inputs per
+// row (the suffix splits, at least one, and the splits of each level).
+inline int FusedMaxPrefixSplits(const CascadeBounds& b) {
+  return std::max(1, (kMaxFinalInputs - 1) / std::max(1, b.max_depth));
+}
+
+// The 16-or-64 choice of a form (the forms of a call size their workspace and counters for the
+// larger of their plans): 16-row tiles re-read the shared KV once per tile (from L2) but need
+// fewer splits per tile; the smaller critical path wins (16 on a tie). In the two-launch form the
+// last split of a tile merges the tile's states, which weighs against the many splits of a
+// 64-row tile; the fused form's merge units spread that merge over the GPU. Measured on an H200
+// (bench_cascade (b): 8 members x 8 query heads per KV head, 8 KV heads, 4000 shared positions),
+// the fused form with 64-row tiles took 23.5 us against 31.6 with the 16-row tiles the
+// two-launch model picks.
 inline int PrefixTileRows(const CascadeBounds& b, int kv_heads, int head_dim, int group,
-                          int slots, const PlanKnobs& k) {
+                          int slots, const PlanKnobs& k, Form form) {
   if (group > 16) return 64;
   if (k.prefix_tile_rows == 16 || k.prefix_tile_rows == 64) return k.prefix_tile_rows;
   if (static_cast<int64_t>(std::max(b.max_members, 1)) * group <= 16) return 16;
-  const int max_splits = k.max_prefix_splits > 0 ? std::min(k.max_prefix_splits, kMaxPrefixSplits)
-                                                 : kMaxPrefixSplits;
-  const int64_t small = PrefixCtaBytes(b, kv_heads, head_dim, group, slots, 16, max_splits);
-  const int64_t large = PrefixCtaBytes(b, kv_heads, head_dim, group, slots, 64, max_splits);
+  int max_splits = k.max_prefix_splits > 0 ? std::min(k.max_prefix_splits, kMaxPrefixSplits)
+                                           : kMaxPrefixSplits;
+  const bool tile_merge = form != Form::kFused;
+  if (!tile_merge) max_splits = std::min(max_splits, FusedMaxPrefixSplits(b));
+  const int64_t small =
+      PrefixCtaBytes(b, kv_heads, head_dim, group, slots, 16, max_splits, tile_merge);
+  const int64_t large =
+      PrefixCtaBytes(b, kv_heads, head_dim, group, slots, 64, max_splits, tile_merge);
   return small <= large ? 16 : 64;
 }
 
@@ -241,7 +258,7 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
   const int group = b.n_heads / kv_heads;
   slots = std::max(slots, 1);
   p.fused = form == Form::kFused;
-  p.pre_tile_rows = PrefixTileRows(b, kv_heads, head_dim, group, slots, k);
+  p.pre_tile_rows = PrefixTileRows(b, kv_heads, head_dim, group, slots, k, form);
   p.members_per_tile = std::max(1, p.pre_tile_rows / group);
   p.pre_tiles = b.max_levels > 0 ? (std::max(b.max_members, 1) + p.members_per_tile - 1) /
                                        p.members_per_tile
@@ -278,8 +295,11 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
   int64_t pre_slots = slots;
   if (form == Form::kFused && suf_units > 0) {
     // One wave (the suffix units' CTAs beside the prefix units'), unless that leaves the prefix
-    // well below its share of the work (MMA rows x positions): then the prefix takes that share
-    // and the suffix CTAs, first in the grid and short, free their slots for the rest.
+    // well below its share of the work (MMA rows x positions) while its splits are long: then
+    // the prefix takes that share and the suffix CTAs, first in the grid and short, free their
+    // slots for the rest. Short splits stay in one wave: a prefix CTA takes ~6 us to its first
+    // stage, which a second wave pays again (measured on an H200, bench_cascade (b), 8 KV heads
+    // x 64 rows over 4000 shared positions: 32 splits, a second wave, 33.0 us; 24 splits 28.6).
     const int64_t rows_pre = std::min<int64_t>(
         p.pre_tile_rows, (static_cast<int64_t>(std::max(b.max_members, 1)) * group + 15) / 16 * 16);
     const double work_pre = static_cast<double>(pre_tile_units) * rows_pre *
@@ -287,8 +307,12 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
     const double work_suf = static_cast<double>(suf_units) * ((group + 15) / 16 * 16) *
                             std::max(b.max_suffix_len, 1);
     const int64_t share = static_cast<int64_t>(slots * work_pre / (work_pre + work_suf));
-    const int64_t one_wave = slots - suf_units * p.suf_splits;
-    pre_slots = std::max<int64_t>(1, 8 * one_wave >= 7 * share ? one_wave : share);
+    const int64_t one_wave = std::max<int64_t>(1, slots - suf_units * p.suf_splits);
+    const int64_t wave_splits = std::clamp<int64_t>(one_wave / std::max<int64_t>(pre_units, 1),
+                                                    1, pre_cap);
+    const bool long_splits = ChunkTokens(std::max(b.max_shared_len, 1),
+                                         static_cast<int>(wave_splits)) >= kShortSplitTokens;
+    pre_slots = 8 * one_wave >= 7 * share || !long_splits ? one_wave : share;
   }
   // Two-tile units are spread over the SMs (the GPU fills an SM's kCtasPerSm slots with
   // consecutive CTAs, which put two prefix units on most SMs and the suffix units' pairs on the
@@ -303,10 +327,11 @@ inline Plan MakePlan(const CascadeBounds& b, int kv_heads, int head_dim, int slo
     p.pre_splits = std::min(
         p.pre_splits, std::max(1, (kMaxFinalInputs - p.suf_splits) / std::max(1, b.max_depth)));
   }
-  // A short range takes at most kSingleLevelMaxSplits splits while each gets at most
-  // kShortSplitTokens positions: the tile then merges in one level, which costs less than the
-  // shorter chunks of more splits save.
-  if (p.pre_splits > kSingleLevelMaxSplits &&
+  // Two-launch form: a short range takes at most kSingleLevelMaxSplits splits while each gets at
+  // most kShortSplitTokens positions: the tile then merges in one level, which costs less than
+  // the shorter chunks of more splits save. (The fused form merges every split of a row in one
+  // step.)
+  if (form != Form::kFused && p.pre_splits > kSingleLevelMaxSplits &&
       ChunkTokens(std::max(b.max_shared_len, 1), kSingleLevelMaxSplits) <= kShortSplitTokens) {
     p.pre_splits = kSingleLevelMaxSplits;
   }

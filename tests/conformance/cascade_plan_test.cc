@@ -423,24 +423,43 @@ TEST(CascadePlan, ClusterFormCoversEveryRowAndPositionOnce) {
 
 TEST(CascadePlan, FlashInferShapePlans) {
   // 8 members x 8 query heads over 4000 shared positions, 1 KV head, on 264 resident CTAs: the
-  // single 64-row tile's work must still be spread (16-row tiles x splits), with as many splits
-  // as one merge level takes while each split's share stays short.
+  // single 64-row tile's work must still be spread (16-row tiles x splits). The two-launch
+  // form's prefix pass takes as many splits as one merge level takes while each split's share
+  // stays short; the fused form as many as its merge units take (one suffix split each).
   // batch, n_heads, max_levels, max_members, max_depth, max_shared_len, max_suffix_len
   CascadeBounds b{8, 8, 1, 8, 1, 4000, 32};
+  const cs::Plan pass = cs::MakePlan(b, 1, 128, 264, cs::Form::kPrefixPass, {});
+  EXPECT_EQ(pass.pre_tile_rows, 16);
+  EXPECT_EQ(pass.pre_tiles, 4);
+  EXPECT_EQ(pass.pre_splits, cs::kSingleLevelMaxSplits);
+  EXPECT_EQ(pass.pre_merge_group, pass.pre_splits);  // one merge level
+  EXPECT_LE(pass.pre_chunk, cs::kShortSplitTokens);
   const cs::Plan fused = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, {});
   EXPECT_EQ(fused.pre_tile_rows, 16);
   EXPECT_EQ(fused.pre_tiles, 4);
-  EXPECT_EQ(fused.pre_splits, cs::kSingleLevelMaxSplits);
-  EXPECT_EQ(fused.pre_merge_group, fused.pre_splits);  // one merge level
-  EXPECT_LE(fused.pre_chunk, cs::kShortSplitTokens);
+  EXPECT_EQ(fused.suf_splits, 1);
+  EXPECT_EQ(fused.pre_splits, cs::kMaxFinalInputs - 1);
   EXPECT_LE(fused.pre_ctas + fused.suf_ctas, 264);
-  // 64 members x 8 heads over 32K positions: 64-row tiles (the shared KV is re-read per tile).
+  // The same with 8 KV heads: the fused form takes one 64-row tile per KV head (its merge units
+  // spread the merges of the tile's many splits), and its short splits fill one wave beside the
+  // suffix units; the prefix pass keeps 16-row tiles, whose last split merges the tile.
+  CascadeBounds wide = b;
+  wide.n_heads = 64;
+  const cs::Plan wide_fused = cs::MakePlan(wide, 8, 128, 264, cs::Form::kFused, {});
+  EXPECT_EQ(wide_fused.pre_tile_rows, 64);
+  EXPECT_EQ(wide_fused.pre_tiles, 1);
+  EXPECT_EQ(wide_fused.pre_splits, (264 - wide_fused.suf_ctas) / 8);
+  EXPECT_LE(wide_fused.pre_ctas + wide_fused.suf_ctas, 264);
+  EXPECT_EQ(cs::MakePlan(wide, 8, 128, 264, cs::Form::kPrefixPass, {}).pre_tile_rows, 16);
+  // 64 members x 8 heads over 32K positions: 64-row tiles (the shared KV is re-read per tile);
+  // the long splits take the prefix's share of the work, past one wave.
   b.batch = b.max_members = 64;
   b.max_shared_len = 32768;
   const cs::Plan big = cs::MakePlan(b, 1, 128, 264, cs::Form::kFused, {});
   EXPECT_EQ(big.pre_tile_rows, 64);
   EXPECT_EQ(big.pre_tiles, 8);
   EXPECT_GE(big.pre_ctas, 132);
+  EXPECT_GT(big.pre_ctas + big.suf_ctas, 264);
   EXPECT_EQ(big.pre_unit_tiles, 1);
   // With q in one bf16 part, two 64-row tiles per prefix CTA on request: 4 units per split, the
   // prefix and suffix units in one wave, spread over the SMs.
