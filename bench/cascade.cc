@@ -377,7 +377,7 @@ Result RunCase(const Case& cs, const CascadeBenchOptions& o, size_t l2_bytes, ui
     const int group = cs.q_heads / cs.kv_heads;
     for (int tile : {16, 64}) {
       if (tile == 16 && group > 16) continue;
-      for (int cap : {0, 4, 8, 12, 16, 32, 64, 128}) {
+      for (int cap : {0, 4, 8, 12, 16, 24, 32, 64, 128}) {
         cuda::CascadeParams sp = cp;
         sp.prefix_tile_rows = tile;
         sp.max_prefix_splits = cap;
