@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -123,9 +124,16 @@ int WaitSignal(std::chrono::milliseconds timeout) {
 
 int ServeCommand(const ServeConfig& cfg) {
   BlockTerminationSignals();
-  const std::filesystem::path tmp =
-      std::filesystem::temp_directory_path() / absl::StrCat("moemesh-serve-", getpid());
-  std::filesystem::create_directories(tmp);
+  // A fresh directory of its own (mkdtemp), never one a killed serve of the same pid left
+  // behind: its coordinator.port would send the workers to that serve's old port.
+  std::string tmp_template =
+      (std::filesystem::temp_directory_path() / "moemesh-serve-XXXXXX").string();
+  if (mkdtemp(tmp_template.data()) == nullptr) {
+    std::fprintf(stderr, "moemesh serve: cannot create a directory %s: %s\n",
+                 tmp_template.c_str(), std::strerror(errno));
+    return 1;
+  }
+  const std::filesystem::path tmp = tmp_template;
   struct RemoveDir {
     std::filesystem::path path;
     ~RemoveDir() {
