@@ -2,7 +2,7 @@
 // scalar twin is kernels/ref/cascade.h (CascadePrefix, CascadeSuffix, MergeStates), the result
 // equals flat DecodeAttention up to rounding. A step's levels (sequences whose block tables hold
 // the same physical blocks over [begin, end)) are described by a small int32 "layout" on the
-// device (cascade_plan.h builds it), so the launches can be captured in a CUDA graph once per set
+// device (cascade_layout.h builds it), so the launches can be captured in a CUDA graph once per set
 // of host bounds and replayed with new lengths and levels.
 //   - Prefix pass: for each level and KV head, the rows (member x query head of the group) are
 //     folded into MMA tiles of 16 or 64 rows, so each shared KV byte is read once per tile; the
@@ -100,7 +100,7 @@ enum class CascadeForm { kTwoLaunch, kFused };
 // Words of the layout for these bounds (int32; copy BuildCascadeLayout's result to the device).
 int64_t CascadeLayoutWords(const CascadeBounds& bounds);
 
-// Host: the layout of `levels` (see cascade_plan.h BuildLayout for the checks; kv_lens is an
+// Host: the layout of `levels` (see cascade_layout.h BuildLayout for the checks; kv_lens is an
 // optional host copy of the lengths). Returns "" or what is wrong.
 std::string BuildCascadeLayout(const CascadeBounds& bounds,
                                const std::vector<CascadeLevelSpec>& levels,
