@@ -20,6 +20,8 @@
 //       the fused plan takes two tiles per prefix CTA, each case also times one tile per CTA)
 //       [--cluster 0|1|2|4|8|16] (the fused launch's shape, CascadeParams::cluster; each case
 //       also times the flat-grid shape as a baseline)
+//       [--overlap 0|1] (CascadeParams::overlap of the cascade calls, default 1: programmatic
+//       dependent launches, as the flat DecodeAttention calls always are here)
 //       [--sweep]   (also times the fused form over prefix tile rows x split caps, for tuning)
 //       [--timeline] (per-CTA clocks of one call of each form: CascadeParams::cta_times)
 //       [--timeline_csv PATH] (with --timeline: every CTA's clocks and SM appended to PATH)
@@ -245,6 +247,7 @@ Result RunCase(const Case& cs, const CascadeBenchOptions& o, size_t l2_bytes, ui
   cp.q_parts = o.q_parts;
   cp.prefix_unit_tiles = o.prefix_unit_tiles;
   cp.cluster = o.cluster;
+  cp.overlap = o.overlap;
   cuda::CascadeLevelSpec level;
   level.members.resize(cs.batch);
   std::iota(level.members.begin(), level.members.end(), 0);
@@ -419,9 +422,9 @@ int Main(int argc, char** argv) {
   const size_t l2 = gpu->l2;
   std::printf(
       "head_dim %d, block %d, %d own positions per sequence after the shared ones; fp32 q, bf16 "
-      "paged KV; q_parts %d; times: CUDA graph of N calls / N (median of replays); calls "
-      "rotate over pool copies >= 3x L2\n\n",
-      kHeadDim, kBlockSize, kOwn, o.q_parts);
+      "paged KV; q_parts %d; cascade launches %s; times: CUDA graph of N calls / N (median of "
+      "replays); calls rotate over pool copies >= 3x L2\n\n",
+      kHeadDim, kBlockSize, kOwn, o.q_parts, o.overlap ? "overlapped" : "plain");
 
   // The cost model's calibration, measured now for each attention shape the cases use.
   std::map<std::pair<int, int>, CascadeCalibration> calibrations;

@@ -12,8 +12,8 @@ namespace {
   std::fprintf(stderr,
                "%s\nusage: bench_cascade [--cases abcd] [--launches N] [--min_ms MS] "
                "[--calibration_out PATH] [--prefix_tile_rows 16|64] [--max_prefix_splits N] "
-               "[--q_parts 1|2|3] [--prefix_unit_tiles 0|1|2] [--cluster 0|1|2|4|8|16] [--sweep] "
-               "[--timeline] [--timeline_csv PATH]\n",
+               "[--q_parts 1|2|3] [--prefix_unit_tiles 0|1|2] [--cluster 0|1|2|4|8|16] "
+               "[--overlap 0|1] [--sweep] [--timeline] [--timeline_csv PATH]\n",
                why);
   std::exit(2);
 }
@@ -45,6 +45,10 @@ CascadeBenchOptions ParseCascadeBenchArgs(int argc, char** argv) {
       o.max_prefix_splits = std::atoi(value().c_str());
     } else if (arg == "--cluster") {
       o.cluster = std::atoi(value().c_str());
+    } else if (arg == "--overlap") {
+      const std::string v = value();
+      if (v != "0" && v != "1") Usage(("--overlap takes 0 or 1, not " + v).c_str());
+      o.overlap = v == "1";
     } else if (arg == "--q_parts") {
       o.q_parts = std::atoi(value().c_str());
     } else if (arg == "--prefix_unit_tiles") {

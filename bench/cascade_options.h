@@ -15,6 +15,7 @@ struct CascadeBenchOptions {
   int q_parts = 3;
   int prefix_unit_tiles = 0;
   int cluster = 0;
+  bool overlap = true;  // CascadeParams::overlap of the cascade calls (flat keeps its default)
   bool sweep = false;
   bool timeline = false;
   std::string timeline_csv;

@@ -85,6 +85,7 @@ __device__ void RunPrefix(const KernelArgs& a, int cta, unsigned char* smem, Sha
   __syncthreads();
   Stamp(a, 1);
   Stream<D, QP, kTiles>(a, table, w.head, w.lo, w.hi, a.plan.pre_tile_rows, smem, sh);
+  warp_mma::LaunchDependents();
   Stamp(a, 5);
   if (w.n_active == 1 && !a.plan.fused) {  // the only split: its result is the prefix state
     StoreResults<D>(
@@ -121,6 +122,7 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
   __syncthreads();
   Stamp(a, 1);
   Stream<D, QP, 1>(a, table, w.head, w.lo, w.hi, a.plan.suf_tile_rows, smem, sh);
+  warp_mma::LaunchDependents();
   Stamp(a, 5);
   const int64_t splits = a.plan.suf_splits;
   StoreResults<D>(
@@ -149,6 +151,7 @@ __device__ void RunSuffix(const KernelArgs& a, int id, unsigned char* smem, Shar
 // unit's rows.
 template <int D>
 __device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Shared& sh) {
+  warp_mma::LaunchDependents();  // a merge unit streams no K/V
   const cs::MergeWork w = cs::ResolveMerge(id, a.plan, a.dims);
   if (!w.active) return;
   const int n = w.seq_end - w.seq_begin;
@@ -246,6 +249,9 @@ __global__ void __launch_bounds__(kThreads, cs::kCtasPerSm) CascadeKernel(const 
   __shared__ Shared sh;
   __shared__ uint32_t* claim;
   const uint64_t t0 = a.cta_times != nullptr ? warp_mma::GlobalTimerNs() : 0;
+  // An overlapped launch (CascadeParams::overlap): nothing is read before the previous kernel
+  // is done, since it may write every input and this call's workspace (the tickets included).
+  warp_mma::WaitForPrerequisites();
   int unit = static_cast<int>(blockIdx.x);
   if (a.plan.merge_units > 0) {
     if (threadIdx.x == 0) sh.flag = TakeUnit(a, &claim);
@@ -286,19 +292,28 @@ namespace cascade {
 
 int CascadeResidentSlots(int head_dim) { return ResidentSlots(head_dim); }
 
-void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
-                         cudaStream_t stream) {
+void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, bool overlap,
+                         const KernelArgs& a, cudaStream_t stream) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid, 1, 1);
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = head_dim == 128 ? Cfg<128>::kSmemBytes : Cfg<64>::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = overlap ? 1 : 0;
   ForInstance(head_dim, q_parts, [&](auto d, auto qp) {
     constexpr int kD = decltype(d)::value, kQP = decltype(qp)::value;
     if constexpr (kQP == 1) {
       if (a.plan.pre_unit_tiles == 2) {
-        CascadeKernel<kD, 1, 2><<<grid, kThreads, Cfg<kD>::kSmemBytes, stream>>>(a);
+        MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, CascadeKernel<kD, 1, 2>, a));
         return;
       }
     }
-    CascadeKernel<kD, kQP, 1><<<grid, kThreads, Cfg<kD>::kSmemBytes, stream>>>(a);
+    MM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, CascadeKernel<kD, kQP, 1>, a));
   });
-  MM_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace cascade

@@ -78,6 +78,11 @@ struct CascadeParams {
   // The fused launch's shape: 0 automatic (16-CTA clusters where they fit), 1 the flat grid,
   // 2, 4, 8 or 16: clusters of that many CTAs (a call they do not fit aborts, naming why).
   int32_t cluster = 0;
+  // Programmatic dependent launch, as DecodeParams::overlap: the call's CTAs may start while the
+  // previous kernel of the stream (or graph) is still running and wait for it before they read
+  // anything, so any earlier kernel may still write every input and the workspace; a call lets
+  // its successor start once its CTAs' KV streams are done. false: an ordinary launch.
+  bool overlap = true;
   // Diagnostics (benchmarks): when set, CTA i of a launch writes the device clock (%globaltimer,
   // ns) to cta_times[kCascadeTimelineWords * i + k], k = 0 its start, 1 its work resolved
   // (positions, rows; a merge unit: its inputs), 2 the copies of its first pipeline stages issued

@@ -92,6 +92,7 @@ __device__ void RunTile(const KernelArgs& a, const ClusterTile& t, int rank, uns
     PrefetchTable<D>(a, table, lo, hi);
     ComputeChunk<D, QP>(a, table, t.head, lo, hi, res, smem, sh);
   }
+  warp_mma::LaunchDependents();
   Stamp(a, 5);
   ClusterArrive();  // publishes this CTA's states
   ClusterWait();    // every CTA's are in its shared memory
@@ -181,6 +182,7 @@ __global__ void __launch_bounds__(kThreads, 2) CascadeClusterKernel(const Kernel
   const int n = a.cluster.size;
   const int cluster = static_cast<int>(blockIdx.x) / n, rank = static_cast<int>(blockIdx.x) % n;
   StartTimeline(a, static_cast<int>(blockIdx.x), warp_mma::GlobalTimerNs());
+  warp_mma::WaitForPrerequisites();  // an overlapped launch: nothing is read before
   const ClusterTile t =
       ResolveClusterTile(cluster, false, a.cluster, a.dims, a.layout, a.kv_lens);
   if (t.active) RunTile<D, QP>(a, t, rank, smem, sh);
@@ -196,8 +198,9 @@ const void* KernelOf() {
   return reinterpret_cast<const void*>(CascadeClusterKernel<D, QP>);
 }
 
-cudaLaunchConfig_t ConfigFor(int head_dim, unsigned grid, int size, cudaLaunchAttribute* attr,
-                             cudaStream_t stream) {
+// attr: room for 2 attributes (the cluster size; overlap: programmatic dependent launch).
+cudaLaunchConfig_t ConfigFor(int head_dim, unsigned grid, int size, bool overlap,
+                             cudaLaunchAttribute* attr, cudaStream_t stream) {
   attr->id = cudaLaunchAttributeClusterDimension;
   attr->val.clusterDim.x = static_cast<unsigned>(size);
   attr->val.clusterDim.y = 1;
@@ -208,8 +211,10 @@ cudaLaunchConfig_t ConfigFor(int head_dim, unsigned grid, int size, cudaLaunchAt
   cfg.dynamicSmemBytes =
       head_dim == 128 ? ClusterCfg<128>::kSmemBytes : ClusterCfg<64>::kSmemBytes;
   cfg.stream = stream;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = overlap ? 2 : 1;
   return cfg;
 }
 
@@ -242,9 +247,9 @@ int ClusterCapacity(int head_dim, int size) {
     for (int i = 0, s = 2; i < kSizes; ++i, s *= 2) {
       int clusters = 0;
       if (major >= 9) {
-        cudaLaunchAttribute attr{};
+        cudaLaunchAttribute attr[2] = {};
         const cudaLaunchConfig_t cfg =
-            ConfigFor(head_dim, static_cast<unsigned>(s), s, &attr, nullptr);
+            ConfigFor(head_dim, static_cast<unsigned>(s), s, false, attr, nullptr);
         if (cudaOccupancyMaxActiveClusters(&clusters, kernels[0], &cfg) != cudaSuccess) {
           (void)cudaGetLastError();  // an unsupported size is not an error of later calls
           clusters = 0;
@@ -257,10 +262,11 @@ int ClusterCapacity(int head_dim, int size) {
   return cache[which][idx][device].load(std::memory_order_relaxed);
 }
 
-void LaunchCascadeCluster(int head_dim, int q_parts, const KernelArgs& a, cudaStream_t stream) {
+void LaunchCascadeCluster(int head_dim, int q_parts, bool overlap, const KernelArgs& a,
+                          cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>(a.cluster.level_units * a.cluster.size);
-  cudaLaunchAttribute attr{};
-  const cudaLaunchConfig_t cfg = ConfigFor(head_dim, grid, a.cluster.size, &attr, stream);
+  cudaLaunchAttribute attr[2] = {};
+  const cudaLaunchConfig_t cfg = ConfigFor(head_dim, grid, a.cluster.size, overlap, attr, stream);
   ForInstance(head_dim, q_parts, [&](auto d, auto qp) {
     MM_CUDA_CHECK(cudaLaunchKernelEx(
         &cfg, CascadeClusterKernel<decltype(d)::value, decltype(qp)::value>, a));

@@ -58,9 +58,10 @@ void ForInstance(int head_dim, int q_parts, F&& f) {
 // CTAs of the kernel for head_dim (64 or 128) resident on the current GPU at once.
 int CascadeResidentSlots(int head_dim);
 
-// Launches the kernel instance for head_dim and q_parts (2 or 3) with `grid` CTAs.
-void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelArgs& a,
-                         cudaStream_t stream);
+// Launches the kernel instance for head_dim and q_parts (1, 2 or 3) with `grid` CTAs; overlap:
+// as a programmatic dependent launch (CascadeParams::overlap).
+void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, bool overlap,
+                         const KernelArgs& a, cudaStream_t stream);
 
 // Clusters of `size` CTAs (2, 4, 8 or 16) of the cluster-form kernel for head_dim that the
 // current GPU holds at once; 0 where that size cannot be placed. Computed once per device (which
@@ -68,6 +69,7 @@ void LaunchCascadeKernel(int head_dim, int q_parts, unsigned grid, const KernelA
 int ClusterCapacity(int head_dim, int size);
 
 // Launches the cluster form: a.cluster.level_units clusters of a.cluster.size CTAs.
-void LaunchCascadeCluster(int head_dim, int q_parts, const KernelArgs& a, cudaStream_t stream);
+void LaunchCascadeCluster(int head_dim, int q_parts, bool overlap, const KernelArgs& a,
+                          cudaStream_t stream);
 
 }  // namespace moemesh::cuda::cascade

@@ -221,10 +221,13 @@ void Launch(const PagedKv& cache, const CascadeParams& p, cs::Form form, void* w
   const int cluster = form == cs::Form::kFused ? ClusterSize(cache, p, op) : 0;
   if (cluster > 0) {
     a.cluster = cs::MakeClusterPlan(b, cache.kv_heads, cluster);
-    if (a.cluster.level_units > 0) cs::LaunchCascadeCluster(cache.head_dim, p.q_parts, a, stream);
+    if (a.cluster.level_units > 0) {
+      cs::LaunchCascadeCluster(cache.head_dim, p.q_parts, p.overlap, a, stream);
+    }
     return;
   }
-  cs::LaunchCascadeKernel(cache.head_dim, p.q_parts, static_cast<unsigned>(ctas), a, stream);
+  cs::LaunchCascadeKernel(cache.head_dim, p.q_parts, static_cast<unsigned>(ctas), p.overlap, a,
+                          stream);
 }
 
 }  // namespace

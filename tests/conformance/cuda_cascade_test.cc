@@ -31,6 +31,7 @@
 
 #ifdef MOEMESH_HAVE_CUDA
 #include "kernels/cuda/cascade.h"
+#include "tests/conformance/delayed_copy.h"
 #endif
 
 namespace moemesh {
@@ -407,6 +408,60 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
       MM_CUDA_CHECK(
           cudaMemcpy(layout.ptr, words.data(), words.size() * 4, cudaMemcpyHostToDevice));
     }
+    MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    MM_CUDA_CHECK(cudaGraphDestroy(graph));
+    if (HasFatalFailure()) break;
+  }
+
+  // Overlapped launches (CascadeParams::overlap, the default) right after a kernel that, after a
+  // delay, writes the queries, lengths, layout and block tables: until it ends the device holds
+  // other queries, shorter lengths, the changed levels' layout and tables of block 0, so a call
+  // that read anything before waiting for it fails the check. Each form runs twice in a row (the
+  // second call overlapping the first, on the same workspace), eagerly and as a graph replay.
+  const std::vector<int32_t> zero_tables(s.tables.size(), 0);
+  const std::vector<float> q_old = Random(batch * row, 302, c.q_stddev);
+  DeviceBuffer<float> q_src(q.n);
+  DeviceBuffer<int32_t> lens_src(s.kv_lens), layout_src(words), tables_src(s.tables);
+  const cuda_test::CopyRegion regions[4] = {
+      {q.ptr, q_src.ptr, q.n * sizeof(float)},
+      {lens.ptr, lens_src.ptr, lens.n * sizeof(int32_t)},
+      {layout.ptr, layout_src.ptr, layout.n * sizeof(int32_t)},
+      {tables.ptr, tables_src.ptr, tables.n * sizeof(int32_t)}};
+  auto stale = [&](const std::vector<float>& qh) {  // the racing writer's sources and old contents
+    MM_CUDA_CHECK(cudaMemcpy(q_src.ptr, qh.data(), qh.size() * 4, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpy(q.ptr, q_old.data(), q_old.size() * 4, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpy(lens.ptr, lens2.data(), lens2.size() * 4, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(
+        cudaMemcpy(layout.ptr, words3.data(), words3.size() * 4, cudaMemcpyHostToDevice));
+    MM_CUDA_CHECK(cudaMemcpy(tables.ptr, zero_tables.data(), zero_tables.size() * 4,
+                             cudaMemcpyHostToDevice));
+  };
+  for (const auto& [form, shape] : forms) {
+    const std::string form_name =
+        (form == cuda::CascadeForm::kFused ? fused_name(shape) : "two-launch") + " overlapped";
+    p.cluster = shape;
+    ASSERT_TRUE(p.overlap) << "overlapped launches are the default";
+    const bool states = form == cuda::CascadeForm::kTwoLaunch;
+    auto enqueue = [&] {
+      cuda_test::DelayedCopy(regions, 4, 300, stream);
+      cuda::CascadeAttention(cache, p, form, ws.ptr, ws_bytes, stream);
+      cuda::CascadeAttention(cache, p, form, ws.ptr, ws_bytes, stream);
+    };
+    check(c.name + " " + form_name + " eager", s.levels, s.kv_lens, q2, [&] {
+      stale(q2);
+      enqueue();
+    }, states);
+    if (HasFatalFailure()) break;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    enqueue();
+    MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    check(c.name + " " + form_name + " graph replay", s.levels, s.kv_lens, q1, [&] {
+      stale(q1);
+      MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    }, states);
     MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
     MM_CUDA_CHECK(cudaGraphDestroy(graph));
     if (HasFatalFailure()) break;
