@@ -119,6 +119,7 @@ CascadeCalibration ToCalibration(const cuda::CascadeTimings& t) {
   c.decode_bytes_per_second = t.decode_bytes_per_second;
   c.prefix_bytes_per_second = t.prefix_bytes_per_second;
   c.prefix_flops_per_second = t.prefix_flops_per_second;
+  c.wide_prefix_flops_per_second = t.wide_prefix_flops_per_second;
   c.level_seconds = t.level_seconds;  // the fused form: what a captured decode step runs
   c.merge_seconds_per_row = t.merge_seconds_per_row;
   return c;
@@ -442,10 +443,12 @@ int Main(int argc, char** argv) {
     calibrations[key] = c;
     std::printf("calibration for %d KV head(s) / %d query heads:\n%s", cs.kv_heads, cs.q_heads,
                 t.detail.c_str());
-    std::printf("  -> decode %.0f GB/s, prefix %.0f GB/s, prefix %.1f TFLOP/s, level %.2f us + "
-                "%.2f ns/row (fused); two-launch level %.2f us + %.2f ns/row\n",
+    std::printf("  -> decode %.0f GB/s, prefix %.0f GB/s, prefix %.1f / %.1f TFLOP/s (%d / %d rows "
+                "per KV head), level %.2f us + %.2f ns/row (fused); two-launch level %.2f us + "
+                "%.2f ns/row\n",
                 c.decode_bytes_per_second / 1e9, c.prefix_bytes_per_second / 1e9,
-                c.prefix_flops_per_second / 1e12, c.level_seconds * 1e6,
+                c.prefix_flops_per_second / 1e12, c.wide_prefix_flops_per_second / 1e12,
+                kFewRowsPerKvHead, kManyRowsPerKvHead, c.level_seconds * 1e6,
                 c.merge_seconds_per_row * 1e9, t.level_seconds_two_launch * 1e6,
                 t.merge_seconds_per_row_two_launch * 1e9);
     if (!o.calibration_out.empty() && calibrations.size() == 1) {

@@ -46,6 +46,7 @@ absl::Status CascadeCalibration::Validate() const {
   MM_RETURN_IF_ERROR(Positive("decode_bytes_per_second", decode_bytes_per_second));
   MM_RETURN_IF_ERROR(Positive("prefix_bytes_per_second", prefix_bytes_per_second));
   MM_RETURN_IF_ERROR(Positive("prefix_flops_per_second", prefix_flops_per_second));
+  MM_RETURN_IF_ERROR(NonNegative("wide_prefix_flops_per_second", wide_prefix_flops_per_second));
   MM_RETURN_IF_ERROR(NonNegative("level_seconds", level_seconds));
   MM_RETURN_IF_ERROR(NonNegative("merge_seconds_per_row", merge_seconds_per_row));
   if (!(min_speedup >= 1.0) || !std::isfinite(min_speedup)) {
@@ -53,6 +54,14 @@ absl::Status CascadeCalibration::Validate() const {
                                                    min_speedup, " must be finite and >= 1"));
   }
   return absl::OkStatus();
+}
+
+double CascadeCalibration::PrefixFlopsPerSecond(double rows_per_kv_head) const {
+  if (wide_prefix_flops_per_second <= 0) return prefix_flops_per_second;
+  const double t = std::clamp((rows_per_kv_head - kFewRowsPerKvHead) /
+                                  (kManyRowsPerKvHead - kFewRowsPerKvHead),
+                              0.0, 1.0);
+  return prefix_flops_per_second + t * (wide_prefix_flops_per_second - prefix_flops_per_second);
 }
 
 absl::StatusOr<CascadeCalibration> ParseCascadeCalibration(const std::string& json) {
@@ -76,6 +85,10 @@ absl::StatusOr<CascadeCalibration> ParseCascadeCalibration(const std::string& js
   MM_ASSIGN_OR_RETURN(c.decode_bytes_per_second, Number(j, "decode_bytes_per_second"));
   MM_ASSIGN_OR_RETURN(c.prefix_bytes_per_second, Number(j, "prefix_bytes_per_second"));
   MM_ASSIGN_OR_RETURN(c.prefix_flops_per_second, Number(j, "prefix_flops_per_second"));
+  if (j.contains("wide_prefix_flops_per_second")) {
+    MM_ASSIGN_OR_RETURN(c.wide_prefix_flops_per_second,
+                        Number(j, "wide_prefix_flops_per_second"));
+  }
   MM_ASSIGN_OR_RETURN(c.level_seconds, Number(j, "level_seconds"));
   MM_ASSIGN_OR_RETURN(c.merge_seconds_per_row, Number(j, "merge_seconds_per_row"));
   if (j.contains("min_speedup")) {
@@ -92,6 +105,7 @@ std::string CascadeCalibrationToJson(const CascadeCalibration& c) {
   j["decode_bytes_per_second"] = c.decode_bytes_per_second;
   j["prefix_bytes_per_second"] = c.prefix_bytes_per_second;
   j["prefix_flops_per_second"] = c.prefix_flops_per_second;
+  j["wide_prefix_flops_per_second"] = c.wide_prefix_flops_per_second;
   j["level_seconds"] = c.level_seconds;
   j["merge_seconds_per_row"] = c.merge_seconds_per_row;
   j["min_speedup"] = c.min_speedup;
@@ -132,7 +146,8 @@ CascadeEstimate EstimateCascade(const CascadeShape& s, const CascadeCalibration&
   e.saved_bytes = std::max(0, s.members - 1) * shared_bytes;
   e.flat_seconds = s.members * shared_bytes / c.decode_bytes_per_second;
   e.cascade_seconds =
-      std::max(shared_bytes / c.prefix_bytes_per_second, flops / c.prefix_flops_per_second) +
+      std::max(shared_bytes / c.prefix_bytes_per_second,
+               flops / c.PrefixFlopsPerSecond(rows / s.kv_heads_per_rank)) +
       c.level_seconds + rows * c.merge_seconds_per_row;
   e.cascade = s.members >= 2 && s.shared_tokens > 0 &&
               e.flat_seconds >= c.min_speedup * e.cascade_seconds;

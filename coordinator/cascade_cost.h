@@ -21,9 +21,11 @@ namespace moemesh {
 //   KV is larger than L2 (no sharing);
 // - prefix_bytes_per_second: shared KV bytes / time of the prefix pass alone, at few rows (its
 //   parallelism is limited: one row tile per KV head when members x group <= the tile);
-// - prefix_flops_per_second: 4 * rows * tokens * head_dim / time of the prefix pass at many
-//   rows (it turns compute-bound near rows ~ 200-300 on Hopper); the CUDA worker takes the lower
-//   rate of 64 and 512 rows per KV head, which run on different tile kernels;
+// - prefix_flops_per_second: 4 * rows * tokens * head_dim / time of the fused cascade launch at
+//   kFewRowsPerKvHead rows (members x query heads) per KV head, and
+//   wide_prefix_flops_per_second the same at kManyRowsPerKvHead rows, where the prefix work is
+//   compute-bound and runs on wider tiles (0: not measured, the few-row rate applies to all);
+//   between the two the rate is interpolated linearly in the rows per KV head;
 // - level_seconds: time of (cascade - flat) on a tiny shared range, i.e. the launches and
 //   merge pass one more level adds;
 // - merge_seconds_per_row: the growth of that difference per (member x query head) row: the
@@ -34,6 +36,7 @@ struct CascadeCalibration {
   double decode_bytes_per_second = 0;
   double prefix_bytes_per_second = 0;
   double prefix_flops_per_second = 0;
+  double wide_prefix_flops_per_second = 0;
   double level_seconds = 0;
   double merge_seconds_per_row = 0;
   // Policy, not a measurement: cascade is chosen only when flat is predicted at least this many
@@ -41,17 +44,26 @@ struct CascadeCalibration {
   // on one shape, because flat reads shared blocks from L2 after the first member). >= 1.
   double min_speedup = 1.5;
 
-  // INVALID_ARGUMENT naming the field unless rates are > 0 and times >= 0 (all finite) and
-  // kv_bytes_per_element is 1, 2 or 4.
+  // INVALID_ARGUMENT naming the field unless rates are > 0 (the wide rate >= 0) and times >= 0
+  // (all finite) and kv_bytes_per_element is 1, 2 or 4.
   absl::Status Validate() const;
+
+  // The prefix flop rate at `rows_per_kv_head` rows (see above).
+  double PrefixFlopsPerSecond(double rows_per_kv_head) const;
 };
+
+// The rows per KV head at which the two prefix flop rates are measured.
+inline constexpr int kFewRowsPerKvHead = 64;
+inline constexpr int kManyRowsPerKvHead = 512;
 
 // JSON form: an object with the fields above by name, e.g.
 //   {"device": "NVIDIA H100 80GB HBM3", "kv_bytes_per_element": 2,
 //    "decode_bytes_per_second": 2.6e12, "prefix_bytes_per_second": 2.0e12,
-//    "prefix_flops_per_second": 5e14, "level_seconds": 7e-6, "merge_seconds_per_row": 2e-9}
+//    "prefix_flops_per_second": 5e14, "wide_prefix_flops_per_second": 6e14,
+//    "level_seconds": 7e-6, "merge_seconds_per_row": 2e-9}
 // Parsing fails with INVALID_ARGUMENT naming the missing or bad field (every measured field is
-// required; device and min_speedup are optional), and runs Validate.
+// required but wide_prefix_flops_per_second, which files written before it lack; device and
+// min_speedup are optional), and runs Validate.
 absl::StatusOr<CascadeCalibration> ParseCascadeCalibration(const std::string& json);
 std::string CascadeCalibrationToJson(const CascadeCalibration& calibration);
 // NOT_FOUND when the file cannot be read; otherwise as ParseCascadeCalibration (the message
@@ -76,8 +88,9 @@ struct CascadeEstimate {
 };
 
 // Flat: members * shared bytes / decode rate. Cascade: max(shared bytes / prefix rate,
-// 4 * rows * tokens * head_dim / prefix flop rate) + level_seconds + rows *
-// merge_seconds_per_row, with rows = members * q_heads_per_rank and shared bytes = tokens *
+// 4 * rows * tokens * head_dim / PrefixFlopsPerSecond(rows / kv_heads_per_rank)) +
+// level_seconds + rows * merge_seconds_per_row, with rows = members * q_heads_per_rank and
+// shared bytes = tokens *
 // kv_heads_per_rank * 2 * head_dim * kv_bytes_per_element. The suffixes are read either way and
 // cancel out. `calibration` must pass Validate (checked).
 CascadeEstimate EstimateCascade(const CascadeShape& shape, const CascadeCalibration& calibration);

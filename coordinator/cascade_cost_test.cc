@@ -9,6 +9,8 @@
 #include <fstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -127,8 +129,45 @@ TEST(CascadeCalibration, JsonRoundTripsThroughAFile) {
   EXPECT_EQ(back->decode_bytes_per_second, c.decode_bytes_per_second);
   EXPECT_EQ(back->prefix_bytes_per_second, c.prefix_bytes_per_second);
   EXPECT_EQ(back->prefix_flops_per_second, c.prefix_flops_per_second);
+  EXPECT_EQ(back->wide_prefix_flops_per_second, c.wide_prefix_flops_per_second);
   EXPECT_EQ(back->level_seconds, c.level_seconds);
   EXPECT_EQ(back->merge_seconds_per_row, c.merge_seconds_per_row);
+}
+
+// The prefix flop rate follows the rows per KV head between its two measurements, and a file
+// written before the wide rate existed still loads (one rate for every row count).
+TEST(CascadeCalibration, PrefixFlopRateFollowsTheRowsPerKvHead) {
+  CascadeCalibration c = H100Like();
+  c.prefix_flops_per_second = 1e14;
+  c.wide_prefix_flops_per_second = 5e14;
+  EXPECT_DOUBLE_EQ(c.PrefixFlopsPerSecond(8), 1e14);
+  EXPECT_DOUBLE_EQ(c.PrefixFlopsPerSecond(kFewRowsPerKvHead), 1e14);
+  EXPECT_DOUBLE_EQ(c.PrefixFlopsPerSecond((kFewRowsPerKvHead + kManyRowsPerKvHead) / 2.0), 3e14);
+  EXPECT_DOUBLE_EQ(c.PrefixFlopsPerSecond(kManyRowsPerKvHead), 5e14);
+  EXPECT_DOUBLE_EQ(c.PrefixFlopsPerSecond(4096), 5e14);
+  // (c): 64 members x 8 query heads on one KV head take the wide rate.
+  const CascadeEstimate e = EstimateCascade(Shape(64, 32768, 8, 1), c);
+  EXPECT_NEAR(e.cascade_seconds,
+              4.0 * 512 * 32768 * 128 / 5e14 + c.level_seconds + 512 * c.merge_seconds_per_row,
+              1e-12);
+  // 8 members x 64 query heads over 8 KV heads: 64 rows per KV head, the few-row rate.
+  const CascadeEstimate b = EstimateCascade(Shape(8, 1 << 20, 64, 8), c);
+  EXPECT_NEAR(b.cascade_seconds,
+              std::max(4.0 * 512 * (1 << 20) * 128 / 1e14,
+                       (1 << 20) * 8 * 2.0 * 128 * 2 / c.prefix_bytes_per_second) +
+                  c.level_seconds + 512 * c.merge_seconds_per_row,
+              1e-12);
+
+  nlohmann::json json = nlohmann::json::parse(CascadeCalibrationToJson(c));
+  ASSERT_EQ(json.erase("wide_prefix_flops_per_second"), 1u);
+  const std::string old_file = json.dump();
+  auto old = ParseCascadeCalibration(old_file);
+  ASSERT_TRUE(old.ok()) << old.status() << "\n" << old_file;
+  EXPECT_EQ(old->wide_prefix_flops_per_second, 0);
+  EXPECT_DOUBLE_EQ(old->PrefixFlopsPerSecond(kManyRowsPerKvHead), 1e14);
+  c.wide_prefix_flops_per_second = -1;
+  EXPECT_THAT(c.Validate().message(),
+              HasSubstr("wide_prefix_flops_per_second = -1 must be a finite number >= 0"));
 }
 
 TEST(CascadeCalibration, BadFilesNameTheProblem) {
@@ -177,6 +216,39 @@ TEST(CascadeCost, MarginKeepsMarginalWinsFlat) {
   EXPECT_TRUE(EstimateCascade(Shape(8, 4000, 64, 8), h200).cascade);
   h200.min_speedup = 0.5;
   EXPECT_THAT(h200.Validate().message(), ::testing::HasSubstr("min_speedup"));
+}
+
+// The calibration bench_cascade measured on an H200 (docs/perf.md, eleventh session of
+// 2026-11-22) on the 1 KV head / 8 query head shape, and the fused cascade and flat times it
+// measured in the same run: the model picks cascade on (c) only, the one shape where cascade was
+// faster (72.97 us against 129.97 flat); (a) 17.56 against 9.40, (b) (8 KV heads) 28.85 against
+// 22.47 with that shape's own calibration, (d) 9.65 against 3.98 stay flat.
+TEST(CascadeCost, H200CalibrationPicksCascadeWhereItWasFaster) {
+  CascadeCalibration h200;
+  h200.device = "NVIDIA H200 (bench_cascade, 1 KV head / 8 query heads)";
+  h200.decode_bytes_per_second = 4005766017666.823;
+  h200.prefix_bytes_per_second = 1576995699978.6055;
+  h200.prefix_flops_per_second = 10125886403874.57;
+  h200.wide_prefix_flops_per_second = 60275142788420.31;
+  h200.level_seconds = 6.141713634133339e-06;
+  h200.merge_seconds_per_row = 9.960716124624017e-09;
+  EXPECT_FALSE(EstimateCascade(Shape(8, 4000, 8, 1), h200).cascade);
+  EXPECT_TRUE(EstimateCascade(Shape(64, 32768, 8, 1), h200).cascade);
+  EXPECT_FALSE(EstimateCascade(Shape(2, 256, 8, 1), h200).cascade);
+  // Before the wide rate, the lower of the two rates alone kept (c) flat.
+  CascadeCalibration one_rate = h200;
+  one_rate.wide_prefix_flops_per_second = 0;
+  EXPECT_FALSE(EstimateCascade(Shape(64, 32768, 8, 1), one_rate).cascade);
+  // The 8 KV head / 64 query head shape's calibration from the same run: (b) stays flat.
+  CascadeCalibration wide = h200;
+  wide.decode_bytes_per_second = 4.014e12;
+  wide.prefix_bytes_per_second = 1.842e12;
+  wide.prefix_flops_per_second = 61.4e12;
+  wide.wide_prefix_flops_per_second = 122.4e12;
+  wide.level_seconds = 9.50e-6;
+  wide.merge_seconds_per_row = 3.49e-9;
+  const CascadeEstimate b = EstimateCascade(Shape(8, 4000, 64, 8), wide);
+  EXPECT_FALSE(b.cascade) << "flat " << b.flat_seconds << " s, cascade " << b.cascade_seconds;
 }
 
 }  // namespace

@@ -20,9 +20,12 @@ struct CascadeTimings {
   double decode_bytes_per_second = 0;
   // Shared KV bytes / time of the prefix pass alone, ~64 rows, shared range > L2.
   double prefix_bytes_per_second = 0;
-  // 4 * rows * tokens * head_dim / time of the prefix pass at ~512 rows (rows = members x
-  // n_heads, as the cost model counts them).
+  // 4 * rows * tokens * head_dim / time of the fused launch (CascadeFused, what a decode step
+  // runs) over ~8K shared positions, at 64 rows per KV head and (wide_) at 512 (rows = members x
+  // n_heads, as the cost model counts them; coordinator/cascade_cost.h kFewRowsPerKvHead and
+  // kManyRowsPerKvHead).
   double prefix_flops_per_second = 0;
+  double wide_prefix_flops_per_second = 0;
   // Fused cascade minus flat decode on a one-block shared range (members x n_heads rows): the
   // fixed cost of a level, and its growth per row (between 8 and 64 members).
   double level_seconds = 0;
