@@ -19,19 +19,29 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// A bf16-KV calibration with the default margin.
+CascadeCalibration Calibration(const char* device, double decode_bytes_per_second,
+                               double prefix_bytes_per_second, double prefix_flops_per_second,
+                               double wide_prefix_flops_per_second, double level_seconds,
+                               double merge_seconds_per_row) {
+  CascadeCalibration c;
+  c.device = device;
+  c.kv_bytes_per_element = 2;
+  c.decode_bytes_per_second = decode_bytes_per_second;
+  c.prefix_bytes_per_second = prefix_bytes_per_second;
+  c.prefix_flops_per_second = prefix_flops_per_second;
+  c.wide_prefix_flops_per_second = wide_prefix_flops_per_second;
+  c.level_seconds = level_seconds;
+  c.merge_seconds_per_row = merge_seconds_per_row;
+  return c;
+}
+
 // Plausible H100 SXM numbers: ~2.6 TB/s for a good flat GQA decode kernel (78% of the 3.35 TB/s
 // datasheet), a prefix pass with limited parallelism at ~2 TB/s and ~500 TFLOP/s once
 // compute-bound, ~7 us per extra level (#595: 26 us cascade vs 19 us flat at 1 KV head, where
 // the saved bytes are worth ~5 us), ~2 ns per merged row.
 CascadeCalibration H100Like() {
-  CascadeCalibration c;
-  c.device = "H100-like (test)";
-  c.kv_bytes_per_element = 2;
-  c.decode_bytes_per_second = 2.6e12;
-  c.prefix_bytes_per_second = 2.0e12;
-  c.prefix_flops_per_second = 5.0e14;
-  c.level_seconds = 7e-6;
-  c.merge_seconds_per_row = 2e-9;
+  CascadeCalibration c = Calibration("H100-like (test)", 2.6e12, 2.0e12, 5.0e14, 0, 7e-6, 2e-9);
   c.min_speedup = 1.0;  // the raw model; the margin has its own test
   return c;
 }
@@ -200,13 +210,8 @@ TEST(CascadeCalibration, BadFilesNameTheProblem) {
 // bench_cascade (docs/perf.md) predicted flat 34.2 us against cascade 26.5 us on shape (b), where
 // cascade measured 2x slower; with the default margin the pick is flat.
 TEST(CascadeCost, MarginKeepsMarginalWinsFlat) {
-  CascadeCalibration h200;
-  h200.device = "H200 (bench_cascade, 2026-11-21)";
-  h200.decode_bytes_per_second = 3.828e12;
-  h200.prefix_bytes_per_second = 1.148e12;
-  h200.prefix_flops_per_second = 9.22e13;
-  h200.level_seconds = 1.026e-5;
-  h200.merge_seconds_per_row = 3.77e-9;
+  CascadeCalibration h200 = Calibration("H200 (bench_cascade, 2026-11-21)", 3.828e12, 1.148e12,
+                                         9.22e13, 0, 1.026e-5, 3.77e-9);
   ASSERT_DOUBLE_EQ(h200.min_speedup, 1.5);  // the default
   const CascadeEstimate e = EstimateCascade(Shape(8, 4000, 64, 8), h200);
   EXPECT_GT(e.flat_seconds, e.cascade_seconds);
@@ -224,14 +229,10 @@ TEST(CascadeCost, MarginKeepsMarginalWinsFlat) {
 // faster (72.97 us against 129.97 flat); (a) 17.56 against 9.40, (b) (8 KV heads) 28.85 against
 // 22.47 with that shape's own calibration, (d) 9.65 against 3.98 stay flat.
 TEST(CascadeCost, H200CalibrationPicksCascadeWhereItWasFaster) {
-  CascadeCalibration h200;
-  h200.device = "NVIDIA H200 (bench_cascade, 1 KV head / 8 query heads)";
-  h200.decode_bytes_per_second = 4005766017666.823;
-  h200.prefix_bytes_per_second = 1576995699978.6055;
-  h200.prefix_flops_per_second = 10125886403874.57;
-  h200.wide_prefix_flops_per_second = 60275142788420.31;
-  h200.level_seconds = 6.141713634133339e-06;
-  h200.merge_seconds_per_row = 9.960716124624017e-09;
+  const CascadeCalibration h200 =
+      Calibration("NVIDIA H200 (bench_cascade, 1 KV head / 8 query heads)", 4005766017666.823,
+                  1576995699978.6055, 10125886403874.57, 60275142788420.31,
+                  6.141713634133339e-06, 9.960716124624017e-09);
   EXPECT_FALSE(EstimateCascade(Shape(8, 4000, 8, 1), h200).cascade);
   EXPECT_TRUE(EstimateCascade(Shape(64, 32768, 8, 1), h200).cascade);
   EXPECT_FALSE(EstimateCascade(Shape(2, 256, 8, 1), h200).cascade);
@@ -240,13 +241,9 @@ TEST(CascadeCost, H200CalibrationPicksCascadeWhereItWasFaster) {
   one_rate.wide_prefix_flops_per_second = 0;
   EXPECT_FALSE(EstimateCascade(Shape(64, 32768, 8, 1), one_rate).cascade);
   // The 8 KV head / 64 query head shape's calibration from the same run: (b) stays flat.
-  CascadeCalibration wide = h200;
-  wide.decode_bytes_per_second = 4.014e12;
-  wide.prefix_bytes_per_second = 1.842e12;
-  wide.prefix_flops_per_second = 61.4e12;
-  wide.wide_prefix_flops_per_second = 122.4e12;
-  wide.level_seconds = 9.50e-6;
-  wide.merge_seconds_per_row = 3.49e-9;
+  const CascadeCalibration wide =
+      Calibration("NVIDIA H200 (bench_cascade, 8 KV heads / 64 query heads)", 4.014e12, 1.842e12,
+                  61.4e12, 122.4e12, 9.50e-6, 3.49e-9);
   const CascadeEstimate b = EstimateCascade(Shape(8, 4000, 64, 8), wide);
   EXPECT_FALSE(b.cascade) << "flat " << b.flat_seconds << " s, cascade " << b.cascade_seconds;
 }

@@ -227,6 +227,7 @@ TEST(CascadeScenario, ReferenceCascadeEqualsFlatReference) {
 
 #ifdef MOEMESH_HAVE_CUDA
 
+using testing_cuda::CapturedGraph;
 using testing_cuda::DeviceBuffer;
 using testing_cuda::ToBf16Host;
 
@@ -385,14 +386,11 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
         form == cuda::CascadeForm::kFused ? fused_name(shape) : "two-launch";
     p.cluster = shape;
     const bool states = form == cuda::CascadeForm::kTwoLaunch;
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    cuda::CascadeAttention(cache, p, form, ws.ptr, ws_bytes, stream);
-    MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const CapturedGraph graph(stream, [&] {
+      cuda::CascadeAttention(cache, p, form, ws.ptr, ws_bytes, stream);
+    });
     auto replay = [&] {
-      MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      graph.Launch(stream);
       MM_CUDA_CHECK(cudaStreamSynchronize(stream));
     };
     MM_CUDA_CHECK(cudaMemcpy(lens.ptr, lens2.data(), lens2.size() * 4, cudaMemcpyHostToDevice));
@@ -408,8 +406,6 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
       MM_CUDA_CHECK(
           cudaMemcpy(layout.ptr, words.data(), words.size() * 4, cudaMemcpyHostToDevice));
     }
-    MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    MM_CUDA_CHECK(cudaGraphDestroy(graph));
     if (HasFatalFailure()) break;
   }
 
@@ -452,18 +448,11 @@ TEST_P(CudaCascade, MatchesReferenceAndFlat) {
       enqueue();
     }, states);
     if (HasFatalFailure()) break;
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    enqueue();
-    MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const CapturedGraph graph(stream, enqueue);
     check(c.name + " " + form_name + " graph replay", s.levels, s.kv_lens, q1, [&] {
       stale(q1);
-      MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      graph.Launch(stream);
     }, states);
-    MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    MM_CUDA_CHECK(cudaGraphDestroy(graph));
     if (HasFatalFailure()) break;
   }
   MM_CUDA_CHECK(cudaStreamDestroy(stream));

@@ -119,22 +119,15 @@ TEST_P(CudaDecodeOverlap, WaitsForThePreviousKernelsWrites) {
   ExpectDecodeMatches(out.ToHost(), lse.ToHost(), want, n_heads, d, c.name + " eager");
   if (HasFatalFailure()) return;
 
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  enqueue();
-  MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const testing_cuda::CapturedGraph graph(stream, enqueue);
   for (int replay = 0; replay < 2; ++replay) {
     reset();
-    MM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    graph.Launch(stream);
     MM_CUDA_CHECK(cudaStreamSynchronize(stream));
     ExpectDecodeMatches(out.ToHost(), lse.ToHost(), want, n_heads, d,
                         c.name + " graph replay " + std::to_string(replay + 1));
     if (HasFatalFailure()) break;
   }
-  MM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  MM_CUDA_CHECK(cudaGraphDestroy(graph));
   MM_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 

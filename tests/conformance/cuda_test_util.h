@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -90,6 +91,24 @@ struct DeviceBuffer {
   }
   T* ptr = nullptr;
   size_t n;
+};
+
+// What `enqueue` puts on `stream`, captured into a CUDA graph (global capture mode) and
+// instantiated; the executable graph lives as long as this object.
+struct CapturedGraph {
+  CapturedGraph(cudaStream_t stream, const std::function<void()>& enqueue) {
+    cudaGraph_t graph;
+    MM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    enqueue();
+    MM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    MM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    MM_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+  ~CapturedGraph() { cudaGraphExecDestroy(exec); }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  void Launch(cudaStream_t stream) const { MM_CUDA_CHECK(cudaGraphLaunch(exec, stream)); }
+  cudaGraphExec_t exec = nullptr;
 };
 
 inline std::vector<__nv_bfloat16> ToBf16Host(const std::vector<float>& x) {
