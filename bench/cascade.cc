@@ -48,6 +48,7 @@
 #include "kernels/cuda/graph_timing.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cascade.h"
+#include "worker/gpu/cascade_calibration.h"
 #include "kernels/cuda/cascade_calibration.h"
 #include "kernels/cuda/cuda_check.h"
 #include "bench/cascade_options.h"
@@ -110,19 +111,6 @@ void* Zeros(size_t bytes) {
   MM_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 1)));
   MM_CUDA_CHECK(cudaMemset(p, 0, std::max<size_t>(bytes, 1)));
   return p;
-}
-
-CascadeCalibration ToCalibration(const cuda::CascadeTimings& t) {
-  CascadeCalibration c;
-  c.device = t.device;
-  c.kv_bytes_per_element = t.kv_bytes_per_element;
-  c.decode_bytes_per_second = t.decode_bytes_per_second;
-  c.prefix_bytes_per_second = t.prefix_bytes_per_second;
-  c.prefix_flops_per_second = t.prefix_flops_per_second;
-  c.wide_prefix_flops_per_second = t.wide_prefix_flops_per_second;
-  c.level_seconds = t.level_seconds;  // the fused form: what a captured decode step runs
-  c.merge_seconds_per_row = t.merge_seconds_per_row;
-  return c;
 }
 
 struct Result {
@@ -439,7 +427,7 @@ int Main(int argc, char** argv) {
     const cuda::CascadeTimings t =
         cuda::MeasureCascadeCosts(cs.kv_heads, cs.q_heads, kHeadDim, kBlockSize, stream);
     MM_CUDA_CHECK(cudaStreamDestroy(stream));
-    const CascadeCalibration c = ToCalibration(t);
+    const CascadeCalibration c = ToCascadeCalibration(t);
     calibrations[key] = c;
     std::printf("calibration for %d KV head(s) / %d query heads:\n%s", cs.kv_heads, cs.q_heads,
                 t.detail.c_str());

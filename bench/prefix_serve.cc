@@ -554,7 +554,9 @@ int Main(int argc, char** argv) {
     const double wall = r.MedianWall();
     const bool same = config_mismatches[i] == 0;
     std::string cascade = r.config.cascade;
-    if (cascade == "auto" && o.cascade_calibration.empty()) cascade += " (no calibration: flat)";
+    if (cascade == "auto" && o.cascade_calibration.empty()) {
+      cascade += o.gpus.empty() ? " (no calibration: flat)" : " (calibration measured by rank 0)";
+    }
     std::printf("| (%d) | %s | %s | %.3f | %.1f | %.1f | %.1f | %.1f | %.1f | %lld | %llu | %s |\n",
                 r.config.number, r.config.prefix_caching ? "on" : "off", cascade.c_str(), wall,
                 r.output_tokens / wall, (r.prompt_tokens + r.output_tokens) / wall,

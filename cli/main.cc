@@ -72,8 +72,9 @@ ABSL_FLAG(int32_t, max_step_tokens, 2048, "tokens per step (prefill chunks and d
 ABSL_FLAG(int32_t, context_length, 0, "context length (0: the model's)");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV blocks of cached prompt prefixes");
 ABSL_FLAG(std::string, cascade, "auto",
-          "cascade decoding of shared prefixes: auto (per step from the cost model; needs "
-          "--cascade_calibration, else flat), on, off");
+          "cascade decoding of shared prefixes: auto (per step from the cost model, whose "
+          "constants come from --cascade_calibration or, on GPU attention ranks, are measured "
+          "at start-up; else flat), on, off");
 ABSL_FLAG(std::string, cascade_calibration, "", "cascade cost model constants (a JSON file)");
 ABSL_FLAG(int32_t, worker_timeout_s, 300, "coordinator: seconds to wait for workers to register");
 ABSL_FLAG(std::string, host, "127.0.0.1", "serve: the address every process binds to");

@@ -9,6 +9,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -59,11 +60,19 @@ std::vector<WorkerInventory> Inventory(const std::vector<WorkerRecord>& workers)
   return out;
 }
 
+// Cascade levels per step an attention rank's forward pass takes when cascade is not off.
+constexpr int32_t kRankCascadeLevels = 4;
+
 // Configures every worker for the placement: expert workers first (they load their experts),
 // then all attention ranks at once (they meet in the rendezvous store). Returns the KV blocks
 // every rank holds (the smallest rank's count, when the ranks chose from their free memory).
+// With cascade=auto and no calibration file, rank 0 measures the cost model's constants on its
+// GPU: *measured receives them (left empty, with the reason logged, where it could not).
 absl::StatusOr<int32_t> ConfigureWorkers(const CoordinatorConfig& cfg, const Placement& placement,
-                                         const std::map<std::string, std::string>& address_of) {
+                                         const std::map<std::string, std::string>& address_of,
+                                         std::optional<CascadeCalibration>* measured) {
+  const CascadeConfig& cascade = cfg.scheduler.cascade;
+  const bool measure = cascade.mode == CascadeMode::kAuto && !cascade.calibration.has_value();
   std::vector<std::future<absl::Status>> experts;
   for (size_t i = 0; i < placement.expert_workers.size(); ++i) {
     experts.push_back(std::async(std::launch::async, [&, i]() -> absl::Status {
@@ -109,6 +118,8 @@ absl::StatusOr<int32_t> ConfigureWorkers(const CoordinatorConfig& cfg, const Pla
     a.set_max_step_tokens(cfg.scheduler.max_step_tokens);
     a.set_max_sequences(cfg.scheduler.max_running);
     a.set_max_context(cfg.scheduler.context_length);
+    a.set_max_cascade_levels(cascade.mode == CascadeMode::kOff ? 0 : kRankCascadeLevels);
+    a.set_measure_cascade(measure && r == 0);
     for (const auto& layer : placement.owners) {
       v1::LayerOwners* lo = a.add_owners();
       for (const auto& owners : layer) {
@@ -129,6 +140,22 @@ absl::StatusOr<int32_t> ConfigureWorkers(const CoordinatorConfig& cfg, const Pla
                  << response.weight_bytes() << " bytes in " << response.load_seconds() << " s; "
                  << response.num_kv_blocks() << " KV blocks";
     rank_blocks[r] = response.num_kv_blocks();
+    if (measure && r == 0) {
+      if (response.cascade_calibration().empty()) {
+        MM_LOG(INFO) << "cascade calibration of rank 0 " << response.cascade_calibration_note();
+      } else {
+        // A bad calibration from a worker leaves the decisions flat; it does not stop the
+        // cluster.
+        absl::StatusOr<CascadeCalibration> c =
+            ParseCascadeCalibration(response.cascade_calibration());
+        if (c.ok()) {
+          *measured = *c;
+        } else {
+          MM_LOG(WARNING) << "attention rank 0 sent a cascade calibration the coordinator rejects ("
+                          << c.status().message() << "); cascade=auto stays flat";
+        }
+      }
+    }
     return absl::OkStatus();
   };
   std::vector<std::future<void>> ranks;
@@ -180,10 +207,6 @@ absl::Status Run(CoordinatorConfig cfg) {
   MM_RETURN_IF_ERROR(cascade.Validate());
   MM_LOG(INFO) << "prefix caching " << (cfg.scheduler.prefix_caching ? "on" : "off") << ", cascade "
                << CascadeModeName(cascade.mode);
-  if (cascade.mode == CascadeMode::kAuto && !cascade.calibration.has_value()) {
-    MM_LOG(INFO) << "cascade=auto without a calibration (--cascade_calibration): decode attention "
-                    "stays flat";
-  }
 
   Membership membership;
   RendezvousStore store;
@@ -252,7 +275,24 @@ absl::Status Run(CoordinatorConfig cfg) {
   std::map<std::string, std::string> address_of;
   for (const WorkerRecord& w : *workers) address_of[w.id] = w.address;
   generation.SetWaitingReason("configuring workers (loading weights)");
-  MM_ASSIGN_OR_RETURN(cfg.scheduler.num_blocks, ConfigureWorkers(cfg, placement, address_of));
+  std::optional<CascadeCalibration> measured;
+  MM_ASSIGN_OR_RETURN(cfg.scheduler.num_blocks,
+                      ConfigureWorkers(cfg, placement, address_of, &measured));
+  if (measured.has_value()) {
+    const CascadeCalibration& c = *measured;
+    MM_LOG(INFO) << "cascade calibration measured on attention rank 0 (" << c.device
+                 << "): decode " << c.decode_bytes_per_second / 1e9 << " GB/s, prefix "
+                 << c.prefix_bytes_per_second / 1e9 << " GB/s, " << c.prefix_flops_per_second / 1e12
+                 << " / " << c.wide_prefix_flops_per_second / 1e12 << " TFLOP/s at "
+                 << kFewRowsPerKvHead << " / " << kManyRowsPerKvHead << " rows per KV head, level "
+                 << c.level_seconds * 1e6 << " us + " << c.merge_seconds_per_row * 1e9 << " ns/row";
+    cfg.scheduler.cascade.calibration = measured;
+  }
+  if (cfg.scheduler.cascade.mode == CascadeMode::kAuto &&
+      !cfg.scheduler.cascade.calibration.has_value()) {
+    MM_LOG(INFO) << "cascade=auto without a calibration (neither --cascade_calibration nor one "
+                    "measured by a GPU rank): decode attention stays flat";
+  }
   MM_LOG(INFO) << "KV cache: " << cfg.scheduler.num_blocks << " blocks of " << cfg.scheduler.block_size
                << " tokens per rank";
 

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -28,6 +29,8 @@
 #ifdef MOEMESH_HAVE_GPU_WORKER
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cascade.h"
+#include "worker/gpu/cascade_calibration.h"
 #include "worker/gpu/gpu_forward.h"
 #include "worker/gpu/nccl_group.h"
 #endif
@@ -56,6 +59,8 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
     response->set_weight_bytes(weight_bytes_);
     response->set_num_kv_blocks(num_kv_blocks_);
     response->set_device(device_name_);
+    response->set_cascade_calibration(cascade_calibration_);
+    response->set_cascade_calibration_note(cascade_calibration_note_);
     response->set_load_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return grpc::Status::OK;
   }
@@ -119,6 +124,7 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
     MM_ASSIGN_OR_RETURN(collective_, GlooCollective::Create(gloo, *store_, a.rank(), a.tp_size()));
     num_kv_blocks_ = runner_config.num_kv_blocks;
     device_name_ = "cpu";
+    if (a.measure_cascade()) cascade_calibration_note_ = "not measured: a CPU attention rank";
     runner_ = std::make_unique<AttentionRunner>(std::move(config), std::move(weights), runner_config,
                                                 collective_.get(), dispatcher_.get());
     MM_LOG(INFO) << "rank " << a.rank() << "/" << a.tp_size() << " ready: " << weight_bytes_ << " bytes, "
@@ -146,6 +152,7 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
     cudaGetDeviceProperties(&prop, gpu_);
     device_name_ = absl::StrCat("cuda:", gpu_, " ", prop.name);
     const TpLayout layout = MakeTpLayout(config, a.rank(), a.tp_size());
+    if (a.measure_cascade()) MeasureCascade(config, layout, a.block_size());
     MM_ASSIGN_OR_RETURN(DeviceWeights device_weights, DeviceWeights::Upload(config, weights));
     weights = ModelWeights();  // the host copy is no longer needed
     weight_bytes_ = device_weights.bytes;
@@ -158,6 +165,7 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
     if (a.max_sequences() > 0) g.max_sequences = a.max_sequences();
     g.max_context = a.max_context() > 0 ? a.max_context() : config.max_position_embeddings;
     g.cuda_graphs = cuda_graphs_;
+    g.max_cascade_levels = std::max(0, a.max_cascade_levels());
     MM_ASSIGN_OR_RETURN(std::unique_ptr<GpuForward> forward,
                         GpuForward::Create(config, layout, std::move(device_weights), nccl_.get(),
                                            dispatcher_.get(), g));
@@ -172,11 +180,43 @@ class AttentionWorkerService final : public v1::AttentionWorker::Service {
 #endif
   }
 
+#ifdef MOEMESH_HAVE_GPU_WORKER
+  // The cascade cost model's constants on this GPU for the shard's attention shape (before the
+  // weights and the KV cache take its memory): cascade_calibration_ as JSON, or
+  // cascade_calibration_note_ saying why not.
+  void MeasureCascade(const ModelConfig& config, const TpLayout& layout, int block_size) {
+    const int kv_heads = layout.num_kv_heads(), heads = layout.num_heads();
+    if (config.head_dim != 64 && config.head_dim != 128) {
+      cascade_calibration_note_ = absl::StrCat("not measured: head_dim ", config.head_dim,
+                                               " has no CUDA cascade kernel (64 or 128)");
+    } else if (kv_heads <= 0 || heads % kv_heads != 0 ||
+               heads / kv_heads > cuda::kCascadeMaxGroup || block_size <= 0) {
+      cascade_calibration_note_ = absl::StrCat("not measured: ", heads, " query heads over ",
+                                               kv_heads, " KV heads per rank");
+    } else {
+      const auto start = std::chrono::steady_clock::now();
+      cudaStream_t stream;
+      cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+      const cuda::CascadeTimings t =
+          cuda::MeasureCascadeCosts(kv_heads, heads, config.head_dim, block_size, stream);
+      cudaStreamDestroy(stream);
+      cascade_calibration_ = CascadeCalibrationToJson(ToCascadeCalibration(t));
+      cascade_calibration_note_ = t.detail;
+      const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+      MM_LOG(INFO) << "cascade calibration measured in " << took.count() << " s:\n" << t.detail;
+    }
+    if (cascade_calibration_.empty()) {
+      MM_LOG(INFO) << "cascade calibration " << cascade_calibration_note_;
+    }
+  }
+#endif
+
   static constexpr int32_t kCpuKvBlocks = 2048;  // CPU ranks, when the coordinator leaves it open
   const int gpu_;
   const bool cuda_graphs_;
   int32_t num_kv_blocks_ = 0;
   std::string device_name_;
+  std::string cascade_calibration_, cascade_calibration_note_;
 #ifdef MOEMESH_HAVE_GPU_WORKER
   std::unique_ptr<NcclGroup> nccl_;
 #endif
