@@ -3,7 +3,12 @@
 // engine computing with the GPU's storage precision (weights and KV cache in bf16; activations
 // stay fp32-accurate on the GPU). TP 1 on one GPU, and the smallest TP > 1 each fixture's heads
 // allow on as many GPUs (TP 2, or TP 4 for the 8-head fixtures when four GPUs exist); decode
-// steps replayed as CUDA graphs, and once with graphs off. Skipped, saying why, without GPUs.
+// steps replayed as CUDA graphs, and once with graphs off; and cascade levels on a GPU rank (a
+// generated head_dim-128 model, below). Skipped, saying why, without GPUs.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 #include <future>
 
 #ifdef MOEMESH_HAVE_CUDA
@@ -104,6 +109,75 @@ TEST_P(GpuCluster, GreedyTokensMatchTheReference) {
   }
   const std::string log = cluster->Log();
   EXPECT_NE(log.find("ready on cuda:"), std::string::npos) << log;
+}
+
+// Cascade on a GPU rank end to end. The fixtures' head dims (8 to 32) have no CUDA cascade
+// kernel, so this case serves a random-weight model of head_dim 128 (8 query heads over 1 KV
+// head) that bench/make_cascade_model.py writes (it needs python3 with torch and transformers;
+// the case is skipped, saying so, without them). Requests sharing a cached prompt give the same
+// greedy tokens with cascade on, where the GPU rank runs the planned levels, as with it off; with
+// cascade=auto attention rank 0 measures the cost model's constants at start-up.
+TEST(GpuClusterCascade, LevelsRunOnTheGpuWithTheFlatTokensAndAutoMeasuresItsCalibration) {
+  std::string why;
+  if (GpuCount(&why) == 0) GTEST_SKIP() << why;
+  if (std::system("python3 -c 'import torch, transformers' > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "python3 with torch and transformers is needed to write the head_dim-128 "
+                    "model (bench/make_cascade_model.py)";
+  }
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("moemesh_cascade_model_" + std::to_string(::getpid()));
+  std::string make = "python3 ";
+  make.append((testing::SourceDir() / "bench" / "make_cascade_model.py").string());
+  make.append(" ").append(dir.string()).append(" > ").append(dir.string()).append(".log 2>&1");
+  ASSERT_EQ(std::system(make.c_str()), 0) << make;
+  // A 64-token shared prompt (4 blocks of 16) and 6 requests on it with 3 to 8 tokens of their own.
+  std::vector<int32_t> shared;
+  for (int i = 0; i < 64; ++i) shared.push_back((i * 37 + 11) % 400);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int r = 0; r < 6; ++r) {
+    prompts.push_back(shared);
+    for (int i = 0; i < 3 + r; ++i) prompts.back().push_back((r * 131 + i * 17 + 5) % 400);
+  }
+  const int max_tokens = 12;
+  auto serve = [&](const std::string& cascade, std::string* log) {
+    std::vector<std::vector<int32_t>> tokens;
+    auto cluster = testing::LocalCluster::Serve(dir.string(), 1, 1,
+                                                {"--gpus=0", "--cascade=" + cascade});
+    std::string error;
+    EXPECT_TRUE(cluster->WaitReady(std::chrono::seconds(180), &error)) << error;
+    if (!error.empty()) return tokens;
+    const testing::Completion warm =
+        testing::Complete(cluster->stub(), testing::GreedyIds(shared, max_tokens));
+    EXPECT_TRUE(warm.status.ok()) << warm.status.error_message() << "\n" << cluster->Log();
+    std::vector<std::future<testing::Completion>> calls;
+    for (const auto& prompt : prompts) {
+      const auto request = testing::GreedyIds(prompt, max_tokens);
+      calls.push_back(std::async(std::launch::async, [&, request] {
+        return testing::Complete(cluster->stub(), request);
+      }));
+    }
+    for (auto& call : calls) {
+      const testing::Completion got = call.get();
+      EXPECT_TRUE(got.status.ok()) << got.status.error_message() << "\n" << cluster->Log();
+      tokens.push_back(got.tokens);
+    }
+    if (cascade == "on") {
+      EXPECT_GT(testing::Info(cluster->stub()).cascade_levels(), 0u) << "no cascade level ran";
+    }
+    *log = cluster->Log();
+    return tokens;
+  };
+  std::string off_log, on_log, auto_log;
+  const auto off = serve("off", &off_log);
+  const auto on = serve("on", &on_log);
+  const auto automatic = serve("auto", &auto_log);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(dir.string() + ".log");
+  ASSERT_EQ(off.size(), prompts.size());
+  EXPECT_EQ(on, off) << on_log;
+  EXPECT_EQ(automatic, off) << auto_log;
+  EXPECT_NE(auto_log.find("cascade calibration measured on attention rank 0"), std::string::npos)
+      << auto_log;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuCluster, ::testing::ValuesIn(Cases()),
