@@ -20,6 +20,9 @@
 //
 //   build/bin/bench_prefix_serve [--model models/demo] [--gpus 0] [--repeats 3]
 //
+// The demo's head_dim 32 has no CUDA cascade kernel; for cascade on a GPU rank serve a
+// head_dim-128 model: `python3 bench/make_cascade_model.py DIR`, then `--model DIR --gpus 0`.
+//
 // Flags (value after a space or '='): --model DIR, --tp N, --gpus 0,1 (one per rank; empty: CPU
 // attention ranks), --expert_workers N, --expert_threads N, --cuda_graphs true|false,
 // --requests N (32), --prompt_tokens N (0: the largest multiple of the KV block size up to 2048
@@ -48,6 +51,7 @@
 
 #include "common/topology.h"
 #include "tests/integration/client_util.h"
+#include "bench/prefix_serve_options.h"
 #include "tests/integration/local_cluster.h"
 
 namespace moemesh {
@@ -56,27 +60,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-struct Options {
-  std::string model = "models/demo";
-  int tp = 1;
-  std::string gpus;  // comma-separated, passed to serve --gpus
-  int expert_workers = 1;
-  int expert_threads = 0;
-  std::string cuda_graphs = "true";
-  int requests = 32;
-  int prompt_tokens = 0;  // 0: chosen from the context length
-  int suffix_tokens = 16;
-  int max_tokens = 32;
-  int repeats = 1;
-  int block_size = 16;
-  int kv_blocks = -1;  // -1: enough for every request without sharing
-  std::string cascade_calibration;
-  std::string configs = "1,2,3,4";
-  std::string serve_args;
-  int start_timeout_s = 300;
-  int timeout_s = 600;
-};
 
 struct ServeConfig {
   int number;  // 1-based, as printed
@@ -192,18 +175,8 @@ struct ConfigResult {
   }
 };
 
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, sep)) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
 // Blocks per request without sharing, times every request plus the warm-up, plus slack.
-int DefaultKvBlocks(const Options& o, int prompt_tokens) {
+int DefaultKvBlocks(const PrefixServeOptions& o, int prompt_tokens) {
   const int per_request =
       (prompt_tokens + o.suffix_tokens + o.max_tokens + o.block_size - 1) / o.block_size + 1;
   return (o.requests + 1) * per_request + 16;
@@ -212,7 +185,7 @@ int DefaultKvBlocks(const Options& o, int prompt_tokens) {
 // Starts the cluster of one configuration, runs the warm-up and the timed batches. Builds
 // `workload` from the cluster's ModelInfo when it is not built yet. Errors are printed; false
 // then.
-bool RunConfig(const Options& o, const ServeConfig& sc, std::optional<Workload>& workload,
+bool RunConfig(const PrefixServeOptions& o, const ServeConfig& sc, std::optional<Workload>& workload,
                ConfigResult& out) {
   out.config = sc;
   std::vector<std::string> args = {
@@ -400,89 +373,9 @@ int CompareTokens(const ConfigResult& base, const ConfigResult& got) {
   return mismatches;
 }
 
-bool ParseArgs(int argc, char** argv, Options& o) {
-  std::map<std::string, std::string*> strings = {
-      {"model", &o.model},
-      {"gpus", &o.gpus},
-      {"cuda_graphs", &o.cuda_graphs},
-      {"cascade_calibration", &o.cascade_calibration},
-      {"configs", &o.configs},
-      {"serve_args", &o.serve_args},
-  };
-  std::map<std::string, int*> ints = {
-      {"tp", &o.tp},
-      {"expert_workers", &o.expert_workers},
-      {"expert_threads", &o.expert_threads},
-      {"requests", &o.requests},
-      {"prompt_tokens", &o.prompt_tokens},
-      {"suffix_tokens", &o.suffix_tokens},
-      {"max_tokens", &o.max_tokens},
-      {"repeats", &o.repeats},
-      {"block_size", &o.block_size},
-      {"kv_blocks", &o.kv_blocks},
-      {"start_timeout_s", &o.start_timeout_s},
-      {"timeout_s", &o.timeout_s},
-  };
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) {
-      std::fprintf(stderr, "unexpected argument \"%s\"\n", arg.c_str());
-      return false;
-    }
-    arg = arg.substr(2);
-    std::string value;
-    if (const size_t eq = arg.find('='); eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::fprintf(stderr, "--%s needs a value\n", arg.c_str());
-      return false;
-    }
-    if (auto s = strings.find(arg); s != strings.end()) {
-      *s->second = value;
-    } else if (auto n = ints.find(arg); n != ints.end()) {
-      char* end = nullptr;
-      const long v = std::strtol(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0') {
-        std::fprintf(stderr, "--%s = \"%s\" is not an integer\n", arg.c_str(), value.c_str());
-        return false;
-      }
-      *n->second = static_cast<int>(v);
-    } else {
-      std::fprintf(stderr,
-                   "unknown flag --%s (see the comment at the top of bench/prefix_serve.cc)\n",
-                   arg.c_str());
-      return false;
-    }
-  }
-  auto at_least = [](const char* name, int v, int min) {
-    if (v >= min) return true;
-    std::fprintf(stderr, "--%s = %d must be at least %d\n", name, v, min);
-    return false;
-  };
-  if (!at_least("tp", o.tp, 1) || !at_least("expert_workers", o.expert_workers, 1) ||
-      !at_least("expert_threads", o.expert_threads, 0) || !at_least("requests", o.requests, 1) ||
-      !at_least("prompt_tokens", o.prompt_tokens, 0) ||
-      !at_least("suffix_tokens", o.suffix_tokens, 1) || !at_least("max_tokens", o.max_tokens, 1) ||
-      !at_least("repeats", o.repeats, 1) || !at_least("block_size", o.block_size, 1) ||
-      !at_least("kv_blocks", o.kv_blocks, -1) ||
-      !at_least("start_timeout_s", o.start_timeout_s, 1) ||
-      !at_least("timeout_s", o.timeout_s, 1)) {
-    return false;
-  }
-  if (!o.gpus.empty() && static_cast<int>(Split(o.gpus, ',').size()) != o.tp) {
-    std::fprintf(stderr, "--gpus %s names %zu devices but --tp is %d (one per rank)\n",
-                 o.gpus.c_str(), Split(o.gpus, ',').size(), o.tp);
-    return false;
-  }
-  return true;
-}
-
 int Main(int argc, char** argv) {
-  Options o;
-  if (!ParseArgs(argc, argv, o)) return 2;
+  PrefixServeOptions o;
+  if (!ParsePrefixServeArgs(argc, argv, o)) return 2;
   const std::vector<ServeConfig> all = {
       {1, false, "off"}, {2, true, "off"}, {3, true, "on"}, {4, true, "auto"}};
   std::vector<ServeConfig> configs;
