@@ -185,8 +185,8 @@ int DefaultKvBlocks(const PrefixServeOptions& o, int prompt_tokens) {
 // Starts the cluster of one configuration, runs the warm-up and the timed batches. Builds
 // `workload` from the cluster's ModelInfo when it is not built yet. Errors are printed; false
 // then.
-bool RunConfig(const PrefixServeOptions& o, const ServeConfig& sc, std::optional<Workload>& workload,
-               ConfigResult& out) {
+bool RunConfig(const PrefixServeOptions& o, const ServeConfig& sc,
+               std::optional<Workload>& workload, ConfigResult& out) {
   out.config = sc;
   std::vector<std::string> args = {
       "serve",
