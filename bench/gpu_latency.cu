@@ -21,7 +21,11 @@
 //     not touched before) after a write of 2x L2;
 //   - atomicAdd: a chain of dependent atomics on one word; fence: a store then __threadfence().
 //
-// 3. Kernel parameters: the first use of each 64-byte line of a 1 KiB parameter block, against
+// 3. Hand-off: the loads of data another SM has just written and published (a release
+// arrival, seen by polling and an acquire fence), against the same loads of data written by an
+// earlier kernel; and how long the arrival takes to be seen.
+//
+// 4. Kernel parameters: the first use of each 64-byte line of a 1 KiB parameter block, against
 // the same fields used again.
 //
 //   build/bin/bench_gpu_latency
@@ -105,6 +109,58 @@ __global__ void Atomics(uint32_t* word, int n, bool fence, uint64_t* out) {
   const uint64_t t1 = cuda::warp_mma::GlobalTimerNs();
   out[0] = (t1 - t0) * 1000 / n;
   out[1] = v;
+}
+
+// Hand-off: CTA 0 writes `bytes` (float4 stores by all threads) to `fresh` and arrives at `flag`
+// (red.release.gpu after a CTA barrier, as the cascade splits do); CTA 1 (on another SM: the
+// shared memory allows one CTA per SM) polls the flag with relaxed loads, fences (acquire) and
+// loads `bytes` back through L2, every load in flight at once, from `fresh` or from `old`
+// (written by an earlier kernel). times: the arrival, the flag seen, the data loaded.
+__global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4* old,
+                                                   uint32_t* flag, int bytes, bool read_old,
+                                                   uint64_t* times, float* sink) {
+  extern __shared__ float4 pad[];
+  const int n = bytes / 16;
+  if (blockIdx.x == 0) {
+    for (int i = threadIdx.x; i < n; i += kThreads) fresh[i] = make_float4(1.f, 2.f, 3.f, i);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      times[0] = cuda::warp_mma::GlobalTimerNs();
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(flag) : "memory");
+    }
+    return;
+  }
+  __shared__ uint64_t seen;
+  if (threadIdx.x == 0) {
+    for (;;) {
+      uint32_t v;
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+      if (v != 0) break;
+    }
+    asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+    seen = cuda::warp_mma::GlobalTimerNs();
+  }
+  __syncthreads();
+  const float4* src = read_old ? old : fresh;
+  float acc = 0.f;
+  constexpr int kMax = 8;  // loads in flight per thread
+  for (int i0 = threadIdx.x; i0 < n; i0 += kMax * kThreads) {
+    float4 x[kMax];
+#pragma unroll
+    for (int u = 0; u < kMax; ++u) {
+      const int i = i0 + u * kThreads;
+      x[u] = i < n ? __ldcg(src + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kMax; ++u) acc += x[u].w;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    times[1] = seen;
+    times[2] = cuda::warp_mma::GlobalTimerNs();
+    *flag = 0;
+  }
+  if (acc == -1.f) sink[threadIdx.x] = acc + pad[0].x;
 }
 
 // A 1 KiB parameter block read a field per 64-byte line (16 lines), the first time in the launch
@@ -215,7 +271,7 @@ int Main() {
 
   // Round trips.
   uint64_t* out = nullptr;
-  MM_CUDA_CHECK(cudaMalloc(&out, 2 * sizeof(uint64_t)));
+  MM_CUDA_CHECK(cudaMalloc(&out, 4 * sizeof(uint64_t)));
   const size_t big = size_t{4} << 30;
   char* chain = nullptr;
   MM_CUDA_CHECK(cudaMalloc(&chain, big));
@@ -265,6 +321,47 @@ int Main() {
   row("atomicAdd chain (one word)", result());
   Atomics<<<1, 1, 0, stream>>>(reinterpret_cast<uint32_t*>(flush), 4096, true, out);
   row("store + __threadfence()", result());
+  {
+    std::printf("\nhand-off: CTA 0 writes and arrives (red.release.gpu), CTA 1 on another SM sees "
+                "the count and loads the bytes back (__ldcg, all in flight); us, median of 9\n");
+    std::printf("%-10s %14s %16s %16s\n", "bytes", "arrival->seen", "load just written",
+                "load written before");
+    float4* fresh = nullptr;
+    float4* old = nullptr;
+    const int max_bytes = 128 << 10;
+    MM_CUDA_CHECK(cudaMalloc(&fresh, max_bytes));
+    MM_CUDA_CHECK(cudaMalloc(&old, max_bytes));
+    MM_CUDA_CHECK(cudaMemset(old, 0, max_bytes));
+    uint32_t* flag = reinterpret_cast<uint32_t*>(out) + 2;
+    MM_CUDA_CHECK(cudaMemset(flag, 0, 4));
+    uint64_t* ht = nullptr;
+    MM_CUDA_CHECK(cudaMalloc(&ht, 3 * sizeof(uint64_t)));
+    const int smem = 120 << 10;
+    MM_CUDA_CHECK(cudaFuncSetAttribute(Handoff, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    for (int bytes : {512, 24 << 10, 128 << 10}) {
+      double med[3] = {0, 0, 0};
+      for (int read_old = 0; read_old < 2; ++read_old) {
+        std::vector<double> seen, load;
+        for (int rep = 0; rep < 9; ++rep) {
+          Handoff<<<2, kThreads, smem, stream>>>(fresh, old, flag, bytes, read_old != 0, ht, sink);
+          MM_CUDA_CHECK(cudaGetLastError());
+          uint64_t h[3];
+          MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+          MM_CUDA_CHECK(cudaMemcpy(h, ht, sizeof(h), cudaMemcpyDeviceToHost));
+          seen.push_back((static_cast<double>(h[1]) - static_cast<double>(h[0])) * 1e-3);
+          load.push_back((h[2] - h[1]) * 1e-3);
+        }
+        std::sort(seen.begin(), seen.end());
+        std::sort(load.begin(), load.end());
+        if (read_old == 0) med[0] = seen[4];
+        med[1 + read_old] = load[4];
+      }
+      std::printf("%-10d %14.2f %16.2f %16.2f\n", bytes, med[0], med[1], med[2]);
+    }
+    MM_CUDA_CHECK(cudaFree(fresh));
+    MM_CUDA_CHECK(cudaFree(old));
+    MM_CUDA_CHECK(cudaFree(ht));
+  }
   {
     Params1K params;
     for (int i = 0; i < 256; ++i) params.f[i] = 1.f + i;
