@@ -187,7 +187,7 @@ __device__ void RunMerge(const KernelArgs& a, int id, unsigned char* smem, Share
   __syncthreads();
   Stamp(a, 7);
   FinalMerges<D>(a, w.head, smem, sh, w.row_begin - w.seq_begin * a.dims.group,
-                 w.row_end - w.row_begin);
+                 w.row_end - w.row_begin, /*stamps=*/true);
 }
 
 // Thread 0 of a CTA of the fused flat grid (which has merge units): the unit it runs, taken from

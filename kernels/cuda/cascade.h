@@ -88,9 +88,11 @@ struct CascadeParams {
   // (positions, rows; a merge unit: its inputs), 2 the copies of its first pipeline stages issued
   // (block-table entries read), 3 its first stage in shared memory, 4 its main loop done, 5 its
   // KV stream done (results in shared memory), 6 its results stored, 7 the start of the (last)
-  // merge it runs (a merge unit: its inputs have all arrived), 8 its end; 0 where it has no such
-  // point; and at k = kCascadeStamps the unit it ran (low 32 bits; CascadePlanInfo: suffix
-  // units, then prefix, then merge units) and its SM (%smid, high 32 bits). Size:
+  // merge it runs (a merge unit: its inputs have all arrived), 8 its end; a merge unit also
+  // records 2 its input copies issued, 4 its weights computed, 3 its inputs landed and 6 its
+  // outputs stored; 0 where a CTA has no such point; and at k = kCascadeStamps the unit it ran
+  // (low 32 bits; CascadePlanInfo: suffix units, then prefix, then merge units) and its SM
+  // (%smid, high 32 bits). Size:
   // kCascadeTimelineWords * DescribeCascadePlan().ctas.
   uint64_t* cta_times = nullptr;
 };

@@ -114,6 +114,66 @@ __device__ __forceinline__ void WaitCount(const uint32_t* counter, int count) {
   asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 }
 
+// The weights of a merge of `rows` rows, by the whole CTA (every thread calls it; it ends with a
+// CTA barrier): row r has count_of(r) <= slots inputs, input i with log2-sum-exp lse_of(r, i);
+// w[r * slots + i] (shared memory) becomes exp2(lse_i - max) / sum for i < count and 0 for
+// count <= i < slots, and row_lse(r, lse) receives the merged log2-sum-exp (-inf, every weight 0,
+// when every input is empty). First every LSE is loaded, a thread per (row, input) with 4 loads
+// in flight per thread, so the loads cost one round trip however many rows and inputs there are;
+// then a group of lanes per row (the power of two >= slots, at most a warp), lane j taking inputs
+// j, j + lanes, ..., reduces the maximum and the sum by shuffles. (A thread per row walking its
+// inputs one after the other, decode::RowWeights, took 2.5 us from a merge unit's copies issued
+// to its weights for 48 inputs on an H200; groups that also loaded their own LSEs made merges of
+// many rows wait a round trip per pass of rows. DecodeAttention's merges, of at most 16 inputs,
+// keep RowWeights: groups made them ~1% slower.)
+template <class CountOf, class LseOf, class RowLse>
+__device__ __forceinline__ void GroupRowWeights(int rows, int slots, CountOf count_of,
+                                                LseOf lse_of, float* w, RowLse row_lse) {
+  constexpr int kLoads = 4;
+  const int pairs = rows * slots;
+  const int threads = static_cast<int>(blockDim.x);
+  for (int p0 = static_cast<int>(threadIdx.x); p0 < pairs; p0 += kLoads * threads) {
+    float l[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int p = p0 + u * threads;
+      const int r = p / slots, i = p - r * slots;
+      l[u] = p < pairs && i < min(count_of(r), slots) ? lse_of(r, i) : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      if (p0 + u * threads < pairs) w[p0 + u * threads] = l[u];
+    }
+  }
+  __syncthreads();
+  int lanes = 1;
+  while (lanes < slots && lanes < 32) lanes *= 2;
+  const int per_pass = threads / lanes;
+  const int sub = static_cast<int>(threadIdx.x) % lanes;
+  for (int r0 = 0; r0 < rows; r0 += per_pass) {  // the same trip count in every thread
+    const int r = r0 + static_cast<int>(threadIdx.x) / lanes;
+    float* wr = w + r * slots;
+    const int n = r < rows ? slots : 0;  // absent inputs hold -inf
+    float m = -INFINITY;
+    for (int i = sub; i < n; i += lanes) m = fmaxf(m, wr[i]);
+    for (int off = lanes / 2; off > 0; off /= 2) {
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    }
+    float sum = 0.f;
+    for (int i = sub; i < n; i += lanes) {
+      const float l = wr[i];
+      const float e = l == -INFINITY ? 0.f : warp_mma::Exp2Approx(l - m);  // m finite if any l is
+      wr[i] = e;
+      sum += e;
+    }
+    for (int off = lanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (r >= rows) continue;
+    const float inv = sum > 0.f ? warp_mma::RcpApprox(sum) : 0.f;
+    for (int i = sub; i < n; i += lanes) wr[i] *= inv;
+    if (sub == 0) row_lse(r, sum > 0.f ? m + warp_mma::Log2Approx(sum) : -INFINITY);
+  }
+}
+
 // Merges attention states row by row: row r has count_of(r) <= cmax inputs, input i with
 // log2-sum-exp lse_of(r, i) and normalised output o_of(r, i) (D floats, 16-byte aligned, read
 // through L2); store(r, d4, value, lse2) writes dims 4 * d4 .. + 3 of the result (lse2 = -inf
@@ -125,14 +185,18 @@ __device__ __forceinline__ void WaitCount(const uint32_t* counter, int count) {
 // flight per SM, so one CTA pulled 8-12 GB/s (10 us to stage 5 rows x 33 inputs of 512 bytes
 // on an H200). Two alternating staging buffers (the next chunk's copies in flight while one is
 // combined) measured slower with cp.async: a split tile's merge of 16 rows x 16 inputs took
-// 11.4 us instead of 7.8, with twice the chunks. The LSEs are loaded a thread per (row, input)
-// with several loads in flight per thread (a thread per row loading its own, 8 at a time, took
-// ~4 us longer for 8 rows x 33 inputs), and the weights computed once per row from shared
-// memory, a thread per row (a warp per row with shuffles, or per output dimension, cost several
-// times more); the per-dimension loop is only loads and FMAs.
+// 11.4 us instead of 7.8, with twice the chunks. Meanwhile GroupRowWeights loads the LSEs (a
+// thread per row loading its own, 8 at a time, took ~4 us longer for 8 rows x 33 inputs) and
+// computes the weights, a group of lanes per row sized to its inputs (a whole warp per row of 2
+// inputs, or a thread per output dimension, cost several times more), so the per-dimension loop
+// is only loads and FMAs. With `timeline`, the merge records its copies issued (point 2), its
+// weights (4), its inputs landed (3) and its outputs stored (6) (CascadeParams::cta_times).
 template <int D, class CountOf, class LseOf, class OOf, class Store>
 __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OOf o_of,
-                          Store store, unsigned char* smem) {
+                          Store store, unsigned char* smem, const KernelArgs* timeline = nullptr) {
+  auto stamp = [&](int k) {
+    if (timeline != nullptr) Stamp(*timeline, k);
+  };
   constexpr int kQuads = D / 4;
   constexpr int kRowBytes = D * 4;
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem);   // the staging copies' mbarrier
@@ -176,34 +240,15 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
   warp_mma::ProxyFence();
   __syncthreads();
   issue(0);
-  // While the copies fly: every input's LSE into s_w, a thread per (row, input) with kLoads
-  // loads in flight before any is used; then, a thread per row, its weights (normalised, in
-  // place) and merged log2-sum-exp.
-  constexpr int kLoads = 4;
-  const int pairs = rows * cmax;
-  for (int p0 = threadIdx.x; p0 < pairs; p0 += kLoads * kThreads) {
-    float l[kLoads];
-#pragma unroll
-    for (int u = 0; u < kLoads; ++u) {
-      const int p = p0 + u * kThreads;
-      const int r = p / cmax, i = p - r * cmax;
-      l[u] = p < pairs && i < min(count_of(r), cmax) ? lse_of(r, i) : -INFINITY;
-    }
-#pragma unroll
-    for (int u = 0; u < kLoads; ++u) {
-      if (p0 + u * kThreads < pairs) s_w[p0 + u * kThreads] = l[u];
-    }
-  }
-  __syncthreads();
-  for (int r = threadIdx.x; r < rows; r += kThreads) {
-    float* w = s_w + r * cmax;
-    s_row_lse[r] = decode::RowWeights(
-        min(count_of(r), cmax), cmax, [&](int i) { return w[i]; },
-        [&](int i) -> float& { return w[i]; });
-  }
+  stamp(2);
+  // While the copies fly: the weights (normalised) and each row's merged log2-sum-exp.
+  GroupRowWeights(rows, cmax, count_of, lse_of, s_w,
+                  [&](int r, float lse) { s_row_lse[r] = lse; });
+  stamp(4);
   uint32_t phase = 0;
   for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
     warp_mma::MbarrierWaitCluster(bar, phase);
+    if (r0 == 0) stamp(3);
     phase ^= 1u;
     __syncthreads();  // (the weights)
     const int nr = min(chunk_rows, rows - r0);
@@ -222,6 +267,7 @@ __device__ void MergeRows(int rows, int cmax, CountOf count_of, LseOf lse_of, OO
       issue(r0 + chunk_rows);
     }
   }
+  stamp(6);
   if (threadIdx.x == 0) warp_mma::MbarrierInval(bar);
 }
 
@@ -251,7 +297,7 @@ __device__ __forceinline__ void NoteFinal(const KernelArgs& a, int j, int seq, i
 // CTA, after a __syncthreads that follows the NoteFinal calls.
 template <int D>
 __device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, const Shared& sh,
-                            int row0, int rows) {
+                            int row0, int rows, bool stamps = false) {
   const int group = a.dims.group, nh = a.dims.n_heads;
   const int n = sh.n_final;
   int cmax = 1;
@@ -295,7 +341,7 @@ __device__ void FinalMerges(const KernelArgs& a, int h, unsigned char* smem, con
     *reinterpret_cast<float4*>(a.out + row * D + d4 * 4) = x;
     if (d4 == 0 && a.lse != nullptr) a.lse[row] = lse2 * kLn2;
   };
-  MergeRows<D>(rows, cmax, count_of, lse_of, o_of, store, smem);
+  MergeRows<D>(rows, cmax, count_of, lse_of, o_of, store, smem, stamps ? &a : nullptr);
 }
 
 // The splits of a prefix tile: true in the CTA that merged them into the prefix states.
