@@ -21,8 +21,8 @@
 //     not touched before) after a write of 2x L2;
 //   - atomicAdd: a chain of dependent atomics on one word; fence: a store then __threadfence().
 //
-// 3. Hand-off: the loads of data another SM has just written and published (a release
-// arrival, seen by polling and an acquire fence), against the same loads of data written by an
+// 3. Hand-off: the loads (or bulk copies) of data another SM has just written and published (a
+// release arrival, seen by polling and an acquire fence), against the same of data written by an
 // earlier kernel; and how long the arrival takes to be seen.
 //
 // 4. Kernel parameters: the first use of each 64-byte line of a 1 KiB parameter block, against
@@ -114,12 +114,15 @@ __global__ void Atomics(uint32_t* word, int n, bool fence, uint64_t* out) {
 // Hand-off: CTA 0 writes `bytes` (float4 stores by all threads) to `fresh` and arrives at `flag`
 // (red.release.gpu after a CTA barrier, as the cascade splits do); CTA 1 (on another SM: the
 // shared memory allows one CTA per SM) polls the flag with relaxed loads, fences (acquire) and
-// loads `bytes` back through L2, every load in flight at once, from `fresh` or from `old`
-// (written by an earlier kernel). times: the arrival, the flag seen, the data loaded.
+// loads `bytes` back through L2, every load in flight at once (or, with bulk, copies them into
+// shared memory in bulk copies of up to 16 KiB on an mbarrier set up before the poll), from
+// `fresh` or from `old` (written by an earlier kernel). times: the arrival, the flag seen, the
+// data loaded.
 __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4* old,
                                                    uint32_t* flag, int bytes, bool read_old,
-                                                   uint64_t* times, float* sink) {
-  extern __shared__ float4 pad[];
+                                                   bool bulk, uint64_t* times, float* sink) {
+  extern __shared__ __align__(128) float4 pad[];
+  __shared__ __align__(8) uint64_t bar;
   const int n = bytes / 16;
   if (blockIdx.x == 0) {
     for (int i = threadIdx.x; i < n; i += kThreads) fresh[i] = make_float4(1.f, 2.f, 3.f, i);
@@ -132,6 +135,7 @@ __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4*
   }
   __shared__ uint64_t seen;
   if (threadIdx.x == 0) {
+    if (bulk) cuda::warp_mma::MbarrierInitForCluster(&bar);
     for (;;) {
       uint32_t v;
       asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
@@ -143,8 +147,21 @@ __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4*
   __syncthreads();
   const float4* src = read_old ? old : fresh;
   float acc = 0.f;
+  if (bulk) {  // bulk copies of up to 16 KiB (a merge's runs of inputs) into shared memory
+    if (threadIdx.x == 0) {
+      cuda::warp_mma::MbarrierExpectBytes(&bar, static_cast<uint32_t>(bytes));
+      for (int at = 0; at < bytes; at += 16 << 10) {
+        const int run = min(bytes - at, 16 << 10);
+        cuda::warp_mma::BulkCopyToShared(reinterpret_cast<char*>(pad) + at,
+                                         reinterpret_cast<const char*>(src) + at,
+                                         static_cast<uint32_t>(run), &bar);
+      }
+    }
+    cuda::warp_mma::MbarrierWaitCluster(&bar, 0);
+    acc = pad[threadIdx.x % n].w;
+  }
   constexpr int kMax = 8;  // loads in flight per thread
-  for (int i0 = threadIdx.x; i0 < n; i0 += kMax * kThreads) {
+  for (int i0 = threadIdx.x; i0 < (bulk ? 0 : n); i0 += kMax * kThreads) {
     float4 x[kMax];
 #pragma unroll
     for (int u = 0; u < kMax; ++u) {
@@ -160,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4*
     times[2] = cuda::warp_mma::GlobalTimerNs();
     *flag = 0;
   }
-  if (acc == -1.f) sink[threadIdx.x] = acc + pad[0].x;
+  if (acc == -1.f) sink[threadIdx.x] = acc;
 }
 
 // A 1 KiB parameter block read a field per 64-byte line (16 lines), the first time in the launch
@@ -323,9 +340,10 @@ int Main() {
   row("store + __threadfence()", result());
   {
     std::printf("\nhand-off: CTA 0 writes and arrives (red.release.gpu), CTA 1 on another SM sees "
-                "the count and loads the bytes back (__ldcg, all in flight); us, median of 9\n");
-    std::printf("%-10s %14s %16s %16s\n", "bytes", "arrival->seen", "load just written",
-                "load written before");
+                "the count and loads the bytes back (__ldcg, all in flight, or bulk copies of up "
+                "to 16 KiB into shared memory); us, median of 9\n");
+    std::printf("%-10s %14s %16s %16s %16s %16s\n", "bytes", "arrival->seen", "load just written",
+                "load written before", "bulk just written", "bulk written before");
     float4* fresh = nullptr;
     float4* old = nullptr;
     const int max_bytes = 128 << 10;
@@ -336,14 +354,17 @@ int Main() {
     MM_CUDA_CHECK(cudaMemset(flag, 0, 4));
     uint64_t* ht = nullptr;
     MM_CUDA_CHECK(cudaMalloc(&ht, 3 * sizeof(uint64_t)));
-    const int smem = 120 << 10;
+    const int smem = 136 << 10;
     MM_CUDA_CHECK(cudaFuncSetAttribute(Handoff, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     for (int bytes : {512, 24 << 10, 128 << 10}) {
-      double med[3] = {0, 0, 0};
-      for (int read_old = 0; read_old < 2; ++read_old) {
+      double med[5] = {0, 0, 0, 0, 0};
+      for (int mode = 0; mode < 4; ++mode) {
+        const int read_old = mode % 2;
+        const bool bulk = mode >= 2;
         std::vector<double> seen, load;
         for (int rep = 0; rep < 9; ++rep) {
-          Handoff<<<2, kThreads, smem, stream>>>(fresh, old, flag, bytes, read_old != 0, ht, sink);
+          Handoff<<<2, kThreads, smem, stream>>>(fresh, old, flag, bytes, read_old != 0, bulk, ht,
+                                                 sink);
           MM_CUDA_CHECK(cudaGetLastError());
           uint64_t h[3];
           MM_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -353,10 +374,11 @@ int Main() {
         }
         std::sort(seen.begin(), seen.end());
         std::sort(load.begin(), load.end());
-        if (read_old == 0) med[0] = seen[4];
-        med[1 + read_old] = load[4];
+        if (mode == 0) med[0] = seen[4];
+        med[1 + mode] = load[4];
       }
-      std::printf("%-10d %14.2f %16.2f %16.2f\n", bytes, med[0], med[1], med[2]);
+      std::printf("%-10d %14.2f %16.2f %16.2f %16.2f %16.2f\n", bytes, med[0], med[1], med[2],
+                  med[3], med[4]);
     }
     MM_CUDA_CHECK(cudaFree(fresh));
     MM_CUDA_CHECK(cudaFree(old));
