@@ -124,8 +124,10 @@ __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4*
   extern __shared__ __align__(128) float4 pad[];
   __shared__ __align__(8) uint64_t bar;
   const int n = bytes / 16;
+  const int consumer = static_cast<int>(blockIdx.x) - 1;
   if (blockIdx.x == 0) {
-    for (int i = threadIdx.x; i < n; i += kThreads) fresh[i] = make_float4(1.f, 2.f, 3.f, i);
+    const int all = n * (static_cast<int>(gridDim.x) - 1);
+    for (int i = threadIdx.x; i < all; i += kThreads) fresh[i] = make_float4(1.f, 2.f, 3.f, i);
     __syncthreads();
     if (threadIdx.x == 0) {
       times[0] = cuda::warp_mma::GlobalTimerNs();
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4*
     seen = cuda::warp_mma::GlobalTimerNs();
   }
   __syncthreads();
-  const float4* src = read_old ? old : fresh;
+  const float4* src = (read_old ? old : fresh) + static_cast<int64_t>(consumer) * n;
   float acc = 0.f;
   if (bulk) {  // bulk copies of up to 16 KiB (a merge's runs of inputs) into shared memory
     if (threadIdx.x == 0) {
@@ -173,9 +175,8 @@ __global__ void __launch_bounds__(kThreads) Handoff(float4* fresh, const float4*
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    times[1] = seen;
-    times[2] = cuda::warp_mma::GlobalTimerNs();
-    *flag = 0;
+    times[3 * consumer + 1] = seen;
+    times[3 * consumer + 2] = cuda::warp_mma::GlobalTimerNs();
   }
   if (acc == -1.f) sink[threadIdx.x] = acc;
 }
@@ -346,16 +347,35 @@ int Main() {
                 "load written before", "bulk just written", "bulk written before");
     float4* fresh = nullptr;
     float4* old = nullptr;
-    const int max_bytes = 128 << 10;
+    constexpr int kConsumers = 64;  // the second table: that many consumers at once
+    const int max_bytes = kConsumers * (24 << 10);
     MM_CUDA_CHECK(cudaMalloc(&fresh, max_bytes));
     MM_CUDA_CHECK(cudaMalloc(&old, max_bytes));
     MM_CUDA_CHECK(cudaMemset(old, 0, max_bytes));
     uint32_t* flag = reinterpret_cast<uint32_t*>(out) + 2;
     MM_CUDA_CHECK(cudaMemset(flag, 0, 4));
     uint64_t* ht = nullptr;
-    MM_CUDA_CHECK(cudaMalloc(&ht, 3 * sizeof(uint64_t)));
+    MM_CUDA_CHECK(cudaMalloc(&ht, 3 * sizeof(uint64_t) * kConsumers));
     const int smem = 136 << 10;
     MM_CUDA_CHECK(cudaFuncSetAttribute(Handoff, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    // One launch of `consumers`: the median consumer's arrival -> seen and seen -> loaded, us.
+    auto handoff = [&](int consumers, int bytes, bool read_old, bool bulk) {
+      MM_CUDA_CHECK(cudaMemsetAsync(flag, 0, 4, stream));
+      Handoff<<<1 + consumers, kThreads, smem, stream>>>(fresh, old, flag, bytes, read_old, bulk,
+                                                          ht, sink);
+      MM_CUDA_CHECK(cudaGetLastError());
+      std::vector<uint64_t> h(3 * static_cast<size_t>(consumers));
+      MM_CUDA_CHECK(cudaStreamSynchronize(stream));
+      MM_CUDA_CHECK(cudaMemcpy(h.data(), ht, h.size() * 8, cudaMemcpyDeviceToHost));
+      std::vector<double> seen, load;
+      for (int c = 0; c < consumers; ++c) {
+        seen.push_back((static_cast<double>(h[3 * c + 1]) - static_cast<double>(h[0])) * 1e-3);
+        load.push_back((h[3 * c + 2] - h[3 * c + 1]) * 1e-3);
+      }
+      std::sort(seen.begin(), seen.end());
+      std::sort(load.begin(), load.end());
+      return std::vector<double>{seen[seen.size() / 2], load[load.size() / 2]};
+    };
     for (int bytes : {512, 24 << 10, 128 << 10}) {
       double med[5] = {0, 0, 0, 0, 0};
       for (int mode = 0; mode < 4; ++mode) {
@@ -363,14 +383,9 @@ int Main() {
         const bool bulk = mode >= 2;
         std::vector<double> seen, load;
         for (int rep = 0; rep < 9; ++rep) {
-          Handoff<<<2, kThreads, smem, stream>>>(fresh, old, flag, bytes, read_old != 0, bulk, ht,
-                                                 sink);
-          MM_CUDA_CHECK(cudaGetLastError());
-          uint64_t h[3];
-          MM_CUDA_CHECK(cudaStreamSynchronize(stream));
-          MM_CUDA_CHECK(cudaMemcpy(h, ht, sizeof(h), cudaMemcpyDeviceToHost));
-          seen.push_back((static_cast<double>(h[1]) - static_cast<double>(h[0])) * 1e-3);
-          load.push_back((h[2] - h[1]) * 1e-3);
+          const std::vector<double> r = handoff(1, bytes, read_old != 0, bulk);
+          seen.push_back(r[0]);
+          load.push_back(r[1]);
         }
         std::sort(seen.begin(), seen.end());
         std::sort(load.begin(), load.end());
@@ -379,6 +394,20 @@ int Main() {
       }
       std::printf("%-10d %14.2f %16.2f %16.2f %16.2f %16.2f\n", bytes, med[0], med[1], med[2],
                   med[3], med[4]);
+    }
+    std::printf("%d consumers at once (one per SM), 24 KiB each, median consumer of the median "
+                "of 9 launches: arrival->seen, then loads / bulk copies of data just written\n",
+                kConsumers);
+    for (int bulk = 0; bulk < 2; ++bulk) {
+      std::vector<double> seen, load;
+      for (int rep = 0; rep < 9; ++rep) {
+        const std::vector<double> r = handoff(kConsumers, 24 << 10, false, bulk != 0);
+        seen.push_back(r[0]);
+        load.push_back(r[1]);
+      }
+      std::sort(seen.begin(), seen.end());
+      std::sort(load.begin(), load.end());
+      std::printf("%-20s %14.2f %16.2f\n", bulk ? "bulk copies" : "loads", seen[4], load[4]);
     }
     MM_CUDA_CHECK(cudaFree(fresh));
     MM_CUDA_CHECK(cudaFree(old));
