@@ -318,8 +318,10 @@ absl::Status GpuForward::Init() {
   for (int l = 0; l < c_.num_layers; ++l) callback_args_.emplace_back(this, l);
   current_ = std::make_unique<Step>();
   MM_LOG(INFO) << "GPU rank " << layout_.rank << ": " << weights_.bytes << " bytes of weights, "
-               << b.device_bytes << " bytes of buffers, KV cache " << num_kv_blocks_
-               << " blocks of " << cfg_.block_size << " tokens (" << kv_bytes_ << " bytes)";
+               << b.device_bytes << " bytes of buffers (decode attention workspace "
+               << b.decode_ws_bytes << ", cascade workspace " << b.cascade_ws_bytes
+               << "), KV cache " << num_kv_blocks_ << " blocks of " << cfg_.block_size
+               << " tokens (" << kv_bytes_ << " bytes)";
   return Cuda(cudaDeviceSynchronize(), "init");
 }
 

@@ -45,7 +45,7 @@ struct GpuForwardConfig {
   double kv_memory_fraction = 0.9;  // of the memory free after weights and buffers
   bool cuda_graphs = true;          // capture decode steps
   int32_t max_cascade_levels = 0;   // levels per step the cascade path takes (0: always flat;
-                                    // off by default until the CUDA cascade kernels pass on GPUs)
+                                    // served GPU ranks get the coordinator's assignment)
   int32_t max_cascade_depth = 4;    // levels holding any one sequence
   cuda::Precision precision = cuda::Precision::kSplit;
 };
