@@ -114,18 +114,19 @@ __device__ __forceinline__ void WaitCount(const uint32_t* counter, int count) {
   asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 }
 
-// The weights of a merge of `rows` rows, by the whole CTA (every thread calls it; it ends with a
-// CTA barrier): row r has count_of(r) <= slots inputs, input i with log2-sum-exp lse_of(r, i);
-// w[r * slots + i] (shared memory) becomes exp2(lse_i - max) / sum for i < count and 0 for
-// count <= i < slots, and row_lse(r, lse) receives the merged log2-sum-exp (-inf, every weight 0,
-// when every input is empty). First every LSE is loaded, a thread per (row, input) with 4 loads
-// in flight per thread, so the loads cost one round trip however many rows and inputs there are;
-// then a group of lanes per row (the power of two >= slots, at most a warp), lane j taking inputs
-// j, j + lanes, ..., reduces the maximum and the sum by shuffles. (A thread per row walking its
-// inputs one after the other, decode::RowWeights, took 2.5 us from a merge unit's copies issued
-// to its weights for 48 inputs on an H200; groups that also loaded their own LSEs made merges of
-// many rows wait a round trip per pass of rows. DecodeAttention's merges, of at most 16 inputs,
-// keep RowWeights: groups made them ~1% slower.)
+// The weights of a merge of `rows` rows, by the whole CTA (every thread calls it; a CTA barrier
+// separates the loads from the weights, and the caller's next barrier publishes the weights): row r
+// has count_of(r) <= slots inputs, input i with log2-sum-exp lse_of(r, i); w[r * slots + i] (shared
+// memory) becomes exp2(lse_i - max) / sum for i < count and 0 for count <= i < slots, and
+// row_lse(r, lse) receives the merged log2-sum-exp (-inf, every weight 0, when every input is
+// empty). First every LSE is loaded, a thread per (row, input) with 4 loads in flight per thread,
+// so the loads cost one round trip however many rows and inputs there are; then a group of lanes
+// per row (the power of two >= slots, at most a warp), lane j taking inputs j, j + lanes, ...,
+// reduces the maximum and the sum by shuffles. (A thread per row walking its inputs one after the
+// other, decode::RowWeights, took 2.5 us from a merge unit's copies issued to its weights for 48
+// inputs on an H200, this 1.5; groups that also loaded their own LSEs made merges of many rows wait
+// a round trip per pass of rows. DecodeAttention's merges, of at most 16 inputs, keep RowWeights:
+// groups made them ~1% slower.)
 template <class CountOf, class LseOf, class RowLse>
 __device__ __forceinline__ void GroupRowWeights(int rows, int slots, CountOf count_of,
                                                 LseOf lse_of, float* w, RowLse row_lse) {
